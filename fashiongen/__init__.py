@@ -1,0 +1,1 @@
+"""The ``fashiongen`` command line: a thin layer over ``export`` (torch side) and ``runtime``."""

@@ -1,0 +1,100 @@
+"""The I/O contract of every network: the one place where names, dtypes and axes are declared.
+
+Export reads it for dynamic axes and sample inputs, the engines for feed validation, the Triton
+generator for ``config.pbtxt``, a TensorRT build for its profiles. A shape is a tuple of dimension
+names. A name that the engine folder's manifest fixes (``dims``: e.g. ``latent_channels: 4``,
+``text_hidden: 768``) is a fixed size; any other name is a dynamic axis (batch, heights, widths).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int32", "uint8"
+    shape: tuple[str | int, ...]
+
+    def resolve(self, dims: dict[str, int]) -> tuple[int | str, ...]:
+        """The shape with every fixed dimension replaced by its size; dynamic axes stay names."""
+        return tuple(dims.get(d, d) for d in self.shape)
+
+    def dynamic_axes(self, dims: dict[str, int]) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str) and d not in dims}
+
+
+@dataclass(frozen=True)
+class NetworkContract:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    doc: str
+
+    def input(self, name: str) -> TensorSpec:
+        return next(s for s in self.inputs if s.name == name)
+
+    def check_feeds(self, feeds: dict[str, np.ndarray], dims: dict[str, int]) -> None:
+        """Raise ValueError naming the first input whose presence, dtype, rank or fixed size is wrong."""
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if missing:
+            raise ValueError(f"{self.name}: missing input(s) {missing}; expected {[s.name for s in self.inputs]}")
+        unknown = sorted(set(feeds) - {s.name for s in self.inputs})
+        if unknown:
+            raise ValueError(f"{self.name}: unknown input(s) {unknown}; expected {[s.name for s in self.inputs]}")
+        for spec in self.inputs:
+            value = feeds[spec.name]
+            if value.dtype != np.dtype(spec.dtype):
+                raise ValueError(f"{self.name}: input '{spec.name}' must be {spec.dtype}, got {value.dtype}")
+            want = spec.resolve(dims)
+            if value.ndim != len(want):
+                raise ValueError(
+                    f"{self.name}: input '{spec.name}' must have shape {list(want)}, got {list(value.shape)}")
+            for got, size in zip(value.shape, want):
+                if isinstance(size, int) and got != size:
+                    raise ValueError(
+                        f"{self.name}: input '{spec.name}' must have shape {list(want)}, got {list(value.shape)}")
+
+
+def _f32(name: str, *shape: str | int) -> TensorSpec:
+    return TensorSpec(name, "float32", shape)
+
+
+TEXT_ENCODER = NetworkContract(
+    "text_encoder",
+    inputs=(TensorSpec("input_ids", "int32", ("batch", "text_length")),),
+    outputs=(_f32("last_hidden_state", "batch", "text_length", "text_hidden"),),
+    doc="CLIP text encoder with any learned (textual-inversion) rows baked into its embedding table.",
+)
+
+UNET = NetworkContract(
+    "unet",
+    inputs=(
+        _f32("sample", "batch", "unet_in_channels", "latent_height", "latent_width"),
+        # One timestep per sample, so requests at different steps can share one batched call.
+        _f32("timestep", "batch"),
+        _f32("encoder_hidden_states", "batch", "text_length", "text_hidden"),
+    ),
+    outputs=(_f32("out_sample", "batch", "latent_channels", "latent_height", "latent_width"),),
+    doc="Denoising UNet: predicts noise (or v) for a batch of latents at per-sample timesteps.",
+)
+
+VAE_DECODER = NetworkContract(
+    "vae_decoder",
+    # Takes latents as the denoising loop holds them; the 1/scaling_factor is applied inside.
+    inputs=(_f32("latent", "batch", "latent_channels", "latent_height", "latent_width"),),
+    outputs=(_f32("image", "batch", 3, "image_height", "image_width"),),
+    doc="VAE decoder: latents (scaled as in the loop) to an image in [-1, 1].",
+)
+
+VAE_ENCODER = NetworkContract(
+    "vae_encoder",
+    inputs=(_f32("image", "batch", 3, "image_height", "image_width"),),
+    # The mode (mean) of the latent distribution, not yet multiplied by the scaling factor.
+    outputs=(_f32("latent_mean", "batch", "latent_channels", "latent_height", "latent_width"),),
+    doc="VAE encoder: an image in [-1, 1] to the mean of its latent distribution (unscaled).",
+)
+
+CONTRACTS: dict[str, NetworkContract] = {c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)}
