@@ -1,0 +1,94 @@
+"""Export one network to ONNX from its contract, and prove it against PyTorch.
+
+Names, dtypes and dynamic axes come from ``runtime.contracts``; weights go to one external-data file
+next to the graph (``NAME.onnx.data``), which keeps every file under protobuf's 2 GB limit.
+"""
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.contracts import NetworkContract
+
+DEFAULT_OPSET = 17
+
+
+def _export_args(contract: NetworkContract, feeds: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in contract.inputs)
+
+
+def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict[str, np.ndarray],
+                dims: dict[str, int], out_path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Trace ``module`` on ``sample`` and write ``out_path`` plus its ``.data`` weights file."""
+    import onnx
+
+    out_path = Path(out_path)
+    dynamic_axes = {s.name: s.dynamic_axes(dims) for s in (*contract.inputs, *contract.outputs)}
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about frozen Python branches are expected
+            torch.onnx.export(module.eval(), _export_args(contract, sample), str(raw),
+                              input_names=[s.name for s in contract.inputs],
+                              output_names=[s.name for s in contract.outputs],
+                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
+                              dynamo=False)
+        model = onnx.load(str(raw), load_external_data=True)
+        data_name = out_path.name + ".data"
+        for stale in (out_path, out_path.with_name(data_name)):
+            stale.unlink(missing_ok=True)
+        onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+
+
+def validate_onnx(module: torch.nn.Module, contract: NetworkContract, onnx_path: Path,
+                  feeds: dict[str, np.ndarray]) -> dict:
+    """Run PyTorch and ONNX Runtime on the same feeds; the max abs difference per output."""
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        reference = module.eval()(*_export_args(contract, feeds))
+    reference = reference if isinstance(reference, (tuple, list)) else (reference,)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    produced = session.run([s.name for s in contract.outputs], feeds)
+    diffs = {s.name: float(np.abs(p - r.numpy()).max()) for s, p, r in zip(contract.outputs, produced, reference)}
+    return {"max_abs_diff": max(diffs.values()), "per_output": diffs,
+            "shapes": {k: list(v.shape) for k, v in feeds.items()}}
+
+
+def export_and_validate(module: torch.nn.Module, contract: NetworkContract, sample: dict[str, np.ndarray],
+                        check: dict[str, np.ndarray], dims: dict[str, int], out_path: Path,
+                        opset: int = DEFAULT_OPSET, tolerance: float = 1e-4) -> dict:
+    """Export on ``sample``, validate on ``check`` (a different shape), refuse a network that disagrees."""
+    export_onnx(module, contract, sample, dims, out_path, opset)
+    report = validate_onnx(module, contract, out_path, check)
+    report["tolerance"] = tolerance
+    if not report["max_abs_diff"] <= tolerance:
+        raise RuntimeError(f"{contract.name}: ONNX output differs from PyTorch by {report['max_abs_diff']:.3g} "
+                           f"(> {tolerance:g}) at shapes {report['shapes']}")
+    return report
+
+
+def seeded_feeds(contract: NetworkContract, shapes: dict[str, tuple[int, ...]], seed: int,
+                 int_high: int = 1000) -> dict[str, np.ndarray]:
+    """Random feeds of the contract's dtypes at the given shapes (ints in [0, int_high))."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in contract.inputs:
+        shape = shapes[spec.name]
+        if spec.dtype.startswith("int"):
+            feeds[spec.name] = rng.integers(0, int_high, size=shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds
+
+
+def files_of(onnx_path: Path) -> list[Path]:
+    """The graph and its weights file (when it has one)."""
+    data = Path(str(onnx_path) + ".data")
+    return [Path(onnx_path)] + ([data] if data.exists() else [])
+

@@ -1,0 +1,237 @@
+"""``fashiongen export``: a local Stable Diffusion 1.x checkpoint folder to an engine folder.
+
+Stages: load the checkpoint (local files only), bake learned tokens into tokenizer and text encoder,
+export ``text_encoder``, ``unet``, ``vae_decoder``, ``vae_encoder`` (each validated against PyTorch at a
+shape other than the one traced), write ``tokenizer.json`` and ``manifest.json``. Everything is built in
+a temporary folder beside the destination and renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # export never reaches for a model hub
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, sha256_file, write_json_atomic
+
+from .embeddings import LearnedEmbedding, bake_embeddings
+from .onnx_export import DEFAULT_OPSET, export_and_validate, seeded_feeds
+
+REQUIRED = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+            "tokenizer", "scheduler/scheduler_config.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing or lacks a part; the message names the path."""
+
+
+# -- wrappers: each network's forward in the contract's terms ------------------------------------------
+class TextEncoderNet(torch.nn.Module):
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        return self.text_encoder(input_ids.long(), return_dict=False)[0]
+
+
+class UNetNet(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderNet(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent / self.vae.config.scaling_factor, return_dict=False)[0]
+
+
+class VaeEncoderNet(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode(image).latent_dist.mode()
+
+
+# -- loading ------------------------------------------------------------------------------------------
+def check_checkpoint(model_dir: Path) -> Path:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"--model: '{model_dir}' is not a folder (a local diffusers checkpoint is expected)")
+    for part in REQUIRED:
+        if not (model_dir / part).exists():
+            raise CheckpointError(f"--model: '{model_dir}' lacks '{part}' (not a diffusers SD 1.x checkpoint folder)")
+    return model_dir
+
+
+def load_checkpoint(model_dir: Path) -> dict:
+    """The four parts of an SD 1.x folder, loaded from local files only."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model_dir = check_checkpoint(model_dir)
+    kw = {"local_files_only": True}
+    try:
+        parts = {
+            "tokenizer": CLIPTokenizer.from_pretrained(model_dir / "tokenizer", **kw),
+            "text_encoder": CLIPTextModel.from_pretrained(model_dir / "text_encoder", **kw).eval(),
+            "unet": UNet2DConditionModel.from_pretrained(model_dir / "unet", **kw).eval(),
+            "vae": AutoencoderKL.from_pretrained(model_dir / "vae", **kw).eval(),
+        }
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"--model: cannot load '{model_dir}': {first}") from None
+    parts["scheduler_config"] = json.loads((model_dir / "scheduler/scheduler_config.json").read_text())
+    return parts
+
+
+def checkpoint_dims(parts: dict) -> dict[str, int]:
+    """The fixed sizes that resolve the contracts' dimension names for this checkpoint."""
+    unet, vae, text_encoder, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
+    return {
+        "unet_in_channels": unet.config.in_channels,
+        "latent_channels": vae.config.latent_channels,
+        "text_hidden": text_encoder.config.hidden_size,
+        "text_length": tokenizer.model_max_length,
+        "sample_size": unet.config.sample_size,
+    }
+
+
+def vae_downscale(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+# -- export -------------------------------------------------------------------------------------------
+def _network_plan(parts: dict, dims: dict[str, int], down: int):
+    """(contract, module, trace shapes, check shapes) per network.
+
+    Traced at batch 2 and odd latent sizes (so the UNet keeps its explicit-size upsampling path, which
+    every multiple of 8 then takes); checked at batch 1 and another size.
+    """
+    c, t, d = dims["latent_channels"], dims["text_length"], dims["text_hidden"]
+    cin = dims["unet_in_channels"]
+    trace, check = (2, 9, 7), (1, 8, 6)
+    def lat(b, h, w, ch=c): return (b, ch, h, w)
+    def img(b, h, w): return (b, 3, h * down, w * down)
+    return [
+        (TEXT_ENCODER, TextEncoderNet(parts["text_encoder"]),
+         {"input_ids": (2, t)}, {"input_ids": (3, t)}),
+        (UNET, UNetNet(parts["unet"]),
+         {"sample": lat(*trace, ch=cin), "timestep": (2,), "encoder_hidden_states": (2, t, d)},
+         {"sample": lat(*check, ch=cin), "timestep": (1,), "encoder_hidden_states": (1, t, d)}),
+        (VAE_DECODER, VaeDecoderNet(parts["vae"]), {"latent": lat(*trace)}, {"latent": lat(*check)}),
+        (VAE_ENCODER, VaeEncoderNet(parts["vae"]), {"image": img(*trace)}, {"image": img(*check)}),
+    ]
+
+
+def _feeds(contract, shapes, seed, vocab_size):
+    feeds = seeded_feeds(contract, shapes, seed, int_high=vocab_size)
+    if "timestep" in feeds:
+        feeds["timestep"] = np.full(feeds["timestep"].shape, 500.0 + seed, dtype=np.float32)
+    return feeds
+
+
+def export_networks(parts: dict, dims: dict[str, int], down: int, out_dir: Path, opset: int,
+                    progress) -> dict[str, NetworkEntry]:
+    entries = {}
+    vocab_size = parts["text_encoder"].config.vocab_size
+    for contract, module, trace_shapes, check_shapes in _network_plan(parts, dims, down):
+        progress.set_description(f"export {contract.name}")
+        path = out_dir / f"{contract.name}.onnx"
+        report = export_and_validate(module, contract, _feeds(contract, trace_shapes, 0, vocab_size),
+                                     _feeds(contract, check_shapes, 1, vocab_size), dims, path, opset)
+        entries[contract.name] = NetworkEntry(
+            file=path.name, sha256=sha256_file(path),
+            inputs=[{"name": s.name, "dtype": s.dtype, "shape": list(s.resolve(dims))} for s in contract.inputs],
+            outputs=[{"name": s.name, "dtype": s.dtype, "shape": list(s.resolve(dims))} for s in contract.outputs],
+            validation=report)
+        progress.update(1)
+    return entries
+
+
+def tokenizer_section(tokenizer, learned: dict[str, list[str]], out_dir: Path) -> dict:
+    """Save ``tokenizer.json`` (added tokens included) and describe how to frame and pad prompts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        shutil.copyfile(Path(tmp) / "tokenizer.json", out_dir / "tokenizer.json")
+    return {"file": "tokenizer.json", "model_max_length": tokenizer.model_max_length,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id, "learned_tokens": learned}
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+@contextmanager
+def staged_folder(out_dir: Path):
+    """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir`` in one rename."""
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).exists():
+        raise ValueError(f"--out: '{out_dir}' exists and is not an engine folder; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        yield stage
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(stage, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, out_dir)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+
+
+def export_pipeline(model_dir: Path, out_dir: Path, embeddings: list[LearnedEmbedding] = (),
+                    opset: int = DEFAULT_OPSET, progress: bool = True) -> Manifest:
+    """Export a checkpoint (with its learned tokens) into ``out_dir``; returns the manifest written."""
+    bar = tqdm(total=6, desc="load checkpoint", unit="stage", disable=not progress)
+    with staged_folder(out_dir) as stage:
+        parts = load_checkpoint(model_dir)
+        bar.update(1)
+        bar.set_description("learned tokens")
+        learned = bake_embeddings(parts["tokenizer"], parts["text_encoder"], list(embeddings))
+        bar.update(1)
+        dims = checkpoint_dims(parts)
+        down = vae_downscale(parts["vae"])
+        networks = export_networks(parts, dims, down, stage, opset, bar)
+        manifest = Manifest(
+            kind="pix2pix" if dims["unet_in_channels"] == 2 * dims["latent_channels"] else "txt2img",
+            dims=dims, networks=networks,
+            tokenizer=tokenizer_section(parts["tokenizer"], learned, stage),
+            scheduler_config=parts["scheduler_config"],
+            vae={"scaling_factor": parts["vae"].config.scaling_factor, "downscale": down},
+            opset=opset, versions=versions(),
+            source={"model": str(Path(model_dir).absolute()),
+                    "embeddings": [{"file": str(e.source), "token": e.token, "vectors": len(e.vectors)}
+                                   for e in embeddings]})
+        write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())
+    bar.close()
+    return manifest

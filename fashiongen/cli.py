@@ -1,0 +1,111 @@
+"""The ``fashiongen`` command: export commands (torch side) and runtime commands side by side.
+
+Runtime commands import only ``runtime``; export commands import ``export`` (and so torch) only when run.
+Every error a user can cause ends as one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a local SD 1.x checkpoint folder to an ONNX engine folder",
+                       description="Load a local diffusers Stable Diffusion 1.x checkpoint (never a hub), bake "
+                       "textual-inversion tokens into its tokenizer and text encoder, export text_encoder, unet, "
+                       "vae_decoder and vae_encoder to ONNX (each validated against PyTorch) and write "
+                       "manifest.json. The folder appears only when complete.")
+    p.add_argument("--model", required=True, type=Path, help="checkpoint folder (model_index.json, unet/, vae/, ...)")
+    p.add_argument("--out", required=True, type=Path, help="engine folder to write (replaced if it is one already)")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE[=TOKEN]",
+                   help="textual-inversion file (A1111 .pt, civitai .safetensors, diffusers learned_embeds); "
+                   "TOKEN overrides the name stored in the file (default: stored name, else the file's stem). "
+                   "Repeatable.")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from export.embeddings import load_embedding, parse_embedding_arg
+    from export.sd_export import export_pipeline
+
+    embeddings = [load_embedding(*parse_embedding_arg(a)) for a in args.embedding]
+    manifest = export_pipeline(args.model, args.out, embeddings, opset=args.opset, progress=not args.no_progress)
+    print(f"wrote {args.out} ({manifest.kind})")
+    for name, entry in manifest.networks.items():
+        print(f"  {name:13s} {entry.file:20s} max abs diff vs PyTorch {entry.validation['max_abs_diff']:.2e}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text to image with an exported engine folder",
+                       description="Generate an image from a text prompt with the torch-free runtime. The same "
+                       "seed gives the same image as diffusers' StableDiffusionPipeline.")
+    p.add_argument("--engines", required=True, type=Path, help="engine folder written by `fashiongen export`")
+    p.add_argument("--prompt", required=True, help="what to draw; learned tokens such as <midjourney-style> work")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from (learned negative tokens work)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--scheduler", default=None,
+                   help="pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default: the checkpoint's own)")
+    p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: native)")
+    p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: native)")
+    p.add_argument("--num-images", type=int, default=1, help="images for the prompt (out-0.png, out-1.png, ...)")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--timings", action="store_true", help="print per-stage timings")
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from runtime.engines import EngineSet, ort_factory
+    from runtime.images import check_writable, numbered_paths, save_png_atomic
+    from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+    check_writable(args.out)
+    request = Txt2ImgRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+                             steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+                             height=args.height, width=args.width, num_images=args.num_images)
+    engines = EngineSet(args.engines, ort_factory(args.providers.split(","), args.threads))
+    pipeline = Txt2ImgPipeline(engines)
+    pipeline.resolve(request)  # every field checked before any network is loaded
+    result = pipeline(request, progress=not args.no_progress)
+    for image, path in zip(result.images, numbered_paths(args.out, len(result.images))):
+        save_png_atomic(image, path)
+        print(f"wrote {path}")
+    if args.timings:
+        print(result.timings.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashiongen", description="Fashion product shots from text: export "
+                                     "checkpoints to ONNX, then generate with a torch-free runtime.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_export(sub)
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"fashiongen: warning: {msg}\n"
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as exc:
+        print(f"fashiongen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fashiongen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""``manifest.json``: what an engine folder holds and how to run it.
+
+Written by ``fashiongen export``, read by every runtime backend and by the Triton generator. It records
+each network's file, hash, I/O contract (as resolved for this checkpoint) and its validation against
+PyTorch; the tokenizer's special ids and learned tokens; the scheduler config; the VAE's scale.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class EngineFolderError(ValueError):
+    """An engine folder is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class NetworkEntry:
+    file: str
+    sha256: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    kind: str                       # "txt2img" | "pix2pix"
+    dims: dict[str, int]            # fixed sizes that resolve the contracts' dimension names
+    networks: dict[str, NetworkEntry]
+    tokenizer: dict[str, Any]       # file, model_max_length, bos/eos/pad ids, learned_tokens
+    scheduler_config: dict[str, Any]
+    vae: dict[str, Any]             # scaling_factor, downscale
+    opset: int
+    versions: dict[str, str]
+    source: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # sections owned by other stages (segmenter, ...)
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["networks"] = {k: dict(v.__dict__) for k, v in self.networks.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+        data = dict(data)
+        data["networks"] = {k: NetworkEntry(**v) for k, v in data["networks"].items()}
+        return cls(**data)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to its destination, then rename: a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_manifest(engine_dir: Path) -> Manifest:
+    """Read and sanity-check ``ENGINE_DIR/manifest.json``; errors name the folder and what is wrong."""
+    engine_dir = Path(engine_dir)
+    if not engine_dir.is_dir():
+        raise EngineFolderError(f"--engines: '{engine_dir}' is not a folder (run `fashiongen export` first)")
+    path = engine_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise EngineFolderError(f"--engines: '{engine_dir}' has no {MANIFEST_NAME} (not an exported engine folder)")
+    try:
+        data = json.loads(path.read_text())
+        manifest = Manifest.from_json(data)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise EngineFolderError(f"{path}: not a valid fashiongen manifest ({exc})") from None
+    if manifest.format != FORMAT_VERSION:
+        raise EngineFolderError(f"{path}: manifest format {manifest.format}, this runtime reads {FORMAT_VERSION}")
+    return manifest

@@ -1,0 +1,106 @@
+"""Text → image: Stable Diffusion 1.x over any engine backend, equal to diffusers' StableDiffusionPipeline.
+
+Stages, each timed: ``encode_prompt`` (text encoder, negative and positive prompts in one batch),
+``denoise`` (classifier-free guidance in one batched UNet call per step), ``decode`` (VAE decoder).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .denoise import (check_guidance, check_positive_int, check_seed, check_size, denoise, initial_latents,
+                      unet_timestep)
+from .engines import EngineSet
+from .images import decoded_to_uint8
+from .rng import TorchGenerator
+from .schedulers import make_scheduler
+from .timings import StageTimings
+from .tokenizer import PromptTokenizer
+
+
+@dataclass
+class Txt2ImgRequest:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str | None = None   # None: the one the checkpoint's scheduler config names
+    height: int | None = None      # None: the checkpoint's native size
+    width: int | None = None
+    num_images: int = 1
+
+
+@dataclass
+class Txt2ImgResult:
+    images: np.ndarray                        # N x H x W x 3 uint8
+    timings: StageTimings = field(default_factory=StageTimings)
+
+
+class Txt2ImgPipeline:
+    def __init__(self, engines: EngineSet):
+        self.engines = engines
+        manifest = engines.manifest
+        self.tokenizer = PromptTokenizer.from_manifest_section(engines.engine_dir, manifest.tokenizer)
+        self.dims = manifest.dims
+        self.downscale = int(manifest.vae["downscale"])
+        self.native_size = int(manifest.dims["sample_size"]) * self.downscale
+
+    # -- request checks, before any compute ---------------------------------------------------------
+    def resolve(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
+        """Fill defaults and check every field; raises ValueError naming the field."""
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        height = request.height or self.native_size
+        width = request.width or self.native_size
+        check_size("height", height, self.downscale)
+        check_size("width", width, self.downscale)
+        check_positive_int("steps", request.steps)
+        check_positive_int("num_images", request.num_images)
+        check_seed(request.seed)
+        check_guidance("guidance", request.guidance)
+        make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail here
+        return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width})
+
+    # -- stages -------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, guided: bool) -> np.ndarray:
+        """Text embeddings for the UNet: [negative x n, positive x n] when guided, else [positive x n]."""
+        prompts = [negative_prompt, prompt] if guided else [prompt]
+        ids = self.tokenizer.encode_batch(prompts)
+        hidden = self.engines["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+        return np.repeat(hidden, num_images, axis=0)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        images = self.engines["vae_decoder"].run({"latent": latents.astype(np.float32)})["image"]
+        return decoded_to_uint8(images)
+
+    def __call__(self, request: Txt2ImgRequest, progress: bool = True) -> Txt2ImgResult:
+        req = self.resolve(request)
+        timings = StageTimings()
+        guided = req.guidance > 1.0
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
+        scheduler.set_timesteps(req.steps)
+        generator = TorchGenerator(req.seed)
+
+        with timings.measure("text_encoder"):
+            text = self.encode_prompt(req.prompt, req.negative_prompt, req.num_images, guided)
+        shape = (req.num_images, self.dims["latent_channels"], req.height // self.downscale,
+                 req.width // self.downscale)
+        latents = initial_latents(generator, shape, scheduler)
+        unet = self.engines["unet"]
+
+        def predict(model_input: np.ndarray, t: float) -> np.ndarray:
+            if not guided:
+                return unet.run({"sample": model_input, "timestep": unet_timestep(t, len(model_input)),
+                                 "encoder_hidden_states": text})["out_sample"]
+            doubled = np.concatenate([model_input, model_input])
+            noise = unet.run({"sample": doubled, "timestep": unet_timestep(t, len(doubled)),
+                              "encoder_hidden_states": text})["out_sample"]
+            uncond, cond = np.split(noise, 2)
+            return uncond + np.float32(req.guidance) * (cond - uncond)
+
+        latents = denoise(latents, scheduler, predict, generator, timings, progress)
+        with timings.measure("vae_decoder"):
+            images = self.decode(latents)
+        return Txt2ImgResult(images=images, timings=timings)
