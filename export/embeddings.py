@@ -104,13 +104,14 @@ def bake_embeddings(tokenizer, text_encoder, embeddings: list[LearnedEmbedding])
         if emb.vectors.shape[1] != width:
             raise EmbeddingError(f"{emb.source}: embedding width {emb.vectors.shape[1]} does not match the "
                                  f"text encoder's hidden size {width}")
-        taken = [t for t in emb.tokens if t in vocab or t in learned]
+        # "cat" is in CLIP's vocabulary as the word-final "cat</w>": an added "cat" would hijack the word.
+        taken = [t for t in emb.tokens if t in vocab or f"{t.lower()}</w>" in vocab or t in learned]
         if taken:
             raise EmbeddingError(f"{emb.source}: token '{taken[0]}' is already in the tokenizer's vocabulary; "
                                  f"choose another with --embedding {emb.source}=<new-token>")
         tokenizer.add_tokens(emb.tokens)
         vocab = tokenizer.get_vocab()
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         ids = tokenizer.convert_tokens_to_ids(emb.tokens)
         with torch.no_grad():
             text_encoder.get_input_embeddings().weight[ids] = emb.vectors

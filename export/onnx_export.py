@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from runtime.contracts import NetworkContract
+from runtime.manifest import NetworkEntry, sha256_file
 
 DEFAULT_OPSET = 17
 
@@ -71,6 +72,17 @@ def export_and_validate(module: torch.nn.Module, contract: NetworkContract, samp
         raise RuntimeError(f"{contract.name}: ONNX output differs from PyTorch by {report['max_abs_diff']:.3g} "
                            f"(> {tolerance:g}) at shapes {report['shapes']}")
     return report
+
+
+def export_network_entry(module: torch.nn.Module, contract: NetworkContract, sample: dict[str, np.ndarray],
+                         check: dict[str, np.ndarray], dims: dict[str, int], out_path: Path,
+                         opset: int = DEFAULT_OPSET) -> NetworkEntry:
+    """Export and validate one network; its manifest entry (file, hash, resolved I/O, validation)."""
+    report = export_and_validate(module, contract, sample, check, dims, out_path, opset)
+    def describe(specs):
+        return [{"name": s.name, "dtype": s.dtype, "shape": list(s.resolve(dims))} for s in specs]
+    return NetworkEntry(file=out_path.name, sha256=sha256_file(out_path), inputs=describe(contract.inputs),
+                        outputs=describe(contract.outputs), validation=report)
 
 
 def seeded_feeds(contract: NetworkContract, shapes: dict[str, tuple[int, ...]], seed: int,

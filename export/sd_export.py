@@ -21,10 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
-from runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, sha256_file, write_json_atomic
+from runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
 
 from .embeddings import LearnedEmbedding, bake_embeddings
-from .onnx_export import DEFAULT_OPSET, export_and_validate, seeded_feeds
+from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
+from .segformer_export import SEGMENTER_STAGES, export_segmenter
 
 REQUIRED = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
             "tokenizer", "scheduler/scheduler_config.json")
@@ -155,14 +156,9 @@ def export_networks(parts: dict, dims: dict[str, int], down: int, out_dir: Path,
     vocab_size = parts["text_encoder"].config.vocab_size
     for contract, module, trace_shapes, check_shapes in _network_plan(parts, dims, down):
         progress.set_description(f"export {contract.name}")
-        path = out_dir / f"{contract.name}.onnx"
-        report = export_and_validate(module, contract, _feeds(contract, trace_shapes, 0, vocab_size),
-                                     _feeds(contract, check_shapes, 1, vocab_size), dims, path, opset)
-        entries[contract.name] = NetworkEntry(
-            file=path.name, sha256=sha256_file(path),
-            inputs=[{"name": s.name, "dtype": s.dtype, "shape": list(s.resolve(dims))} for s in contract.inputs],
-            outputs=[{"name": s.name, "dtype": s.dtype, "shape": list(s.resolve(dims))} for s in contract.outputs],
-            validation=report)
+        entries[contract.name] = export_network_entry(
+            module, contract, _feeds(contract, trace_shapes, 0, vocab_size),
+            _feeds(contract, check_shapes, 1, vocab_size), dims, out_dir / f"{contract.name}.onnx", opset)
         progress.update(1)
     return entries
 
@@ -209,29 +205,53 @@ def staged_folder(out_dir: Path):
             shutil.rmtree(stage)
 
 
-def export_pipeline(model_dir: Path, out_dir: Path, embeddings: list[LearnedEmbedding] = (),
-                    opset: int = DEFAULT_OPSET, progress: bool = True) -> Manifest:
-    """Export a checkpoint (with its learned tokens) into ``out_dir``; returns the manifest written."""
-    bar = tqdm(total=6, desc="load checkpoint", unit="stage", disable=not progress)
+SD_STAGES = 6  # load, learned tokens, four networks
+
+
+def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, manifest: Manifest,
+              bar) -> None:
+    """Export an SD 1.x checkpoint (with its learned tokens) into ``stage``, filling in ``manifest``."""
+    bar.set_description("load checkpoint")
+    parts = load_checkpoint(model_dir)
+    bar.update(1)
+    bar.set_description("learned tokens")
+    learned = bake_embeddings(parts["tokenizer"], parts["text_encoder"], list(embeddings))
+    bar.update(1)
+    dims = checkpoint_dims(parts)
+    down = vae_downscale(parts["vae"])
+    manifest.dims.update(dims)
+    manifest.networks.update(export_networks(parts, dims, down, stage, manifest.opset, bar))
+    manifest.kind = "pix2pix" if dims["unet_in_channels"] == 2 * dims["latent_channels"] else "txt2img"
+    manifest.tokenizer = tokenizer_section(parts["tokenizer"], learned, stage)
+    manifest.scheduler_config = parts["scheduler_config"]
+    manifest.vae = {"scaling_factor": parts["vae"].config.scaling_factor, "downscale": down}
+    manifest.source["model"] = str(Path(model_dir).absolute())
+    manifest.source["embeddings"] = [{"file": str(e.source), "token": e.token, "vectors": len(e.vectors)}
+                                     for e in embeddings]
+
+
+def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embeddings: list[LearnedEmbedding] = (),
+                         segmenter_dir: Path | None = None, opset: int = DEFAULT_OPSET,
+                         progress: bool = True) -> Manifest:
+    """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest."""
+    if model_dir is None and segmenter_dir is None:
+        raise ValueError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
+    if model_dir is None and embeddings:
+        raise ValueError("--embedding needs --model: learned tokens belong to a text encoder")
+    total = (SD_STAGES if model_dir else 0) + (SEGMENTER_STAGES if segmenter_dir else 0)
+    bar = tqdm(total=total, unit="stage", disable=not progress)
     with staged_folder(out_dir) as stage:
-        parts = load_checkpoint(model_dir)
-        bar.update(1)
-        bar.set_description("learned tokens")
-        learned = bake_embeddings(parts["tokenizer"], parts["text_encoder"], list(embeddings))
-        bar.update(1)
-        dims = checkpoint_dims(parts)
-        down = vae_downscale(parts["vae"])
-        networks = export_networks(parts, dims, down, stage, opset, bar)
-        manifest = Manifest(
-            kind="pix2pix" if dims["unet_in_channels"] == 2 * dims["latent_channels"] else "txt2img",
-            dims=dims, networks=networks,
-            tokenizer=tokenizer_section(parts["tokenizer"], learned, stage),
-            scheduler_config=parts["scheduler_config"],
-            vae={"scaling_factor": parts["vae"].config.scaling_factor, "downscale": down},
-            opset=opset, versions=versions(),
-            source={"model": str(Path(model_dir).absolute()),
-                    "embeddings": [{"file": str(e.source), "token": e.token, "vectors": len(e.vectors)}
-                                   for e in embeddings]})
+        manifest = Manifest(kind="segmenter", dims={}, networks={}, opset=opset, versions=versions())
+        if model_dir is not None:
+            export_sd(model_dir, embeddings, stage, manifest, bar)
+        if segmenter_dir is not None:
+            export_segmenter(segmenter_dir, stage, manifest, bar)
         write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())
     bar.close()
     return manifest
+
+
+def export_pipeline(model_dir: Path, out_dir: Path, embeddings: list[LearnedEmbedding] = (),
+                    opset: int = DEFAULT_OPSET, progress: bool = True) -> Manifest:
+    """Export an SD 1.x checkpoint alone (the common case)."""
+    return export_engine_folder(out_dir, model_dir, embeddings, opset=opset, progress=progress)

@@ -97,4 +97,13 @@ VAE_ENCODER = NetworkContract(
     doc="VAE encoder: an image in [-1, 1] to the mean of its latent distribution (unscaled).",
 )
 
-CONTRACTS: dict[str, NetworkContract] = {c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)}
+SEGMENTER = NetworkContract(
+    "segmenter",
+    inputs=(_f32("pixel_values", "batch", 3, "seg_height", "seg_width"),),
+    # SegFormer predicts at a quarter of its input size; the runtime upsamples before the argmax.
+    outputs=(_f32("logits", "batch", "seg_classes", "seg_logit_height", "seg_logit_width"),),
+    doc="Clothes segmenter (SegFormer): normalized image to per-class logits at 1/4 resolution.",
+)
+
+CONTRACTS: dict[str, NetworkContract] = {
+    c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SEGMENTER)}

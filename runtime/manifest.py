@@ -33,16 +33,18 @@ class NetworkEntry:
 
 @dataclass
 class Manifest:
-    kind: str                       # "txt2img" | "pix2pix"
+    """One engine folder. A folder may hold a diffusion pipeline, a segmenter, or both."""
+
+    kind: str                       # "txt2img" | "pix2pix" | "segmenter" (no diffusion pipeline)
     dims: dict[str, int]            # fixed sizes that resolve the contracts' dimension names
     networks: dict[str, NetworkEntry]
-    tokenizer: dict[str, Any]       # file, model_max_length, bos/eos/pad ids, learned_tokens
-    scheduler_config: dict[str, Any]
-    vae: dict[str, Any]             # scaling_factor, downscale
     opset: int
     versions: dict[str, str]
+    tokenizer: dict[str, Any] = field(default_factory=dict)   # file, max length, bos/eos/pad, learned_tokens
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] = field(default_factory=dict)          # scaling_factor, downscale
+    segmenter: dict[str, Any] = field(default_factory=dict)    # id2label, preprocessing settings
     source: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)  # sections owned by other stages (segmenter, ...)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -82,13 +82,14 @@ class Txt2ImgPipeline:
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
         scheduler.set_timesteps(req.steps)
         generator = TorchGenerator(req.seed)
+        unet = self.engines["unet"]  # open (and so check) every network before computing anything
+        self.engines["vae_decoder"]
 
         with timings.measure("text_encoder"):
             text = self.encode_prompt(req.prompt, req.negative_prompt, req.num_images, guided)
         shape = (req.num_images, self.dims["latent_channels"], req.height // self.downscale,
                  req.width // self.downscale)
         latents = initial_latents(generator, shape, scheduler)
-        unet = self.engines["unet"]
 
         def predict(model_input: np.ndarray, t: float) -> np.ndarray:
             if not guided:

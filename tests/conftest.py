@@ -1,0 +1,60 @@
+"""Shared fixtures: small seeded checkpoints, their learned tokens, and their exported engine folders.
+
+Everything is built once per test session in a temporary folder; no weights come from a hub.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+POSITIVE_TOKEN = "<midjourney-style>"
+NEGATIVE_TOKEN = "<wrong>"
+
+
+@pytest.fixture(scope="session")
+def sd_checkpoint(tmp_path_factory) -> Path:
+    from export.demo_checkpoints import TINY, write_sd_checkpoint
+
+    return write_sd_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-sd", TINY, seed=0)
+
+
+@pytest.fixture(scope="session")
+def embeddings(tmp_path_factory, sd_checkpoint) -> dict[str, Path]:
+    """A 3-vector A1111 positive style token and a 2-vector civitai negative token."""
+    from export.demo_checkpoints import TINY, random_embedding, write_textual_inversion
+
+    folder = tmp_path_factory.mktemp("embeddings")
+    dim = TINY.cross_attention_dim
+    return {
+        POSITIVE_TOKEN: write_textual_inversion(folder / "midjourney-style.pt", random_embedding(dim, 3, seed=1),
+                                                POSITIVE_TOKEN, "a1111"),
+        NEGATIVE_TOKEN: write_textual_inversion(folder / "wrong.safetensors", random_embedding(dim, 2, seed=2),
+                                                NEGATIVE_TOKEN, "civitai"),
+    }
+
+
+@pytest.fixture(scope="session")
+def sd_engines(tmp_path_factory, sd_checkpoint, embeddings) -> Path:
+    from export.embeddings import load_embedding
+    from export.sd_export import export_pipeline
+
+    out = tmp_path_factory.mktemp("engines") / "tiny-sd"
+    loaded = [load_embedding(path, token) for token, path in embeddings.items()]
+    export_pipeline(sd_checkpoint, out, loaded, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(sd_checkpoint, embeddings):
+    """The reference: diffusers' own pipeline with the same embeddings loaded its own way."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd_checkpoint, safety_checker=None, local_files_only=True)
+    for token, path in embeddings.items():
+        pipe.load_textual_inversion(str(path), token=token)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,90 @@
+"""The engine folder: every network exported, validated against PyTorch, described in the manifest."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
+from runtime.contracts import CONTRACTS
+from runtime.manifest import load_manifest, sha256_file
+
+SD_NETWORKS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+def test_manifest_lists_every_network_with_its_validation(sd_engines):
+    manifest = load_manifest(sd_engines)
+    assert manifest.kind == "txt2img"
+    for name in SD_NETWORKS:
+        entry = manifest.networks[name]
+        assert (sd_engines / entry.file).is_file()
+        assert (sd_engines / (entry.file + ".data")).is_file(), "weights go to external data"
+        assert entry.sha256 == sha256_file(sd_engines / entry.file)
+        assert [i["name"] for i in entry.inputs] == [s.name for s in CONTRACTS[name].inputs]
+        assert 0 <= entry.validation["max_abs_diff"] < 1e-4
+        # validated at batch 1, a shape other than the traced batch of 2
+        assert all(shape[0] == 1 for shape in entry.validation["shapes"].values()) or name == "text_encoder"
+    assert manifest.tokenizer["learned_tokens"] == {
+        POSITIVE_TOKEN: [POSITIVE_TOKEN, f"{POSITIVE_TOKEN}_1", f"{POSITIVE_TOKEN}_2"],
+        NEGATIVE_TOKEN: [NEGATIVE_TOKEN, f"{NEGATIVE_TOKEN}_1"],
+    }
+    assert manifest.scheduler_config["_class_name"] == "PNDMScheduler"
+    assert set(manifest.versions) >= {"torch", "diffusers", "transformers", "onnx", "onnxruntime"}
+
+
+def test_onnx_text_encoder_uses_the_learned_rows(sd_engines, diffusers_pipe):
+    """Token ids and hidden states equal transformers' for a prompt with both learned tokens."""
+    import torch
+
+    from runtime.engines import EngineSet
+    from runtime.tokenizer import PromptTokenizer
+
+    manifest = load_manifest(sd_engines)
+    tok = PromptTokenizer.from_manifest_section(sd_engines, manifest.tokenizer)
+    prompt = f"{POSITIVE_TOKEN} red dress {NEGATIVE_TOKEN}"
+    ours = tok.encode(prompt)
+    converted = diffusers_pipe.maybe_convert_prompt(prompt, diffusers_pipe.tokenizer)
+    ref = diffusers_pipe.tokenizer(converted, padding="max_length", max_length=77, truncation=True).input_ids
+    assert ours.tolist() == ref
+    hidden = EngineSet(sd_engines)["text_encoder"].run({"input_ids": ours[None]})["last_hidden_state"]
+    with torch.no_grad():
+        expected = diffusers_pipe.text_encoder(torch.tensor([ref]))[0].numpy()
+    assert np.abs(hidden - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["a1111", "civitai", "diffusers", "diffusers-bin"])
+def test_every_embedding_format_loads(tmp_path, fmt):
+    from export.demo_checkpoints import random_embedding, write_textual_inversion
+    from export.embeddings import load_embedding
+
+    n = 1 if fmt.startswith("diffusers") else 2
+    vectors = random_embedding(32, n, seed=5)
+    name = "learned_embeds.bin" if fmt == "diffusers-bin" else (
+        "learned_embeds.safetensors" if fmt == "diffusers" else ("emb.pt" if fmt == "a1111" else "emb.safetensors"))
+    path = write_textual_inversion(tmp_path / name, vectors, "<style>", fmt)
+    emb = load_embedding(path, "<style>")
+    assert emb.tokens == ["<style>"] + [f"<style>_{i}" for i in range(1, n)]
+    assert np.allclose(emb.vectors.numpy(), np.asarray(vectors).reshape(n, 32))
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, runtime.txt2img, runtime.engines, runtime.schedulers, runtime.rng, runtime.tokenizer, "
+            "runtime.images, runtime.manifest; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'export') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_runtime_sources_name_no_torch_side_module():
+    root = Path(__file__).resolve().parents[1] / "runtime"
+    for path in root.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.strip().split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                top = words[1].split(".")[0]
+                assert top not in {"torch", "diffusers", "transformers", "export", "bench", "fashiongen"}, \
+                    f"{path.name}: {line.strip()}"
