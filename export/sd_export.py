@@ -83,12 +83,24 @@ def check_checkpoint(model_dir: Path) -> Path:
     return model_dir
 
 
+def quiet_libraries() -> None:
+    """Our own progress bar and errors say what happens; silence the libraries' chatter."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_checkpoint(model_dir: Path) -> dict:
     """The four parts of an SD 1.x folder, loaded from local files only."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model_dir = check_checkpoint(model_dir)
+    quiet_libraries()
     kw = {"local_files_only": True}
     try:
         parts = {

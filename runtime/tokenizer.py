@@ -43,12 +43,17 @@ class PromptTokenizer:
         ids = self._tok.encode(self.expand_learned_tokens(prompt), add_special_tokens=False).ids
         room = self.max_length - 2
         if len(ids) > room:
-            dropped = self._tok.decode(ids[room:])
+            dropped = self.decode(ids[room:])
             warnings.warn(f"prompt is longer than {room} tokens; dropped: {dropped!r}", stacklevel=3)
             ids = ids[:room]
         ids = [self.bos, *ids, self.eos]
         ids += [self.pad] * (self.max_length - len(ids))
         return np.asarray(ids, dtype=np.int32)
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids back to text; CLIP marks word ends with ``</w>`` (not every tokenizer.json has a decoder)."""
+        tokens = [self._tok.id_to_token(i) or "" for i in ids]
+        return "".join(tokens).replace("</w>", " ").strip()
 
     def encode_batch(self, prompts: list[str]) -> np.ndarray:
         return np.stack([self.encode(p) for p in prompts])

@@ -52,8 +52,8 @@ class Txt2ImgPipeline:
         """Fill defaults and check every field; raises ValueError naming the field."""
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise ValueError("prompt must be a non-empty string")
-        height = request.height or self.native_size
-        width = request.width or self.native_size
+        height = self.native_size if request.height is None else request.height
+        width = self.native_size if request.width is None else request.width
         check_size("height", height, self.downscale)
         check_size("width", width, self.downscale)
         check_positive_int("steps", request.steps)
@@ -76,8 +76,12 @@ class Txt2ImgPipeline:
         return decoded_to_uint8(images)
 
     def __call__(self, request: Txt2ImgRequest, progress: bool = True) -> Txt2ImgResult:
-        req = self.resolve(request)
         timings = StageTimings()
+        with timings.measure("total"):
+            images = self._generate(self.resolve(request), timings, progress)
+        return Txt2ImgResult(images=images, timings=timings)
+
+    def _generate(self, req: Txt2ImgRequest, timings: StageTimings, progress: bool) -> np.ndarray:
         guided = req.guidance > 1.0
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
         scheduler.set_timesteps(req.steps)
@@ -103,5 +107,4 @@ class Txt2ImgPipeline:
 
         latents = denoise(latents, scheduler, predict, generator, timings, progress)
         with timings.measure("vae_decoder"):
-            images = self.decode(latents)
-        return Txt2ImgResult(images=images, timings=timings)
+            return self.decode(latents)
