@@ -78,11 +78,13 @@ _COMMON_CHECKS: dict[str, Callable[[Any], bool]] = {
 def _resolve_config(cls_name: str, defaults: dict, checks: dict, config: dict, overrides: dict) -> SimpleNamespace:
     """diffusers' from_config: known keys from ``config`` over the class defaults, then validate."""
     values = {**defaults, **{k: v for k, v in config.items() if k in defaults}, **overrides}
-    if values.get("trained_betas") is not None:
-        values["num_train_timesteps"] = len(values["trained_betas"])
     for key, check in checks.items():
         if not check(values[key]):
             raise ValueError(f"{cls_name}: unsupported setting {key}={values[key]!r}")
+    trained = values.get("trained_betas")
+    if trained is not None and len(trained) != values["num_train_timesteps"]:
+        raise ValueError(f"{cls_name}: trained_betas has {len(trained)} entries but "
+                         f"num_train_timesteps={values['num_train_timesteps']}")
     return SimpleNamespace(**values)
 
 
@@ -774,15 +776,13 @@ class DPMSolverMultistepScheduler(Scheduler):
         i, n = self._step_index, len(self.timesteps)
         short = cfg.lower_order_final and n < 15
         lower_order_final = i == n - 1 and (cfg.euler_at_final or short or cfg.final_sigmas_type == "zero")
-        lower_order_second = i == n - 2 and short
         converted = self._convert_model_output(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [converted]
         sample = sample.astype(F32)
         if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
             prev_sample = self._first_order(converted, sample)
-        else:  # solver_order == 2 (validated); lower_order_second falls here too
+        else:  # solver_order == 2 (validated; diffusers' lower_order_second only matters for order 3)
             prev_sample = self._second_order(sample)
-        del lower_order_second  # only selects between 2nd and 3rd order, which is not implemented
         if self.lower_order_nums < cfg.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1

@@ -257,6 +257,11 @@ def test_dpmpp_2m_overrides_config():
     assert make_scheduler(config, "dpmpp_2m_karras").config.use_karras_sigmas
 
 
+def test_trained_betas_length_must_match():
+    with pytest.raises(ValueError, match="trained_betas has 10 entries but num_train_timesteps=1000"):
+        make_scheduler({**SD15, "trained_betas": [0.01] * 10}, "ddim")
+
+
 def test_bad_steps_and_order_of_calls():
     scheduler = make_scheduler(SD15, "ddim")
     with pytest.raises(ValueError, match="set_timesteps"):
