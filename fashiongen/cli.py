@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from fashiongen import catalog_commands
+
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a local SD 1.x checkpoint folder to an ONNX engine folder",
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_export(sub)
     _add_generate(sub)
+    catalog_commands.register(sub)  # edit, index, search
     return parser
 
 

@@ -105,5 +105,22 @@ SEGMENTER = NetworkContract(
     doc="Clothes segmenter (SegFormer): normalized image to per-class logits at 1/4 resolution.",
 )
 
+CLIP_TEXT = NetworkContract(
+    "clip_text",
+    # Padded to the tokenizer's full length; CLIP's causal mask keeps padding out of the EOS position.
+    inputs=(TensorSpec("input_ids", "int32", ("batch", "clip_text_length")),),
+    # CLIPModel.get_text_features: the EOS hidden state through text_projection, not yet L2-normalized.
+    outputs=(_f32("text_embeds", "batch", "clip_projection"),),
+    doc="CLIP text tower with its projection: prompt ids to the (unnormalized) joint-space embedding.",
+)
+
+CLIP_IMAGE = NetworkContract(
+    "clip_image",
+    inputs=(_f32("pixel_values", "batch", 3, "clip_image_size", "clip_image_size"),),
+    # CLIPModel.get_image_features: the pooled class token through visual_projection, not normalized.
+    outputs=(_f32("image_embeds", "batch", "clip_projection"),),
+    doc="CLIP image tower with its projection: a normalized, center-cropped image to the joint space.",
+)
+
 CONTRACTS: dict[str, NetworkContract] = {
-    c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SEGMENTER)}
+    c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SEGMENTER, CLIP_TEXT, CLIP_IMAGE)}

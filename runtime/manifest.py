@@ -35,7 +35,7 @@ class NetworkEntry:
 class Manifest:
     """One engine folder. A folder may hold a diffusion pipeline, a segmenter, or both."""
 
-    kind: str                       # "txt2img" | "pix2pix" | "segmenter" (no diffusion pipeline)
+    kind: str                       # "txt2img" | "pix2pix" | "segmenter" | "clip" (no diffusion pipeline)
     dims: dict[str, int]            # fixed sizes that resolve the contracts' dimension names
     networks: dict[str, NetworkEntry]
     opset: int
@@ -44,6 +44,7 @@ class Manifest:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     vae: dict[str, Any] = field(default_factory=dict)          # scaling_factor, downscale
     segmenter: dict[str, Any] = field(default_factory=dict)    # id2label, preprocessing settings
+    clip: dict[str, Any] = field(default_factory=dict)         # tokenizer, image preprocessing, fingerprint
     source: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 

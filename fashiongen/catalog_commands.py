@@ -1,0 +1,189 @@
+"""Catalog commands: ``edit`` (InstructPix2Pix), ``index`` (BLIP captions + CLIP vectors), ``search``.
+
+``edit`` takes its input image either from a file (``--image IN.png``) or from a catalog index
+(``--from-catalog INDEX_DIR``): the prompt then first retrieves the nearest catalog image, which
+InstructPix2Pix edits toward the same prompt (text → nearest catalog image → edited product shot).
+
+``edit`` and ``search`` are runtime commands (torch-free); ``index`` is an offline batch job on the torch
+side (BLIP captioning, CLIP export) and imports it only when run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    """Add ``edit``, ``index`` and ``search`` to the ``fashiongen`` subcommands."""
+    _add_edit(sub)
+    _add_index(sub)
+    _add_search(sub)
+
+
+# -- edit -------------------------------------------------------------------------------------------------
+def _cutout_module():
+    """The segmenter cutout's CLI helpers, when that part of fashiongen is installed."""
+    try:
+        from fashiongen import cutout_commands
+    except ImportError:
+        return None
+    if not hasattr(cutout_commands, "add_cutout_arguments"):
+        return None
+    return cutout_commands
+
+
+def _add_edit(sub) -> None:
+    p = sub.add_parser(
+        "edit", help="edit a product image toward a prompt with InstructPix2Pix (from a file or a catalog)",
+        description="Edit an image with an exported InstructPix2Pix engine folder, torch-free. The same seed, "
+        "scheduler and guidance scales give the same image as diffusers' StableDiffusionInstructPix2PixPipeline. "
+        "The image comes from --image, or with --from-catalog from the catalog index: the prompt retrieves the "
+        "nearest catalog image (CLIP), which is then edited toward the same prompt.")
+    p.add_argument("--engines", required=True, type=Path, help="pix2pix engine folder written by `fashiongen export`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="image to edit (PNG/JPEG...; grayscale and RGBA are converted)")
+    source.add_argument("--from-catalog", type=Path, metavar="INDEX_DIR",
+                        help="catalog index written by `fashiongen index`: edit the catalog image nearest the prompt")
+    p.add_argument("--prompt", required=True, help="the edit, e.g. 'black short sleeve crewneck crop top'")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from")
+    p.add_argument("--match", choices=("both", "image", "caption"), default="both",
+                   help="with --from-catalog: compare the prompt with catalog images, their captions, or both "
+                        "(mean of the two cosines; default)")
+    p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")
+    p.add_argument("--image-guidance", type=float, default=1.5,
+                   help="image guidance scale: how closely to keep the input (default 1.5; < 1 turns guidance off)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
+    p.add_argument("--scheduler", default=None,
+                   help="pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default: the checkpoint's own)")
+    p.add_argument("--num-images", type=int, default=1, help="edits of the image (out-0.png, out-1.png, ...)")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--timings", action="store_true", help="print per-stage timings")
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cutout = _cutout_module()
+    if cutout is not None:
+        cutout.add_cutout_arguments(p)
+    p.set_defaults(run=_run_edit)
+
+
+def read_image(path: Path, arg: str = "--image"):
+    """An image file as a uint8 array (its own mode: L, RGB or RGBA); errors name the argument and file."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{arg}: '{path}' does not exist" if not path.exists() else f"{arg}: '{path}' is not a file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"{arg}: cannot read '{path}' as an image ({exc})") from None
+
+
+def _run_edit(args) -> int:
+    from runtime.engines import EngineSet, ort_factory
+    from runtime.images import check_writable, numbered_paths, save_png_atomic
+    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+
+    check_writable(args.out)
+    factory = ort_factory(args.providers.split(","), args.threads)
+    engines = EngineSet(args.engines, factory)
+    pipeline = Pix2PixPipeline(engines)
+    cutout = _cutout_module() if getattr(args, "cutout", None) else None
+    if args.image is not None:
+        image = read_image(args.image)
+    else:
+        from runtime.retrieval import CatalogSearch
+
+        search = CatalogSearch(args.from_catalog, factory)
+        hit = search.search(args.prompt, k=1, match=args.match)[0]
+        print(f"catalog match: {hit.path} (score {hit.score:.4f}; caption: {hit.caption!r})")
+        image = read_image(search.image_path(hit), arg="--from-catalog")
+    request = Pix2PixRequest(image=image, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+                             steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance,
+                             scheduler=args.scheduler, num_images=args.num_images)
+    pipeline.resolve(request)  # every field checked before any network is loaded
+    result = pipeline(request, progress=not args.no_progress)
+    images = result.images
+    if cutout is not None:
+        images = cutout.apply_cutout(args, images, factory)
+    for image, path in zip(images, numbered_paths(args.out, len(images))):
+        save_png_atomic(image, path)
+        print(f"wrote {path}")
+    if args.timings:
+        print(result.timings.table())
+    return 0
+
+
+# -- index ------------------------------------------------------------------------------------------------
+def _add_index(sub) -> None:
+    p = sub.add_parser(
+        "index", help="caption (BLIP) and embed (CLIP) a folder of catalog images into a searchable index",
+        description="Build or update a catalog index: every image under CATALOG_DIR is captioned with a local BLIP "
+        "checkpoint and embedded, image and caption, with CLIP (exported to ONNX into the index, so searching needs "
+        "no torch). Vectors go into faiss exact inner-product indexes. Re-running on a grown catalog embeds only new "
+        "or changed images and drops removed ones; unreadable files are skipped and reported. The index folder is "
+        "replaced in one rename, never left half written.")
+    p.add_argument("catalog", type=Path, metavar="CATALOG_DIR", help="folder of product images (searched recursively)")
+    p.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR", help="index folder to write or update")
+    p.add_argument("--clip", type=Path, default=None, metavar="DIR",
+                   help="local CLIP checkpoint (openai/clip-vit-base-patch32 layout); needed for a new index, "
+                        "optional on an update (the index keeps its exported CLIP; a different one is refused)")
+    p.add_argument("--captioner", type=Path, default=None, metavar="DIR",
+                   help="local BLIP captioning checkpoint (Salesforce/blip-image-captioning-base layout); needed for "
+                        "a new index, optional on an update when the recorded one is still in place")
+    p.add_argument("--batch-size", type=int, default=16, help="images per captioning / embedding batch (default 16)")
+    p.add_argument("--approximate", action="store_true",
+                   help="HNSW (approximate) faiss indexes instead of exact flat search")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_index)
+
+
+def _run_index(args) -> int:
+    from export.catalog_index import build_index
+
+    report = build_index(args.catalog, args.out, clip_dir=args.clip, captioner_dir=args.captioner,
+                         batch_size=args.batch_size, approximate=args.approximate, progress=not args.no_progress)
+    print(report.summary())
+    return 0
+
+
+# -- search -----------------------------------------------------------------------------------------------
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="the catalog images nearest a text prompt (torch-free)",
+                       description="Embed the prompt with the index's own exported CLIP text tower (or --clip-engines, "
+                       "which must be the same CLIP) and print the k nearest catalog images with their cosine scores.")
+    p.add_argument("index", type=Path, metavar="INDEX_DIR", help="index folder written by `fashiongen index`")
+    p.add_argument("--prompt", required=True, help="what to look for, e.g. 'black short sleeve crewneck crop top'")
+    p.add_argument("-k", type=int, default=5, help="how many results (default 5; at most the catalog's size)")
+    p.add_argument("--match", choices=("both", "image", "caption"), default="both",
+                   help="compare the prompt with catalog images, their captions, or both (mean cosine; default)")
+    p.add_argument("--clip-engines", type=Path, default=None, metavar="DIR",
+                   help="a CLIP engine folder to embed the prompt with instead of the index's own copy")
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    p.set_defaults(run=_run_search)
+
+
+def _run_search(args) -> int:
+    from runtime.engines import ort_factory
+    from runtime.retrieval import CatalogSearch
+
+    search = CatalogSearch(args.index, ort_factory(args.providers.split(","), args.threads),
+                           clip_engines=args.clip_engines)
+    hits = search.search(args.prompt, k=args.k, match=args.match)
+    if args.k > len(hits):
+        print(f"(the catalog holds {len(hits)} images; showing all of them)")
+    print(f"{'rank':>4}  {'score':>7}  path  [caption]")
+    for rank, hit in enumerate(hits, 1):
+        caption = f"  [{hit.caption}]" if hit.caption is not None else ""
+        print(f"{rank:>4}  {hit.score:7.4f}  {hit.path}{caption}")
+    return 0
+

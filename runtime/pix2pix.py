@@ -1,0 +1,158 @@
+"""Image editing with InstructPix2Pix over any engine backend, equal to diffusers'
+``StableDiffusionInstructPix2PixPipeline``.
+
+Stages, each timed: ``text_encoder`` (the text pipeline's own prompt encoding), ``vae_encoder`` (the input
+image to its latent mode, unscaled, as diffusers' ``retrieve_latents(..., sample_mode="argmax")``),
+``denoise`` (the shared loop; the UNet sees the noisy latents concatenated with the image latents along
+channels, 8 in all) and ``vae_decoder``.
+
+Guidance is three-way, in one batched UNet call per step: rows ``[text, image, unconditional]`` take
+``(prompt, image)``, ``(negative, image)``, ``(negative, zeros)`` and combine as
+``uncond + g_text * (text - image) + g_image * (image - uncond)``. As in diffusers it is on when
+``guidance > 1`` and ``image_guidance >= 1``; otherwise one unguided call with the prompt and the image.
+
+The input image is uint8 RGB (grayscale is expanded, RGBA is composited onto white); the edit happens at
+its size rounded down to a multiple of the VAE's downscale (Lanczos resize when that changes it), which is
+what diffusers' ``VaeImageProcessor`` does, and the result has that size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .denoise import check_guidance, check_positive_int, check_seed, denoise, initial_latents, unet_timestep
+from .engines import EngineSet
+from .images import uint8_to_model_input
+from .manifest import EngineFolderError
+from .rng import TorchGenerator
+from .schedulers import make_scheduler
+from .timings import StageTimings
+from .txt2img import Txt2ImgPipeline
+
+
+@dataclass
+class Pix2PixRequest:
+    image: np.ndarray                 # H x W (x 1|3|4) uint8
+    prompt: str                       # the edit instruction, e.g. "make it black"
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5             # text guidance
+    image_guidance: float = 1.5       # how closely to keep the input image
+    scheduler: str | None = None      # None: the checkpoint's own
+    num_images: int = 1
+
+
+@dataclass
+class Pix2PixResult:
+    images: np.ndarray                # N x H' x W' x 3 uint8 (H', W': the input rounded down to the VAE grid)
+    timings: StageTimings = field(default_factory=StageTimings)
+
+
+def to_rgb_uint8(image: np.ndarray, arg: str = "image") -> np.ndarray:
+    """HxW, HxWx1, HxWx3 or HxWx4 uint8 to HxWx3 uint8; RGBA is composited onto white."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"{arg} must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"{arg} must be H x W (x 1, 3 or 4 channels), got shape {list(image.shape)}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255.0
+        rgb = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(rgb.round(), 0, 255).astype(np.uint8)
+    return image
+
+
+def fit_to_grid(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Round the size down to ``multiple`` and resize with Lanczos if needed (diffusers' VaeImageProcessor)."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    h, w = height - height % multiple, width - width % multiple
+    if h == 0 or w == 0:
+        raise ValueError(f"image is {width}x{height}; each side must be at least {multiple} pixels")
+    if (h, w) == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), resample=Image.LANCZOS))
+
+
+class Pix2PixPipeline:
+    def __init__(self, engines: EngineSet):
+        manifest = engines.manifest
+        if manifest.kind != "pix2pix":
+            raise EngineFolderError(f"--engines: '{engines.engine_dir}' holds a '{manifest.kind}' pipeline, not an "
+                                    "InstructPix2Pix one (export a checkpoint whose UNet has 8 input channels)")
+        self.engines = engines
+        self.text = Txt2ImgPipeline(engines)  # prompt encoding and decoding are the text pipeline's own
+        self.dims = manifest.dims
+        self.downscale = self.text.downscale
+
+    # -- request checks, before any compute ---------------------------------------------------------
+    def resolve(self, request: Pix2PixRequest) -> Pix2PixRequest:
+        """Check every field and bring the image to RGB on the VAE grid; raises ValueError naming the field."""
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        image = fit_to_grid(to_rgb_uint8(request.image), self.downscale)
+        check_positive_int("steps", request.steps)
+        check_positive_int("num_images", request.num_images)
+        check_seed(request.seed)
+        check_guidance("guidance", request.guidance)
+        check_guidance("image_guidance", request.image_guidance)
+        make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail here
+        return Pix2PixRequest(**{**request.__dict__, "image": image})
+
+    # -- stages -------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, guided: bool) -> np.ndarray:
+        """``[prompt, negative, negative]`` (each x n) when guided, else ``[prompt]`` x n."""
+        hidden = self.text.encode_prompt(prompt, negative_prompt, num_images, guided)
+        if not guided:
+            return hidden
+        negative, positive = np.split(hidden, 2)
+        return np.concatenate([positive, negative, negative])
+
+    def encode_image(self, image: np.ndarray, num_images: int, guided: bool) -> np.ndarray:
+        """The image's latent mode (unscaled) x n; guided: ``[image, image, zeros]``."""
+        mean = self.engines["vae_encoder"].run({"image": uint8_to_model_input(image)})["latent_mean"]
+        latents = np.repeat(mean, num_images, axis=0)
+        if not guided:
+            return latents
+        return np.concatenate([latents, latents, np.zeros_like(latents)])
+
+    def __call__(self, request: Pix2PixRequest, progress: bool = True) -> Pix2PixResult:
+        req = self.resolve(request)
+        timings = StageTimings()
+        guided = req.guidance > 1.0 and req.image_guidance >= 1.0
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
+        scheduler.set_timesteps(req.steps)
+        generator = TorchGenerator(req.seed)
+        unet = self.engines["unet"]  # open (and so check) every network before computing anything
+        self.engines["vae_encoder"], self.engines["vae_decoder"]
+
+        with timings.measure("text_encoder"):
+            text = self.encode_prompt(req.prompt, req.negative_prompt, req.num_images, guided)
+        with timings.measure("vae_encoder"):
+            image_latents = self.encode_image(req.image, req.num_images, guided)
+        height, width = req.image.shape[:2]
+        shape = (req.num_images, self.dims["latent_channels"], height // self.downscale, width // self.downscale)
+        latents = initial_latents(generator, shape, scheduler)
+        copies = 3 if guided else 1
+        g_text, g_image = np.float32(req.guidance), np.float32(req.image_guidance)
+
+        def predict(model_input: np.ndarray, t: float) -> np.ndarray:
+            sample = np.concatenate([np.concatenate([model_input] * copies), image_latents], axis=1)
+            noise = unet.run({"sample": sample, "timestep": unet_timestep(t, len(sample)),
+                              "encoder_hidden_states": text})["out_sample"]
+            if not guided:
+                return noise
+            with_text, with_image, uncond = np.split(noise, 3)
+            return uncond + g_text * (with_text - with_image) + g_image * (with_image - uncond)
+
+        latents = denoise(latents, scheduler, predict, generator, timings, progress)
+        with timings.measure("vae_decoder"):
+            images = self.text.decode(latents)
+        return Pix2PixResult(images=images, timings=timings)
