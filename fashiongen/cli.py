@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from fashiongen import catalog_commands
+from fashiongen import catalog_commands, cutout_commands
 
 
 def _add_export(sub) -> None:
@@ -18,8 +18,13 @@ def _add_export(sub) -> None:
                        description="Load a local diffusers Stable Diffusion 1.x checkpoint (never a hub), bake "
                        "textual-inversion tokens into its tokenizer and text encoder, export text_encoder, unet, "
                        "vae_decoder and vae_encoder to ONNX (each validated against PyTorch) and write "
-                       "manifest.json. The folder appears only when complete.")
-    p.add_argument("--model", required=True, type=Path, help="checkpoint folder (model_index.json, unet/, vae/, ...)")
+                       "manifest.json. With --segmenter, also (or only) a SegFormer clothes segmenter. The folder "
+                       "appears only when complete.")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint folder (model_index.json, unet/, vae/, ...); optional with --segmenter")
+    p.add_argument("--segmenter", type=Path, default=None, metavar="DIR",
+                   help="transformers SegformerForSemanticSegmentation folder (config.json with id2label, weights, "
+                   "preprocessor_config.json), e.g. mattmdjaga/segformer_b2_clothes: written as segformer.onnx")
     p.add_argument("--out", required=True, type=Path, help="engine folder to write (replaced if it is one already)")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[=TOKEN]",
                    help="textual-inversion file (A1111 .pt, civitai .safetensors, diffusers learned_embeds); "
@@ -32,10 +37,11 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     from export.embeddings import load_embedding, parse_embedding_arg
-    from export.sd_export import export_pipeline
+    from export.sd_export import export_engine_folder
 
     embeddings = [load_embedding(*parse_embedding_arg(a)) for a in args.embedding]
-    manifest = export_pipeline(args.model, args.out, embeddings, opset=args.opset, progress=not args.no_progress)
+    manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
+                                    progress=not args.no_progress)
     print(f"wrote {args.out} ({manifest.kind})")
     for name, entry in manifest.networks.items():
         print(f"  {name:13s} {entry.file:20s} max abs diff vs PyTorch {entry.validation['max_abs_diff']:.2e}")
@@ -63,6 +69,7 @@ def _add_generate(sub) -> None:
                    help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cutout_commands.add_cutout_arguments(p)
     p.set_defaults(run=_run_generate)
 
 
@@ -78,7 +85,12 @@ def _run_generate(args) -> int:
     engines = EngineSet(args.engines, ort_factory(args.providers.split(","), args.threads))
     pipeline = Txt2ImgPipeline(engines)
     pipeline.resolve(request)  # every field checked before any network is loaded
+    cutout = cutout_commands.plan_cutout(args, request.num_images, args.prompt, engines)  # None without --cutout
     result = pipeline(request, progress=not args.no_progress)
+    if cutout is not None:  # the product shot goes to --out, the uncut image beside it with --keep-raw
+        if args.timings:
+            print(result.timings.table())
+        return cutout_commands.apply_cutout(cutout, result.images, args.timings)
     for image, path in zip(result.images, numbered_paths(args.out, len(result.images))):
         save_png_atomic(image, path)
         print(f"wrote {path}")
@@ -93,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_export(sub)
     _add_generate(sub)
+    cutout_commands.register(sub)  # cutout
     catalog_commands.register(sub)  # edit, index, search
     return parser
 

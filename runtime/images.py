@@ -59,3 +59,57 @@ def numbered_paths(path: Path, count: int) -> list[Path]:
     if count == 1:
         return [path]
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+
+
+def load_rgb_image(path: Path, arg: str = "IMAGE") -> np.ndarray:
+    """Read an image file as HWC uint8 RGB; grayscale, palette, 16-bit and alpha inputs are converted.
+
+    Transparency is composited onto white (as transformers' ``convert_rgb`` does). Raises ValueError
+    naming the file when it is missing, not an image, unreadable or has no pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{arg}: '{path}' does not exist")
+    if path.is_dir():
+        raise ValueError(f"{arg}: '{path}' is a folder; expected an image file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{arg}: '{path}' is empty (0 bytes), not an image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return as_rgb(im, f"{arg}: '{path}'")
+    except UnidentifiedImageError:
+        raise ValueError(f"{arg}: '{path}' is not an image file (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{arg}: '{path}' cannot be read as an image ({exc})") from None
+
+
+def as_rgb(image, what: str = "image") -> np.ndarray:
+    """A PIL image or an HW / HWC (1, 3 or 4 channels) uint8 array as HWC uint8 RGB (alpha onto white)."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+            raise ValueError(f"{what}: expected an HxW or HxWx3/4 image array, got shape {list(image.shape)}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"{what}: image has no pixels (size {image.shape[1]}x{image.shape[0]})")
+        if image.dtype != np.uint8:
+            raise ValueError(f"{what}: expected a uint8 image array, got {image.dtype}")
+        if image.ndim == 3 and image.shape[-1] == 3:
+            return np.ascontiguousarray(image)
+        image = Image.fromarray(image)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{what}: image has no pixels (size {image.width}x{image.height})")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        image = Image.fromarray(np.asarray(image).round().clip(0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()

@@ -58,3 +58,21 @@ def diffusers_pipe(sd_checkpoint, embeddings):
         pipe.load_textual_inversion(str(path), token=token)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# -- clothes segmenter (SegFormer, 18 classes) -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def segformer_checkpoint(tmp_path_factory) -> Path:
+    from export.demo_segmenter import TINY_SEGFORMER, write_segformer_checkpoint
+
+    return write_segformer_checkpoint(tmp_path_factory.mktemp("segformer") / "tiny-segformer", TINY_SEGFORMER, seed=0)
+
+
+@pytest.fixture(scope="session")
+def segmenter_engines(tmp_path_factory, segformer_checkpoint) -> Path:
+    """An engine folder holding only the segmenter (manifest kind "segmenter")."""
+    from export.sd_export import export_engine_folder
+
+    out = tmp_path_factory.mktemp("seg-engines") / "tiny-segmenter"
+    export_engine_folder(out, segmenter_dir=segformer_checkpoint, progress=False)
+    return out

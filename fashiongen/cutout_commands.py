@@ -1,0 +1,207 @@
+"""Garment cutout on the command line: ``fashiongen cutout`` and the ``--cutout`` options of ``generate``.
+
+Shared by every command that makes images (``generate`` now, ``edit`` later): :func:`add_cutout_arguments`
+adds the options, :func:`plan_cutout` checks them and every output path *before* any compute (and opens
+the segmenter), :meth:`CutoutPlan.apply` segments a batch of images in one segmenter call and writes the
+product shots. Runtime only: nothing here imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from runtime.compositing import CompositeOptions, mask_image
+from runtime.cutout import CutoutBatch, CutoutPipeline
+from runtime.engines import EngineSet, ort_factory
+from runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
+
+
+class EmptyCutoutError(ValueError):
+    """The chosen classes cover no pixel of an image: no product shot is written for it."""
+
+
+CLASS_HELP = ("'auto' reads the garment from the prompt (crop top, shirt, t-shirt, blouse, jacket... -> "
+              "Upper-clothes; skirt -> Skirt; pants, jeans, trousers, shorts -> Pants; dress -> Dress), or "
+              "one or more of the segmenter's labels by name or id, comma-separated (e.g. Upper-clothes,Skirt "
+              "or 4,5); garment words such as jeans also name their class")
+
+
+def add_cutout_arguments(parser: argparse.ArgumentParser, standalone: bool = False) -> None:
+    """The cutout options. ``standalone`` (the ``cutout`` command) leaves out what only generators need."""
+    g = parser.add_argument_group("garment cutout (product shot on white)")
+    if not standalone:
+        g.add_argument("--cutout", default=None, metavar="auto|CLASS[,CLASS]",
+                       help="cut the garment out of the generated image and write it, alone on white, to --out. "
+                       + CLASS_HELP)
+        g.add_argument("--segmenter-engines", type=Path, default=None, metavar="ENGINE_DIR",
+                       help="engine folder holding the segmenter (default: the --engines folder)")
+        g.add_argument("--keep-raw", action="store_true",
+                       help="also write the uncut generated image beside --out as OUT-raw.png")
+    g.add_argument("--transparent", action="store_true",
+                   help="write an RGBA PNG with a transparent background instead of white")
+    g.add_argument("--feather", type=float, default=0.0, metavar="PX",
+                   help="soften the garment's edge over about PX pixels, inward only (default 0: hard edge)")
+    g.add_argument("--frame", type=int, default=None, metavar="SIZE",
+                   help="crop to the garment's bounding box and centre it on a SIZE x SIZE canvas, aspect ratio "
+                   "kept (default: the image's own size and placement)")
+    g.add_argument("--margin", type=float, default=0.05, metavar="FRAC",
+                   help="with --frame: empty border on each side, as a fraction of SIZE (default 0.05)")
+    g.add_argument("--mask-out", type=Path, default=None, metavar="FILE.png",
+                   help="also write the garment mask (255 garment, 0 elsewhere) at the source image's size")
+
+
+def _options(args) -> CompositeOptions:
+    return CompositeOptions(transparent=args.transparent, feather=args.feather, frame=args.frame,
+                            margin=args.margin).check()
+
+
+def raw_path(path: Path) -> Path:
+    """``out.png`` -> ``out-raw.png``: where the uncut image goes."""
+    return path.with_name(f"{path.stem}-raw{path.suffix}")
+
+
+@dataclass
+class CutoutPlan:
+    """Everything checked and opened for one batch: classes, options, output paths, the segmenter."""
+
+    pipeline: CutoutPipeline
+    class_ids: list[int]
+    options: CompositeOptions
+    out_paths: list[Path]
+    raw_paths: list[Path] | None      # where generated images go uncut (--keep-raw, and on an empty mask)
+    mask_paths: list[Path] | None
+    keep_raw: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.pipeline.id2label[i] for i in self.class_ids]
+
+    def run(self, images: Sequence[np.ndarray]) -> CutoutBatch:
+        return self.pipeline(images, self.class_ids, self.options)
+
+    def apply(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> tuple[list[str], CutoutBatch]:
+        """Segment ``images`` (one segmenter call), write product shots, masks, raw images; the lines to print.
+
+        An image whose mask is empty gets no product shot; after writing everything else this raises
+        :class:`EmptyCutoutError` naming it (with ``raw_paths``, its uncut image is kept, so nothing is lost).
+        """
+        batch = self.run(images)
+        lines, empty = [], []
+        for i, (image, result) in enumerate(zip(images, batch.results)):
+            if self.raw_paths is not None and (self.keep_raw or result.empty):
+                save_png_atomic(np.asarray(image), self.raw_paths[i])
+                lines.append(f"wrote {self.raw_paths[i]} (uncut)")
+            if self.mask_paths is not None:
+                save_png_atomic(mask_image(result.mask), self.mask_paths[i])
+                lines.append(f"wrote {self.mask_paths[i]} (mask, {result.coverage:.1%} of the image)")
+            if result.empty:
+                name = sources[i] if sources else f"image {i}"
+                kept = f"; the uncut image is at {self.raw_paths[i]}" if self.raw_paths is not None else ""
+                empty.append(f"{name}{kept}")
+                continue
+            save_png_atomic(result.image, self.out_paths[i])
+            lines.append(f"wrote {self.out_paths[i]} ({'+'.join(result.labels)}, "
+                         f"{result.coverage:.1%} of the image)")
+        if empty:
+            for line in lines:
+                print(line)
+            what = " or ".join(f"{label} ({i})" for label, i in zip(self.labels, self.class_ids))
+            raise EmptyCutoutError(f"no pixel of {what} found in {'; '.join(empty)}: no product shot written "
+                                   "for it (try another class, or see --mask-out)")
+        return lines, batch
+
+
+def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet | None = None,
+                class_spec: str | None = None, class_arg: str = "--cutout", keep_raw: bool | None = None,
+                raw: bool = True) -> CutoutPlan | None:
+    """Check the cutout options and every output path, open the segmenter, resolve the classes.
+
+    Returns None when the command was not asked for a cutout (``--cutout`` absent). ``engines`` is the
+    command's own engine folder (reused when the segmenter lives there). ``raw``: the images are made by
+    the command (so they can be kept uncut); False for existing files.
+    """
+    spec = class_spec if class_spec is not None else getattr(args, "cutout", None)
+    if spec is None:
+        used = [flag for flag, on in (("--keep-raw", getattr(args, "keep_raw", False)),
+                                      ("--transparent", args.transparent), ("--feather", args.feather),
+                                      ("--frame", args.frame is not None), ("--mask-out", args.mask_out is not None),
+                                      ("--segmenter-engines", getattr(args, "segmenter_engines", None) is not None))
+                if on]
+        if used:
+            raise ValueError(f"{', '.join(used)} need(s) --cutout auto|CLASS")
+        return None
+    options = _options(args)
+    out_paths = [check_writable(p, "--out") for p in numbered_paths(args.out, count)]
+    raw_paths = [check_writable(raw_path(p), "--keep-raw") for p in out_paths] if raw else None
+    mask_paths = ([check_writable(p, "--mask-out") for p in numbered_paths(args.mask_out, count)]
+                  if args.mask_out is not None else None)
+    clash = {str(p.absolute()) for p in out_paths} & {str(p.absolute()) for p in (mask_paths or [])}
+    if clash:
+        raise ValueError(f"--mask-out: '{args.mask_out}' is also the product shot's --out path")
+    folder = getattr(args, "segmenter_engines", None)
+    if engines is None or (folder is not None and Path(folder).absolute() != engines.engine_dir.absolute()):
+        providers = getattr(args, "providers", "CPUExecutionProvider").split(",")
+        engines = EngineSet(folder or args.engines, ort_factory(providers, getattr(args, "threads", None)))
+    pipeline = CutoutPipeline(engines)
+    class_ids = pipeline.resolve_classes(spec, prompt, class_arg)
+    pipeline.segmenter.open()
+    keep = bool(getattr(args, "keep_raw", False)) if keep_raw is None else keep_raw
+    return CutoutPlan(pipeline, class_ids, options, out_paths, raw_paths, mask_paths, keep_raw=keep)
+
+
+def apply_cutout(plan: CutoutPlan, images: Sequence[np.ndarray], timings: bool = False) -> int:
+    """Run a plan on generated images, print what was written (and the cutout's timings); 0 on success."""
+    lines, batch = plan.apply(images)
+    for line in lines:
+        print(line)
+    if timings:
+        print(batch.timings.table())
+    return 0
+
+
+# -- fashiongen cutout ---------------------------------------------------------------------------------
+def register(subparsers) -> None:
+    """Add ``fashiongen cutout IMAGE... --engines DIR --class CLASS --out FILE.png``."""
+    p = subparsers.add_parser(
+        "cutout", help="cut a garment out of existing images: product shot on white",
+        description="Find a garment in existing images with the exported SegFormer clothes segmenter and write "
+        "it alone on a white (or transparent) background, as a catalog shows it. Several images go through "
+        "the segmenter in one batch. An image in which the class covers no pixel is an error (exit 2), "
+        "never a blank white square. Grayscale, palette and RGBA inputs are converted (alpha onto white).")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image file(s) to cut out (PNG, JPEG, ...)")
+    p.add_argument("--engines", required=True, type=Path,
+                   help="engine folder holding a segmenter (`fashiongen export --segmenter DIR`)")
+    p.add_argument("--class", dest="class_name", required=True, metavar="auto|CLASS[,CLASS]", help=CLASS_HELP)
+    p.add_argument("--prompt", default=None, help="text describing the garment, read by --class auto")
+    p.add_argument("--out", required=True, type=Path,
+                   help="PNG file to write (with several images: OUT-0.png, OUT-1.png, ...)")
+    p.add_argument("--timings", action="store_true", help="print per-stage timings")
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    add_cutout_arguments(p, standalone=True)
+    p.set_defaults(run=run_cutout_command)
+
+
+def run_cutout_command(args) -> int:
+    # Paths and options first, then the images, then the network: cheap checks before expensive ones.
+    plan_paths = numbered_paths(args.out, len(args.images))
+    for p in plan_paths:
+        check_writable(p, "--out")
+    sources = [str(p) for p in args.images]
+    inputs = {str(p.absolute()) for p in args.images}
+    if any(str(p.absolute()) in inputs for p in plan_paths):
+        raise ValueError("--out: would overwrite an input image; choose another path")
+    images = [load_rgb_image(p, "IMAGE") for p in args.images]
+    plan = plan_cutout(args, len(images), prompt=args.prompt, class_spec=args.class_name, class_arg="--class",
+                       keep_raw=False, raw=False)
+    lines, batch = plan.apply(images, sources)
+    for line in lines:
+        print(line)
+    if args.timings:
+        print(batch.timings.table())
+    return 0
