@@ -27,7 +27,7 @@ PROMPT = "a <midjourney-style> photo of a black short sleeve crewneck crop top"
 NEGATIVE = "<wrong>, blurry"
 
 
-def prepare(full_size: bool) -> tuple[Path, Path]:
+def prepare(full_size: bool) -> tuple[Path, Path, dict[str, Path]]:
     """A random SD checkpoint with demo embeddings and its engine folder, built once and reused."""
     from export.demo_checkpoints import FULL_SD15, TINY, write_demo_embeddings, write_sd_checkpoint
     from export.embeddings import load_embedding
@@ -38,14 +38,11 @@ def prepare(full_size: bool) -> tuple[Path, Path]:
     if not (ckpt / "model_index.json").exists():
         print(f"writing checkpoint {ckpt} ...", flush=True)
         write_sd_checkpoint(ckpt, FULL_SD15 if full_size else TINY, seed=0)
-    emb_dir = ckpt / "embeddings"
-    if not emb_dir.is_dir():
-        write_demo_embeddings(emb_dir, (FULL_SD15 if full_size else TINY).cross_attention_dim, seed=0)
+    tokens = write_demo_embeddings(ckpt / "embeddings", (FULL_SD15 if full_size else TINY).cross_attention_dim)
     if not (engines / "manifest.json").exists():
         print(f"exporting {engines} ...", flush=True)
-        embs = [load_embedding(p) for p in sorted(emb_dir.iterdir())]
-        export_pipeline(ckpt, engines, embs)
-    return ckpt, engines
+        export_pipeline(ckpt, engines, [load_embedding(path, token) for token, path in tokens.items()])
+    return ckpt, engines, tokens
 
 
 class TorchStageTimer:
@@ -139,10 +136,10 @@ def main(argv=None) -> int:
     from runtime.engines import EngineSet
     from runtime.txt2img import Txt2ImgPipeline
 
-    ckpt, engines = prepare(args.full_size)
+    ckpt, engines, tokens = prepare(args.full_size)
     pipe = StableDiffusionPipeline.from_pretrained(ckpt, safety_checker=None, local_files_only=True)
-    for path in sorted((ckpt / "embeddings").iterdir()):
-        pipe.load_textual_inversion(str(path))
+    for token, path in tokens.items():
+        pipe.load_textual_inversion(str(path), token=token)
     pipe.set_progress_bar_config(disable=True)
     timer = TorchStageTimer(pipe)
     pipeline = Txt2ImgPipeline(EngineSet(engines))

@@ -1,0 +1,250 @@
+"""Serving from a real tritonserver (the binary bundled in nvidia-pytriton) on free loopback ports."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
+from runtime.contracts import CONTRACTS
+from runtime.engines import EngineSet
+from runtime.manifest import load_manifest
+from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+pytest.importorskip("pytriton", reason="the serve extra is part of the test set-up")
+pytest.importorskip("tritonclient.grpc")
+
+from triton_repo import configs  # noqa: E402
+from triton_repo.build import write_repository  # noqa: E402
+from triton_repo.client import request_pipeline  # noqa: E402
+from triton_repo.server import ServerOptions, TritonServer, free_port  # noqa: E402
+from runtime.triton_engine import triton_factory  # noqa: E402
+
+PROMPT = f"a {POSITIVE_TOKEN} black short sleeve crewneck crop top"
+REQUEST = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE_TOKEN, seed=19687, steps=4, scheduler="euler_a",
+                         height=64, width=48)
+
+
+def options(repo) -> ServerOptions:
+    return ServerOptions(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                         startup_timeout=120)
+
+
+@pytest.fixture(scope="module")
+def repo(sd_engines, tmp_path_factory):
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    write_repository([sd_engines], out, max_batch_size=8, pipeline_instances=4, max_steps=50)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    with TritonServer(options(repo)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def in_process(sd_engines):
+    return Txt2ImgPipeline(EngineSet(sd_engines))
+
+
+def grpc_url(server) -> str:
+    return f"grpc://{server.grpc_url}"
+
+
+def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape
+    diff = np.abs(a.astype(int) - b.astype(int)).max()
+    assert diff <= 1, f"max abs pixel difference {diff}/255 > 1/255"
+
+
+# -- the repository -------------------------------------------------------------------------------
+def test_configs_parse_back_to_the_contracts(repo, sd_engines):
+    manifest = load_manifest(sd_engines)
+    for name in manifest.networks:
+        config = configs.parse((repo / name / "config.pbtxt").read_text())
+        contract = CONTRACTS[name]
+        assert config.name == name and config.backend == "python" and config.max_batch_size == 8
+        assert [i.name for i in config.input] == [s.name for s in contract.inputs]
+        assert [o.name for o in config.output] == [s.name for s in contract.outputs]
+        assert config.HasField("dynamic_batching") and config.instance_group[0].count == 1
+        for entry, spec in zip(config.input, contract.inputs):
+            assert entry.data_type == configs.DATA_TYPES[spec.dtype]
+            expected = [manifest.dims.get(d, -1) if isinstance(d, str) else d for d in spec.shape[1:]] or [1]
+            assert list(entry.dims) == expected
+        assert (repo / name / "1" / manifest.networks[name].file).is_file()
+    unet = configs.parse((repo / "unet" / "config.pbtxt").read_text())
+    timestep = next(i for i in unet.input if i.name == "timestep")
+    assert list(timestep.dims) == [1] and timestep.HasField("reshape") and not timestep.reshape.shape
+    pipeline = configs.parse((repo / "txt2img" / "config.pbtxt").read_text())
+    assert pipeline.max_batch_size == 0 and pipeline.instance_group[0].count == 4
+    optional = {i.name: i.optional for i in pipeline.input}
+    assert optional["prompt"] is False and optional["seed"] is True
+
+
+def test_gpu_targets(sd_engines, tmp_path):
+    write_repository([sd_engines], tmp_path / "ort", target="onnxruntime")
+    config = configs.parse((tmp_path / "ort" / "unet" / "config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.default_model_filename == "unet.onnx"
+    assert config.instance_group[0].kind == configs.mc.ModelInstanceGroup.KIND_GPU
+    with pytest.raises(ValueError, match="no TensorRT plan 'text_encoder.plan'"):
+        write_repository([sd_engines], tmp_path / "trt", target="tensorrt")
+    assert not (tmp_path / "trt").exists()
+
+
+# -- answers equal the in-process runtime -----------------------------------------------------------
+@pytest.mark.parametrize("protocol, shm", [("grpc", True), ("http", False)])
+def test_client_side_loop_matches_in_process(server, in_process, sd_engines, protocol, shm):
+    url = f"grpc://{server.grpc_url}" if protocol == "grpc" else f"http://{server.http_url}"
+    remote = Txt2ImgPipeline(EngineSet(sd_engines, triton_factory(url, "txt2img", shared_memory=shm)))
+    assert_same_image(remote(REQUEST, progress=False).images, in_process(REQUEST, progress=False).images)
+
+
+def test_server_side_pipeline_matches_in_process(server, in_process):
+    images = request_pipeline(grpc_url(server), "txt2img", REQUEST)
+    assert_same_image(images, in_process(REQUEST, progress=False).images)
+
+
+def test_cli_server_side(server, in_process, tmp_path, capsys):
+    from PIL import Image
+
+    from fashiongen.cli import main
+
+    out = tmp_path / "remote.png"
+    assert main(["generate", "--triton", grpc_url(server), "--server-side", "--prompt", PROMPT, "--negative-prompt",
+                 NEGATIVE_TOKEN, "--seed", "19687", "--steps", "4", "--scheduler", "euler_a", "--height", "64",
+                 "--width", "48", "--out", str(out)]) == 0
+    assert_same_image(np.asarray(Image.open(out))[None], in_process(REQUEST, progress=False).images)
+
+
+# -- load: step-level batching ----------------------------------------------------------------------
+def test_concurrent_clients_all_answered_and_unet_batches(server, in_process):
+    import tritonclient.grpc as grpcclient
+
+    seeds = [11, 22, 33, 44]
+    small = {s: Txt2ImgRequest(prompt=PROMPT, seed=s, steps=3, height=32, width=32) for s in seeds}
+    expected = {s: in_process(r, progress=False).images for s, r in small.items()}
+    clients, per_client = 16, 2
+    deadline = time.monotonic() + 240
+
+    def client(i: int) -> int:
+        ok = 0
+        for j in range(per_client):
+            assert time.monotonic() < deadline, "load test ran out of time"
+            seed = seeds[(i + j) % len(seeds)]
+            assert_same_image(request_pipeline(grpc_url(server), "txt2img", small[seed], timeout_s=120),
+                              expected[seed])
+            ok += 1
+        return ok
+
+    with ThreadPoolExecutor(clients) as pool:
+        answered = sum(pool.map(client, range(clients)))
+    assert answered == clients * per_client
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics("unet", as_json=True)
+    batch_sizes = [int(b["batch_size"]) for b in stats["model_stats"][0].get("batch_stats", [])]
+    assert max(batch_sizes) > 2, f"UNet calls never met in a batch: executed batch sizes {batch_sizes}"
+
+
+# -- bad requests ---------------------------------------------------------------------------------
+def _infer_error(url_kind, server, inputs: dict) -> tuple[str, str]:
+    """Send raw inputs to txt2img; return (status, message) of the refusal."""
+    import tritonclient.utils as tu
+
+    module = __import__(f"tritonclient.{url_kind}", fromlist=["x"])
+    client = module.InferenceServerClient(server.grpc_url if url_kind == "grpc" else server.http_url)
+    entries = []
+    for name, value in inputs.items():
+        entry = module.InferInput(name, list(value.shape), tu.np_to_triton_dtype(value.dtype))
+        entry.set_data_from_numpy(value)
+        entries.append(entry)
+    with pytest.raises(tu.InferenceServerException) as info:
+        client.infer("txt2img", entries)
+    return str(info.value.status()), info.value.message()
+
+
+def _text(s: str) -> np.ndarray:
+    return np.array([s.encode()], dtype=np.object_)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("extra, field", [
+    ({"prompt": _text("  ")}, "prompt"),
+    ({"steps": np.array([0], np.int32)}, "steps"),
+    ({"steps": np.array([51], np.int32)}, "steps must be at most 50"),
+    ({"height": np.array([100], np.int32)}, "height"),
+    ({"scheduler": _text("turbo")}, "unknown scheduler 'turbo'"),
+    ({"steps": np.array([2.0], np.float32)}, "steps"),  # wrong dtype: refused by Triton itself
+    ({"seed": np.array([1, 2], np.uint64)}, "seed"),    # wrong shape
+])
+def test_bad_request_is_refused_and_server_stays_up(server, in_process, protocol, extra, field):
+    inputs = {"prompt": _text(PROMPT), **extra}
+    status, message = _infer_error(protocol, server, inputs)
+    assert status in ("StatusCode.INVALID_ARGUMENT", "400"), (status, message)
+    assert field in message
+    assert request_pipeline(grpc_url(server), "txt2img", REQUEST).shape == (1, 64, 48, 3)
+
+
+def test_missing_prompt_is_refused(server):
+    status, message = _infer_error("grpc", server, {"steps": np.array([2], np.int32)})
+    assert status == "StatusCode.INVALID_ARGUMENT" and "prompt" in message
+
+
+# -- failures -------------------------------------------------------------------------------------
+def _failing_unet(path, channels: int, text_length: int, text_hidden: int) -> None:
+    """A UNet stand-in that loads fine but fails at run time for any latent size but 8 x 8."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["sample", "fixed"], ["out_sample"])], "failing_unet",
+        [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["b", channels, "h", "w"]),
+         helper.make_tensor_value_info("timestep", TensorProto.FLOAT, ["b"]),
+         helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["b", text_length, text_hidden])],
+        [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, ["b", channels, "h", "w"])],
+        [helper.make_tensor("fixed", TensorProto.INT64, [4], [2, channels, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_a_failing_network_returns_an_error_not_a_hang(sd_engines, tmp_path):
+    engines = tmp_path / "engines"
+    shutil.copytree(sd_engines, engines)
+    dims = load_manifest(engines).dims
+    (engines / "unet.onnx.data").unlink()
+    _failing_unet(engines / "unet.onnx", dims["latent_channels"], dims["text_length"], dims["text_hidden"])
+    write_repository([engines], tmp_path / "repo", pipeline_instances=1)
+    with TritonServer(options(tmp_path / "repo")) as running:
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="unet"):
+            request_pipeline(f"grpc://{running.grpc_url}", "txt2img", REQUEST, timeout_s=60)
+        assert time.monotonic() - start < 30
+
+
+def _serve(repo, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fashiongen", "serve", "--repo", str(repo), "--startup-timeout", "60",
+                           "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                           "--metrics-port", str(free_port()), *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_serve_on_a_port_in_use_exits_nonzero(repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = _serve(repo, "--http-port", str(taken.getsockname()[1]))
+    assert result.returncode != 0
+    assert "--http-port" in result.stderr and "already in use" in result.stderr
+
+
+def test_serve_with_a_broken_model_exits_nonzero(repo, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(repo, broken)
+    (broken / "vae_decoder" / "1" / "vae_decoder.onnx").write_bytes(b"not an onnx file")
+    result = _serve(broken)
+    assert result.returncode != 0
+    assert "vae_decoder" in result.stderr

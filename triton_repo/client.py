@@ -1,0 +1,34 @@
+"""Client of the server-side pipeline models: one request, the whole pipeline on the server."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.triton_engine import client_module, parse_url
+
+from .services import SERVICES, to_tensors
+
+
+def pipeline_inputs(module, service_name: str, request) -> list:
+    import tritonclient.utils as tu
+
+    inputs = []
+    for name, value in to_tensors(SERVICES[service_name], request).items():
+        entry = module.InferInput(name, list(value.shape), tu.np_to_triton_dtype(value.dtype))
+        entry.set_data_from_numpy(value)
+        inputs.append(entry)
+    return inputs
+
+
+def request_pipeline(url: str, service_name: str, request, timeout_s: float | None = 600) -> np.ndarray:
+    """Run ``request`` on the server's pipeline model; a refused request raises ValueError with its reason."""
+    from tritonclient.utils import InferenceServerException
+
+    protocol, address = parse_url(url)
+    module = client_module(protocol)
+    client = module.InferenceServerClient(address)
+    kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
+    try:
+        result = client.infer(service_name, pipeline_inputs(module, service_name, request), **kwargs)
+    except InferenceServerException as exc:
+        raise ValueError(f"server refused the request: {exc.message()}") from None
+    return result.as_numpy("image")
