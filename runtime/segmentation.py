@@ -84,11 +84,12 @@ class SegPreprocess:
 
 
 # -- bilinear upsampling, as torch's F.interpolate(mode="bilinear", align_corners=False) ----------------
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """[out_size, in_size] weights of 1-D linear interpolation with half-pixel centres (torch's rule).
+def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """1-D linear interpolation with half-pixel centres (torch's rule): per output index the two source
+    indices and their weights.
 
-    Source index ``max((i + 0.5) * in/out - 0.5, 0)``, computed in float32 as torch does on CPU; its floor
-    and the next index (clamped to the edge) share the weight.
+    Source position ``max((i + 0.5) * in/out - 0.5, 0)``, computed in float32 as torch does on CPU; its
+    floor and the next index (clamped to the edge) share the weight.
     """
     scale = np.float32(in_size / out_size)
     src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5),
@@ -96,35 +97,49 @@ def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.where(i0 < in_size - 1, i0 + 1, i0)
     lam1 = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
-    weights = np.zeros((out_size, in_size), dtype=np.float32)
-    rows = np.arange(out_size)
-    np.add.at(weights, (rows, i0), np.float32(1.0) - lam1)
-    np.add.at(weights, (rows, i1), lam1)
-    return weights
+    return i0, i1, (np.float32(1.0) - lam1).astype(np.float32), lam1
+
+
+def _along_width(logits: np.ndarray, width: int) -> np.ndarray:
+    i0, i1, w0, w1 = linear_taps(logits.shape[-1], width)
+    x = logits.astype(np.float32, copy=False)
+    return x[..., i0] * w0 + x[..., i1] * w1
 
 
 def upsample_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[..., h, w] -> [..., H, W]: separable bilinear interpolation (align_corners=False)."""
+    """[..., h, w] -> [..., H, W]: separable bilinear interpolation (align_corners=False), width first,
+    then height, as torch's CPU kernel orders it."""
     height, width = size
-    mh = interpolation_matrix(logits.shape[-2], height)
-    mw = interpolation_matrix(logits.shape[-1], width)
-    return np.matmul(np.matmul(mh, logits.astype(np.float32)), mw.T)
+    x = _along_width(logits, width)
+    i0, i1, h0, h1 = linear_taps(logits.shape[-2], height)
+    return x[..., i0, :] * h0[:, None] + x[..., i1, :] * h1[:, None]
 
 
-def class_map(logits: np.ndarray, size: tuple[int, int], rows_per_chunk: int = 256) -> np.ndarray:
+def _argmax_first_axis(planes: np.ndarray) -> np.ndarray:
+    """``planes.argmax(0)`` (first maximum wins) as C whole-plane passes: faster than a strided argmax."""
+    best = planes[0].copy()
+    index = np.zeros(planes.shape[1:], dtype=np.uint8 if planes.shape[0] <= 256 else np.int32)
+    for c in range(1, planes.shape[0]):
+        greater = planes[c] > best
+        np.copyto(best, planes[c], where=greater)
+        index[greater] = c
+    return index
+
+
+def class_map(logits: np.ndarray, size: tuple[int, int], rows_per_chunk: int = 32) -> np.ndarray:
     """[C, h, w] logits -> [H, W] class ids: upsampled to ``size`` first, then the argmax over classes.
 
-    Works through the output a band of rows at a time, so a large image never holds all C upsampled planes.
+    Works through the output a band of rows at a time (cache-sized, and a large image never holds all C
+    upsampled planes at once).
     """
     height, width = size
-    mh = interpolation_matrix(logits.shape[-2], height)
-    mw_t = interpolation_matrix(logits.shape[-1], width).T.copy()
-    dtype = np.uint8 if logits.shape[0] <= 256 else np.int32
-    out = np.empty((height, width), dtype=dtype)
-    logits = logits.astype(np.float32)
+    x = _along_width(logits, width)                      # [C, h, W]
+    i0, i1, h0, h1 = linear_taps(logits.shape[-2], height)
+    out = np.empty((height, width), dtype=np.uint8 if logits.shape[0] <= 256 else np.int32)
     for top in range(0, height, rows_per_chunk):
-        band = np.matmul(np.matmul(mh[top:top + rows_per_chunk], logits), mw_t)
-        out[top:top + rows_per_chunk] = band.argmax(axis=0)
+        rows = slice(top, top + rows_per_chunk)
+        band = x[:, i0[rows], :] * h0[rows, None] + x[:, i1[rows], :] * h1[rows, None]
+        out[rows] = _argmax_first_axis(band)
     return out
 
 

@@ -203,3 +203,8 @@ def test_demo_segmenter_cli_is_deterministic(tmp_path):
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
     config = json.loads((tmp_path / "a/config.json").read_text())
     assert config["id2label"]["4"] == "Upper-clothes" and config["architectures"] == ["SegformerForSemanticSegmentation"]
+
+
+def test_bench_script_has_help():
+    out = subprocess.run([sys.executable, "-m", "bench.segmenter", "--help"], check=True, capture_output=True, text=True)
+    assert "--full-size" in out.stdout and "--runs" in out.stdout
