@@ -145,3 +145,23 @@ def test_generate_cutout_needs_a_segmenter(capsys, tmp_path, sd_engines):
     line = fail(capsys, "generate", "--engines", sd_engines, "--out", tmp_path / "o.png", "--cutout", "auto", *GEN)
     assert "has no segmenter" in line
     assert not (tmp_path / "o.png").exists()
+
+
+def test_one_engine_folder_with_sd_and_segmenter(capsys, tmp_path, sd_checkpoint, segformer_checkpoint,
+                                                 segmenter_engines, raw_generated):
+    from runtime.manifest import load_manifest
+
+    both = tmp_path / "both"
+    assert main(["export", "--model", str(sd_checkpoint), "--segmenter", str(segformer_checkpoint),
+                 "--out", str(both), "--no-progress"]) == 0
+    manifest = load_manifest(both)
+    assert manifest.kind == "txt2img" and {"unet", "segmenter"} <= set(manifest.networks)
+    present, _ = present_and_absent(segmenter_engines, raw_generated)
+    label = manifest.segmenter["id2label"][str(present)]
+    out = tmp_path / "shot.png"
+    assert main(["generate", "--engines", str(both), "--out", str(out), "--cutout", label, "--transparent",
+                 "--frame", "96", "--mask-out", str(tmp_path / "mask.png"), *GEN]) == 0
+    shot = Image.open(out)
+    assert shot.mode == "RGBA" and shot.size == (96, 96)
+    mask = expected_mask(segmenter_engines, raw_generated, present)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")) > 0, mask)
