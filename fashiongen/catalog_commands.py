@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from fashiongen import cutout_commands
+
 
 def register(sub) -> None:
     """Add ``edit``, ``index`` and ``search`` to the ``fashiongen`` subcommands."""
@@ -20,17 +24,6 @@ def register(sub) -> None:
 
 
 # -- edit -------------------------------------------------------------------------------------------------
-def _cutout_module():
-    """The segmenter cutout's CLI helpers, when that part of fashiongen is installed."""
-    try:
-        from fashiongen import cutout_commands
-    except ImportError:
-        return None
-    if not hasattr(cutout_commands, "add_cutout_arguments"):
-        return None
-    return cutout_commands
-
-
 def _add_edit(sub) -> None:
     p = sub.add_parser(
         "edit", help="edit a product image toward a prompt with InstructPix2Pix (from a file or a catalog)",
@@ -45,9 +38,9 @@ def _add_edit(sub) -> None:
                         help="catalog index written by `fashiongen index`: edit the catalog image nearest the prompt")
     p.add_argument("--prompt", required=True, help="the edit, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
-    p.add_argument("--match", choices=("both", "image", "caption"), default="both",
+    p.add_argument("--match", choices=("both", "image", "caption"), default=None,
                    help="with --from-catalog: compare the prompt with catalog images, their captions, or both "
-                        "(mean of the two cosines; default)")
+                        "(mean of the two cosines; the default when the index has captions, else image)")
     p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")
     p.add_argument("--image-guidance", type=float, default=1.5,
                    help="image guidance scale: how closely to keep the input (default 1.5; < 1 turns guidance off)")
@@ -62,62 +55,46 @@ def _add_edit(sub) -> None:
                    help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cutout = _cutout_module()
-    if cutout is not None:
-        cutout.add_cutout_arguments(p)
+    cutout_commands.add_cutout_arguments(p)
     p.set_defaults(run=_run_edit)
-
-
-def read_image(path: Path, arg: str = "--image"):
-    """An image file as a uint8 array (its own mode: L, RGB or RGBA); errors name the argument and file."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{arg}: '{path}' does not exist" if not path.exists() else f"{arg}: '{path}' is not a file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
-            return np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"{arg}: cannot read '{path}' as an image ({exc})") from None
 
 
 def _run_edit(args) -> int:
     from runtime.engines import EngineSet, ort_factory
-    from runtime.images import check_writable, numbered_paths, save_png_atomic
+    from runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
     from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     check_writable(args.out)
     factory = ort_factory(args.providers.split(","), args.threads)
-    engines = EngineSet(args.engines, factory)
-    pipeline = Pix2PixPipeline(engines)
-    cutout = _cutout_module() if getattr(args, "cutout", None) else None
-    if args.image is not None:
-        image = read_image(args.image)
-    else:
+    pipeline = Pix2PixPipeline(EngineSet(args.engines, factory))
+    search = None
+    if args.from_catalog is not None:
         from runtime.retrieval import CatalogSearch
 
-        search = CatalogSearch(args.from_catalog, factory)
-        hit = search.search(args.prompt, k=1, match=args.match)[0]
-        print(f"catalog match: {hit.path} (score {hit.score:.4f}; caption: {hit.caption!r})")
-        image = read_image(search.image_path(hit), arg="--from-catalog")
-    request = Pix2PixRequest(image=image, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
-                             steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance,
-                             scheduler=args.scheduler, num_images=args.num_images)
+        search = CatalogSearch(args.from_catalog, factory, arg="--from-catalog")
+        search.resolve_match(args.match)
+    # with --from-catalog the image is found after every other check: a white placeholder stands in till then
+    placeholder = np.full((pipeline.downscale, pipeline.downscale, 3), 255, np.uint8)
+    image = load_rgb_image(args.image, "--image") if args.image is not None else placeholder
+    request = Pix2PixRequest(image=image, prompt=args.prompt,
+                             negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
+                             guidance=args.guidance, image_guidance=args.image_guidance, scheduler=args.scheduler,
+                             num_images=args.num_images)
     pipeline.resolve(request)  # every field checked before any network is loaded
+    cutout = cutout_commands.plan_cutout(args, request.num_images, args.prompt, pipeline.engines)  # None without --cutout
+    if search is not None:  # text -> nearest catalog image
+        hit = search.search(args.prompt, k=1, match=args.match)[0]
+        caption = f"; caption: {hit.caption!r}" if hit.caption is not None else ""
+        print(f"catalog match: {hit.path} (score {hit.score:.4f}{caption})")
+        request.image = load_rgb_image(search.image_path(hit), "--from-catalog")
     result = pipeline(request, progress=not args.no_progress)
-    images = result.images
-    if cutout is not None:
-        images = cutout.apply_cutout(args, images, factory)
-    for image, path in zip(images, numbered_paths(args.out, len(images))):
-        save_png_atomic(image, path)
-        print(f"wrote {path}")
     if args.timings:
         print(result.timings.table())
+    if cutout is not None:  # the product shot goes to --out, the uncut image beside it with --keep-raw
+        return cutout_commands.apply_cutout(cutout, result.images, args.timings)
+    for image, path in zip(result.images, numbered_paths(args.out, len(result.images))):
+        save_png_atomic(image, path)
+        print(f"wrote {path}")
     return 0
 
 
@@ -139,6 +116,8 @@ def _add_index(sub) -> None:
                    help="local BLIP captioning checkpoint (Salesforce/blip-image-captioning-base layout); needed for "
                         "a new index, optional on an update when the recorded one is still in place")
     p.add_argument("--batch-size", type=int, default=16, help="images per captioning / embedding batch (default 16)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="re-caption and re-embed the whole catalog (needed to change the CLIP or the captioner)")
     p.add_argument("--approximate", action="store_true",
                    help="HNSW (approximate) faiss indexes instead of exact flat search")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -149,7 +128,7 @@ def _run_index(args) -> int:
     from export.catalog_index import build_index
 
     report = build_index(args.catalog, args.out, clip_dir=args.clip, captioner_dir=args.captioner,
-                         batch_size=args.batch_size, approximate=args.approximate, progress=not args.no_progress)
+                         batch_size=args.batch_size, approximate=args.approximate, rebuild=args.rebuild, progress=not args.no_progress)
     print(report.summary())
     return 0
 
@@ -162,8 +141,9 @@ def _add_search(sub) -> None:
     p.add_argument("index", type=Path, metavar="INDEX_DIR", help="index folder written by `fashiongen index`")
     p.add_argument("--prompt", required=True, help="what to look for, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("-k", type=int, default=5, help="how many results (default 5; at most the catalog's size)")
-    p.add_argument("--match", choices=("both", "image", "caption"), default="both",
-                   help="compare the prompt with catalog images, their captions, or both (mean cosine; default)")
+    p.add_argument("--match", choices=("both", "image", "caption"), default=None,
+                   help="compare the prompt with catalog images, their captions, or both (mean of the two cosines; "
+                        "the default when the index has captions, else image)")
     p.add_argument("--clip-engines", type=Path, default=None, metavar="DIR",
                    help="a CLIP engine folder to embed the prompt with instead of the index's own copy")
     p.add_argument("--providers", default="CPUExecutionProvider",

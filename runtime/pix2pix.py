@@ -23,7 +23,7 @@ import numpy as np
 
 from .denoise import check_guidance, check_positive_int, check_seed, denoise, initial_latents, unet_timestep
 from .engines import EngineSet
-from .images import uint8_to_model_input
+from .images import as_rgb, uint8_to_model_input
 from .manifest import EngineFolderError
 from .rng import TorchGenerator
 from .schedulers import make_scheduler
@@ -48,24 +48,6 @@ class Pix2PixRequest:
 class Pix2PixResult:
     images: np.ndarray                # N x H' x W' x 3 uint8 (H', W': the input rounded down to the VAE grid)
     timings: StageTimings = field(default_factory=StageTimings)
-
-
-def to_rgb_uint8(image: np.ndarray, arg: str = "image") -> np.ndarray:
-    """HxW, HxWx1, HxWx3 or HxWx4 uint8 to HxWx3 uint8; RGBA is composited onto white."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"{arg} must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"{arg} must be H x W (x 1, 3 or 4 channels), got shape {list(image.shape)}")
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    if image.shape[2] == 4:
-        alpha = image[..., 3:].astype(np.float32) / 255.0
-        rgb = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        return np.clip(rgb.round(), 0, 255).astype(np.uint8)
-    return image
 
 
 def fit_to_grid(image: np.ndarray, multiple: int) -> np.ndarray:
@@ -97,7 +79,7 @@ class Pix2PixPipeline:
         """Check every field and bring the image to RGB on the VAE grid; raises ValueError naming the field."""
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise ValueError("prompt must be a non-empty string")
-        image = fit_to_grid(to_rgb_uint8(request.image), self.downscale)
+        image = fit_to_grid(as_rgb(request.image), self.downscale)
         check_positive_int("steps", request.steps)
         check_positive_int("num_images", request.num_images)
         check_seed(request.seed)

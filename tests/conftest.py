@@ -76,3 +76,21 @@ def segmenter_engines(tmp_path_factory, segformer_checkpoint) -> Path:
     out = tmp_path_factory.mktemp("seg-engines") / "tiny-segmenter"
     export_engine_folder(out, segmenter_dir=segformer_checkpoint, progress=False)
     return out
+
+
+# -- InstructPix2Pix (8-channel UNet) ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def p2p_checkpoint(tmp_path_factory) -> Path:
+    from export.demo_checkpoints import SDSize, write_sd_checkpoint
+
+    return write_sd_checkpoint(tmp_path_factory.mktemp("p2p") / "tiny-pix2pix", SDSize(unet_in_channels=8), seed=3)
+
+
+@pytest.fixture(scope="session")
+def p2p_engines(tmp_path_factory, p2p_checkpoint) -> Path:
+    """An engine folder with the pix2pix pipeline (manifest kind "pix2pix")."""
+    from export.sd_export import export_engine_folder
+
+    out = tmp_path_factory.mktemp("p2p-engines") / "tiny-pix2pix"
+    export_engine_folder(out, p2p_checkpoint, progress=False)
+    return out

@@ -35,22 +35,6 @@ INPUT = product_image(77, 53)
 
 
 @pytest.fixture(scope="session")
-def p2p_checkpoint(tmp_path_factory):
-    from export.demo_checkpoints import SDSize, write_sd_checkpoint
-
-    return write_sd_checkpoint(tmp_path_factory.mktemp("p2p") / "tiny-pix2pix", SDSize(unet_in_channels=8), seed=3)
-
-
-@pytest.fixture(scope="session")
-def p2p_engines(tmp_path_factory, p2p_checkpoint):
-    from export.sd_export import export_engine_folder
-
-    out = tmp_path_factory.mktemp("p2p-engines") / "tiny-pix2pix"
-    export_engine_folder(out, p2p_checkpoint, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
 def p2p_diffusers(p2p_checkpoint):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
@@ -123,7 +107,7 @@ def test_image_guidance_matters(pipeline):
 
 
 def test_grayscale_and_rgba_inputs(pipeline):
-    from runtime.pix2pix import to_rgb_uint8
+    from runtime.images import as_rgb as to_rgb_uint8
 
     gray = INPUT[..., 0]
     assert to_rgb_uint8(gray).shape == (77, 53, 3)
@@ -140,8 +124,8 @@ def test_grayscale_and_rgba_inputs(pipeline):
     ("seed", -1, "seed must be an integer"),
     ("scheduler", "nope", "unknown scheduler 'nope'"),
     ("image", np.zeros((5, 40, 3), np.uint8), "each side must be at least 8 pixels"),
-    ("image", np.zeros((16, 16, 2), np.uint8), "image must be H x W"),
-    ("image", np.zeros((16, 16, 3), np.float32), "image must be uint8"),
+    ("image", np.zeros((16, 16, 2), np.uint8), "expected an HxW or HxWx3/4 image array"),
+    ("image", np.zeros((16, 16, 3), np.float32), "expected a uint8 image array"),
 ])
 def test_bad_requests(pipeline, field, value, message):
     request = Pix2PixRequest(**{**Pix2PixRequest(image=INPUT, prompt=PROMPT).__dict__, field: value})
@@ -170,7 +154,7 @@ def test_cli_edit(p2p_engines, p2p_diffusers, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--image", "missing.png"], "--image: 'missing.png' does not exist"),
-    (["--image", "{bad}"], "--image: cannot read"),
+    (["--image", "{bad}"], "is not an image file"),
     (["--image", "{good}", "--out", "out.jpg"], "must end in .png"),
 ])
 def test_cli_edit_errors(p2p_engines, tmp_path, capsys, monkeypatch, args, message):
