@@ -65,13 +65,19 @@ def add_generate_arguments(p) -> None:
 
 
 def engine_factory(args, kind: str):
-    """The backend for ``generate``: ONNX Runtime in-process, or the Triton server's network models."""
-    from runtime.engines import ort_factory
-    from runtime.triton_engine import triton_factory
+    """The backend for ``generate``: ONNX Runtime or OpenVINO in-process (``--backend``), or the Triton
+    server's network models (``--triton``)."""
+    from runtime.engines import backend_factory
 
+    backend = getattr(args, "backend", "ort")
     if args.triton:
+        if backend != "ort":
+            raise ValueError(f"--backend {backend} runs in-process; drop it with --triton")
+        from runtime.triton_engine import triton_factory
         return triton_factory(args.triton, kind, shared_memory=not args.no_shm)
-    return ort_factory(args.providers.split(","), args.threads)
+    if backend == "openvino":
+        return backend_factory("openvino", args.threads)
+    return backend_factory("ort", args.threads, args.providers.split(","))
 
 
 def generate_server_side(args, request):

@@ -29,21 +29,44 @@ def default_threads() -> int:
 
 
 class OrtEngine:
-    """One ONNX Runtime session for one network."""
+    """One ONNX Runtime session for one network.
+
+    Tuned for CPU serving: intra-op threads = physical cores, one inter-op thread, the memory arena on
+    (``arena=False`` trades a little speed for a lower peak), and graph optimization done once: the first
+    load saves the optimized graph (with its weights) under ``ENGINE_DIR/cache/ort/``, atomically, and
+    later loads read it with optimization off, so start-up does not redo constant folding and fusions.
+    """
+
+    backend = "ort"
 
     def __init__(self, path: Path, contract: NetworkContract, dims: dict[str, int],
-                 providers: list[str] | None = None, threads: int | None = None):
+                 providers: list[str] | None = None, threads: int | None = None, arena: bool = True,
+                 cache: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise EngineFolderError(f"{path}: missing ONNX file for network '{contract.name}'")
+        providers = providers or ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_cpu_mem_arena = arena
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        load_path, save_to = path, None
+        if cache and providers == ["CPUExecutionProvider"]:
+            cached = optimized_model_path(path, options.graph_optimization_level, ort.__version__)
+            if cached is not None and cached.is_file():
+                load_path = cached
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            elif cached is not None:
+                save_to = cached
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+            if save_to is not None:
+                self.session = _create_and_save(ort, path, options, providers, save_to)
+            else:
+                self.session = ort.InferenceSession(str(load_path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types; name the file instead
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineFolderError(f"{path}: cannot load ONNX model for '{contract.name}': {first_line}") from None
@@ -57,22 +80,84 @@ class OrtEngine:
         return dict(zip(self._output_names, values))
 
 
+def optimized_model_path(path: Path, level, version: str) -> Path | None:
+    """Where the ORT-optimized copy of ``path`` lives: keyed by the source files' size and mtime, the ORT
+    version and the optimization level (the saved graph holds CPU-specific fused kernels). None when the
+    engine folder is not writable."""
+    folder = path.parent / "cache" / "ort"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK):
+        return None
+    stamp = []
+    for f in (path, Path(str(path) + ".data")):
+        if f.exists():
+            st = f.stat()
+            stamp.append(f"{st.st_size}-{int(st.st_mtime)}")
+    key = f"{path.stem}.ort{version}.O{int(level)}.{'_'.join(stamp)}"
+    return folder / key / f"{path.stem}.onnx"
+
+
+def _create_and_save(ort, path: Path, options, providers, target: Path):
+    """Create the session from ``path`` and save its optimized graph to ``target`` (a folder renamed into
+    place when complete: concurrent first loads each write their own and one wins)."""
+    import shutil
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(dir=target.parent.parent, prefix=f".{target.parent.name}.partial-"))
+    try:
+        options.optimized_model_filepath = str(stage / target.name)
+        options.log_severity_level = 3  # not the warning that a saved NCHWc graph is CPU-specific: it is meant to be
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         target.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         "1024")
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            os.replace(stage, target.parent)
+        except OSError:  # another process got there first (its copy is as good as ours)
+            pass
+        return session
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 EngineFactory = Callable[[str, Path, NetworkContract, dict], Engine]
 
 
-def ort_factory(providers: list[str] | None = None, threads: int | None = None) -> EngineFactory:
+def ort_factory(providers: list[str] | None = None, threads: int | None = None, arena: bool = True,
+                cache: bool = True) -> EngineFactory:
     def make(name: str, path: Path, contract: NetworkContract, dims: dict) -> Engine:
-        return OrtEngine(path, contract, dims, providers=providers, threads=threads)
+        return OrtEngine(path, contract, dims, providers=providers, threads=threads, arena=arena, cache=cache)
+    make.backend = "ort"
     return make
+
+
+BACKENDS = ("ort", "openvino")
+
+
+def backend_factory(backend: str = "ort", threads: int | None = None, providers: list[str] | None = None,
+                    **options) -> EngineFactory:
+    """The factory for an in-process backend by name (``ort`` or ``openvino``)."""
+    if backend == "ort":
+        return ort_factory(providers, threads, **options)
+    if backend == "openvino":
+        from .openvino_engine import openvino_factory
+        return openvino_factory(threads, **options)
+    raise ValueError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
 
 
 class EngineSet:
     """The networks of one engine folder, each opened on first use through a backend factory."""
 
-    def __init__(self, engine_dir: Path, factory: EngineFactory | None = None, manifest: Manifest | None = None):
+    def __init__(self, engine_dir: Path, factory: EngineFactory | None = None, manifest: Manifest | None = None,
+                 files: dict[str, str] | None = None):
         self.engine_dir = Path(engine_dir)
         self.manifest = manifest or load_manifest(self.engine_dir)
         self._factory = factory or ort_factory()
+        self._files = dict(files or {})  # network -> file replacing the manifest's (a fast mode's variant)
         self._open: dict[str, Engine] = {}
 
     def has(self, name: str) -> bool:
@@ -85,7 +170,8 @@ class EngineSet:
                 raise EngineFolderError(
                     f"{self.engine_dir}: no network '{name}' in the manifest "
                     f"(has: {', '.join(sorted(self.manifest.networks))})")
-            self._open[name] = self._factory(name, self.engine_dir / entry.file, CONTRACTS[name], self.manifest.dims)
+            file = self._files.get(name, entry.file)
+            self._open[name] = self._factory(name, self.engine_dir / file, CONTRACTS[name], self.manifest.dims)
         return self._open[name]
 
     def release(self, name: str) -> None:

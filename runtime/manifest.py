@@ -46,6 +46,8 @@ class Manifest:
     segmenter: dict[str, Any] = field(default_factory=dict)    # id2label, preprocessing settings
     clip: dict[str, Any] = field(default_factory=dict)         # tokenizer, image preprocessing, fingerprint
     source: dict[str, Any] = field(default_factory=dict)
+    # Fast modes (``generate --fast NAME``): {NAME: {network: {file, sha256, backend, ...}}}, e.g. an INT8 UNet.
+    variants: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ fi
 stamp=.venv/.fashiongen-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[export,serve,retrieval,dev]"
+  .venv/bin/python -m pip install -q -e ".[export,serve,retrieval,dev,cpu-fast]"
   .venv/bin/python -m pip install -q --no-deps "clip-anytorch==2.6.0"
   touch "$stamp"
 fi

@@ -1,0 +1,52 @@
+"""CPU speed commands: ``generate --backend ort|openvino --fast int8`` and ``quantize`` (the INT8 UNet)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_backend_arguments(p) -> None:
+    p.add_argument("--backend", default="ort", choices=("ort", "openvino"),
+                   help="in-process engine backend: ort (ONNX Runtime, default) or openvino (same ONNX files; "
+                   "fp32 precision hint, needs the cpu-fast extra)")
+    p.add_argument("--fast", default=None, metavar="MODE",
+                   help="fast mode: int8 (UNet quantized by NNCF; --backend openvino; written by `fashiongen "
+                   "quantize`). Default: the exact fp32 mode")
+
+
+def fast_files(args, manifest) -> dict[str, str]:
+    """``{network: file}`` of the fast mode asked for (``{}`` for the exact mode); clear errors otherwise."""
+    from runtime.fastmodes import variant_files
+
+    fast = getattr(args, "fast", None)
+    if fast and getattr(args, "triton", None):
+        raise ValueError(f"--fast {fast} runs in-process only (drop --triton, or drop --fast)")
+    return variant_files(manifest, getattr(args, "backend", "ort"), fast, f"'{args.engines}'")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("quantize", help="write the INT8 UNet of the int8 fast mode into an engine folder",
+                       description="Record the UNet's inputs on a few real fp32 generations (fashion prompts, "
+                       "guidance, the folder's scheduler), quantize the UNet to INT8 with NNCF post-training "
+                       "quantization on them, and write unet.int8.xml/.bin (OpenVINO IR) plus its manifest entry "
+                       "(variants.int8). Then: fashiongen generate --backend openvino --fast int8. Needs the "
+                       "cpu-fast extra (openvino, nncf).")
+    p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
+    p.add_argument("--prompts", type=int, default=4, help="calibration generations (default 4)")
+    p.add_argument("--steps", type=int, default=20, help="steps per calibration generation (default 20)")
+    p.add_argument("--size", type=int, default=256, help="calibration image size in pixels (default 256)")
+    p.add_argument("--subset", type=int, default=None, help="calibration calls used (default: all recorded)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
+    p.set_defaults(run=_run_quantize)
+
+
+def _run_quantize(args) -> int:
+    from export.quantize import quantize_unet
+    from runtime.denoise import check_positive_int, check_size
+
+    check_positive_int("--prompts", args.prompts)
+    check_positive_int("--steps", args.steps)
+    check_size("--size", args.size, 8)
+    entry = quantize_unet(args.engines, args.prompts, args.steps, args.size, args.subset, args.threads)
+    print(f"wrote {args.engines / entry['file']} ({entry['quantizer']}, {entry['calibration']['calls']} calibration "
+          f"calls, {entry['seconds']['quantize']} s)")
+    return 0

@@ -1,0 +1,120 @@
+"""The engine interface on OpenVINO (CPU): the same ONNX files as ONNX Runtime, or an OpenVINO IR
+(``.xml`` + ``.bin``, e.g. an INT8 UNet written by ``fashiongen quantize``).
+
+Settings that matter on a small CPU (measured on 2 cores, AVX-512, no AMX; see DESIGN.md):
+
+- ``INFERENCE_PRECISION_HINT = f32``: OpenVINO's CPU default on AVX-512 parts is bf16, which is ~1.45x
+  *slower* than f32 without AMX, and it also moves the image. ``precision="bf16"`` asks for it anyway.
+- ``PERFORMANCE_HINT = LATENCY`` (one stream): THROUGHPUT halves single-call speed on 2 cores.
+- ``INFERENCE_NUM_THREADS``: physical cores by default.
+- ``CACHE_DIR``: the compiled model is cached on disk next to the engine folder's files, so the second
+  start-up skips graph transformation and weight repacking (``compile_model`` is given the file path,
+  which is what lets OpenVINO find the blob without reading the ONNX file at all).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .contracts import NetworkContract
+from .engines import EngineFactory, default_threads
+from .manifest import EngineFolderError
+
+PRECISIONS = ("f32", "bf16")
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import_openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ValueError("--backend openvino: the openvino package is not installed "
+                         "(pip install -e '.[cpu-fast]')") from None
+    return ov
+
+
+_CORE = None
+
+
+def core():
+    """One ``ov.Core`` per process (it owns the plugin, its thread pool and the cache settings)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = _import_openvino().Core()
+    return _CORE
+
+
+def cache_dir_for(path: Path) -> str | None:
+    """``ENGINE_DIR/cache/openvino`` when it can be created and written, else no cache."""
+    folder = Path(path).parent / "cache" / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
+
+
+def compile_config(threads: int | None = None, precision: str = "f32", cache_dir: str | None = None) -> dict:
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(threads or default_threads()),
+    }
+    if cache_dir:
+        config["CACHE_DIR"] = cache_dir
+    return config
+
+
+class OpenVinoEngine:
+    """One compiled OpenVINO model (CPU plugin) for one network."""
+
+    backend = "openvino"
+
+    def __init__(self, path: Path, contract: NetworkContract, dims: dict[str, int], threads: int | None = None,
+                 precision: str = "f32", cache: bool = True):
+        path = Path(path)
+        if not path.is_file():
+            raise EngineFolderError(f"{path}: missing model file for network '{contract.name}'")
+        config = compile_config(threads, precision, cache_dir_for(path) if cache else None)
+        try:
+            self.compiled = core().compile_model(str(path), "CPU", config)
+        except RuntimeError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineFolderError(f"{path}: OpenVINO cannot load the model for '{contract.name}': "
+                                    f"{first_line}") from None
+        self.contract = contract
+        self.dims = dims
+        self.precision = precision
+        self._request = self.compiled.create_infer_request()
+        self._output_names = [o.name for o in contract.outputs]
+        have = {name for port in self.compiled.outputs for name in port.get_names()}
+        missing = [n for n in self._output_names if n not in have]
+        if missing:
+            raise EngineFolderError(f"{path}: model for '{contract.name}' lacks output(s) {missing}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.contract.check_feeds(feeds, self.dims)
+        self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        # The request owns its output buffers and reuses them on the next call: copy out.
+        return {name: np.array(self._request.get_tensor(name).data, copy=True) for name in self._output_names}
+
+
+def openvino_factory(threads: int | None = None, precision: str = "f32", cache: bool = True) -> EngineFactory:
+    _import_openvino()  # fail at once, with the install hint, not at the first network
+
+    def make(name: str, path: Path, contract: NetworkContract, dims: dict):
+        return OpenVinoEngine(path, contract, dims, threads=threads, precision=precision, cache=cache)
+    make.backend = "openvino"
+    return make

@@ -1,0 +1,148 @@
+"""Every CPU backend and every fast mode runs the same pipeline code; the exact mode keeps diffusers parity.
+
+- ONNX Runtime (tuned session, optimized graph cached on first load) and OpenVINO (f32 hint) each match
+  diffusers within the text → image parity bound (test_txt2img_parity's helpers and tolerance).
+- ``--fast int8`` (NNCF INT8 UNet, calibrated on recorded trajectories) produces an image through the same
+  ``Txt2ImgPipeline``; asked for on a backend that cannot run it, it fails with a message naming the fix.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.engines import EngineSet, backend_factory
+from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from test_txt2img_parity import HEIGHT, NEGATIVE, PROMPT, SEED, STEPS, WIDTH, assert_close_images, reference_images
+
+pytest.importorskip("openvino")
+BACKENDS = ["ort", "openvino"]
+
+
+def request(scheduler: str | None = None, steps: int = STEPS) -> Txt2ImgRequest:
+    return Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=SEED, steps=steps, guidance=7.5,
+                          scheduler=scheduler, height=HEIGHT, width=WIDTH)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scheduler", ["pndm", "euler_a", "dpmpp_2m"])
+def test_backend_matches_diffusers(sd_engines, diffusers_pipe, backend, scheduler):
+    pipeline = Txt2ImgPipeline(EngineSet(sd_engines, backend_factory(backend)))
+    assert pipeline.engines["unet"].backend == backend
+    images = pipeline(request(scheduler), progress=False).images
+    assert_close_images(images, reference_images(diffusers_pipe, scheduler))
+
+
+def test_ort_optimized_graph_is_cached_and_equal(sd_engines, tmp_path):
+    """The first load saves the optimized graph under cache/ort; a second load reads it, same numbers."""
+    folder = tmp_path / "engines"
+    shutil.copytree(sd_engines, folder, ignore=shutil.ignore_patterns("cache"))
+    first = Txt2ImgPipeline(EngineSet(folder, backend_factory("ort")))(request(steps=2), progress=False).images
+    saved = sorted(p.name for p in (folder / "cache" / "ort").iterdir())
+    assert any(name.startswith("unet.") for name in saved) and not any(n.startswith(".") for n in saved)
+    again = Txt2ImgPipeline(EngineSet(folder, backend_factory("ort")))(request(steps=2), progress=False).images
+    assert np.array_equal(first, again)
+
+
+def test_ort_without_cache_or_arena_gives_the_same_image(sd_engines):
+    tuned = Txt2ImgPipeline(EngineSet(sd_engines, backend_factory("ort")))(request(steps=2), progress=False)
+    plain = Txt2ImgPipeline(EngineSet(sd_engines, backend_factory("ort", cache=False, arena=False)))(
+        request(steps=2), progress=False)
+    assert np.array_equal(tuned.images, plain.images)
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="--backend must be one of ort, openvino"):
+        backend_factory("tensorflow")
+
+
+# -- the int8 fast mode ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def int8_engines(sd_engines, tmp_path_factory):
+    """A copy of the tiny engine folder with an INT8 UNet written by `fashiongen quantize`."""
+    from fashiongen.cli import main
+
+    folder = tmp_path_factory.mktemp("int8") / "engines"
+    shutil.copytree(sd_engines, folder, ignore=shutil.ignore_patterns("cache"))
+    assert main(["quantize", "--engines", str(folder), "--prompts", "2", "--steps", "4", "--size", "64"]) == 0
+    return folder
+
+
+def test_quantize_writes_the_variant_into_the_manifest(int8_engines):
+    from runtime.manifest import load_manifest
+
+    entry = load_manifest(int8_engines).variants["int8"]["unet"]
+    assert entry["backend"] == "openvino" and (int8_engines / entry["file"]).is_file()
+    assert (int8_engines / entry["file"]).with_suffix(".bin").is_file()
+    assert entry["calibration"]["calls"] == 2 * (4 + 1)  # PNDM: one extra warm-up call per generation
+    assert "nncf" in entry["quantizer"]
+
+
+def test_int8_runs_through_the_same_pipeline(int8_engines):
+    from runtime.fastmodes import variant_files
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(int8_engines)
+    exact = Txt2ImgPipeline(EngineSet(int8_engines, backend_factory("openvino")))(request(), progress=False).images
+    engines = EngineSet(int8_engines, backend_factory("openvino"), files=variant_files(manifest, "openvino", "int8"))
+    fast = Txt2ImgPipeline(engines)(request(), progress=False).images
+    assert fast.shape == exact.shape and fast.dtype == np.uint8
+    assert engines["unet"].compiled.get_runtime_model() is not None
+    # Tiny random weights are a harsh case for INT8; it must still be a near copy, not noise.
+    assert psnr(fast, exact) > 20, psnr(fast, exact)
+    assert not np.array_equal(fast, exact), "the INT8 UNet was not used"
+
+
+def test_cli_generate_fast_int8(int8_engines, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    out = tmp_path / "fast.png"
+    code = main(["generate", "--engines", str(int8_engines), "--prompt", PROMPT, "--seed", str(SEED), "--steps", "3",
+                 "--height", "64", "--width", "64", "--backend", "openvino", "--fast", "int8", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0 and np.asarray(Image.open(out)).shape == (64, 64, 3)
+
+
+def test_fast_mode_on_a_backend_that_cannot_run_it(int8_engines, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    code = main(["generate", "--engines", str(int8_engines), "--prompt", "a top", "--steps", "2", "--fast", "int8",
+                 "--backend", "ort", "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--fast int8 is not available on --backend ort" in err and "--backend openvino" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_fast_mode_missing_from_the_folder(sd_engines, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    code = main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--steps", "2", "--fast", "int8",
+                 "--backend", "openvino", "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no int8 networks" in err and "fashiongen quantize" in err
+
+
+def test_unknown_fast_mode(sd_engines, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    code = main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--fast", "int4",
+                 "--out", str(tmp_path / "x.png"), "--no-progress"])
+    assert code == 2 and "--fast must be one of int8" in capsys.readouterr().err
+
+
+def test_cli_generate_openvino_matches_diffusers(sd_engines, diffusers_pipe, tmp_path):
+    from fashiongen.cli import main
+
+    out = tmp_path / "ov.png"
+    code = main(["generate", "--engines", str(sd_engines), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                 "--seed", str(SEED), "--steps", str(STEPS), "--scheduler", "ddim", "--height", str(HEIGHT),
+                 "--width", str(WIDTH), "--backend", "openvino", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert_close_images(np.asarray(Image.open(out))[None], reference_images(diffusers_pipe, "ddim"))
