@@ -1,0 +1,466 @@
+"""CPU text → image, every alternative side by side: diffusers PyTorch, optimum-onnx (ORT pipelines),
+optimum-intel (OpenVINO pipelines), and this runtime on each CPU backend and fast mode.
+
+Same checkpoint (the full-size SD 1.5 architecture with random weights, saved once under bench/.cache and
+reused), prompt, seed, scheduler (the checkpoint's PNDM), size and steps. Each contender runs in a fresh
+process per round, and rounds interleave the contenders (the machine is shared: medians and ratios, not
+single runs). Per contender: cold start (process spawn to pipeline ready to run), each stage and end to
+end (median over rounds), peak RSS, PSNR of its image against this runtime's exact fp32 image, and every
+ratio to this runtime's exact mode. The FLOP floor: UNet GFLOP per guided step, counted on the graph
+(Convolution, MatMul incl. attention's QK^T and AV, Gemm), over the CPU's fp32 peak.
+
+    python -m bench.cpu_compare --rounds 3                 # this venv's contenders
+    python -m bench.cpu_compare --rounds 3 --optimum       # + optimum-onnx and optimum-intel (own venvs)
+
+writes ``bench/results/cpu_compare.{md,json,png}``. optimum-onnx pins transformers < 4.58 and optimum-intel
+2.2 pins huggingface-hub < 1.22 (diffusers 0.42 needs >= 1.32): each gets a venv of its own under
+bench/.cache, created here on first use (torch pinned to the CPU 2.13.0 wheel, torchvision removed), and is
+driven as a subprocess of this file (which imports only the standard library at module level).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / ".cache"
+RESULTS = ROOT / "bench" / "results"
+PROMPT = "a <midjourney-style> photo of a black short sleeve crewneck crop top"
+NEGATIVE = "<wrong>, blurry"
+PLAIN_PROMPT = "a photo of a black short sleeve crewneck crop top"  # for pipelines without the learned tokens
+PEAK_GFLOPS = 294.0  # 2 cores x ~4.6 GHz x 32 fp32 FLOP/cycle (AVX-512 FMA on 256-bit units); DESIGN.md
+REFERENCE = "fashiongen-ort"
+EXACT = ("fashiongen-ort", "fashiongen-openvino")
+
+CONTENDERS = {
+    # name: (venv or None for this one, description)
+    "diffusers-pytorch": (None, "diffusers StableDiffusionPipeline, PyTorch fp32 eager"),
+    "optimum-onnx": ("venv-optimum-onnx", "optimum-onnx ORTStableDiffusionPipeline (ONNX Runtime CPU)"),
+    "optimum-intel": ("venv-optimum-intel", "optimum-intel OVStableDiffusionPipeline, INFERENCE_PRECISION_HINT f32"),
+    "fashiongen-ort": (None, "this runtime, ONNX Runtime, exact fp32"),
+    "fashiongen-openvino": (None, "this runtime, OpenVINO f32, exact fp32"),
+    "fashiongen-openvino-int8": (None, "this runtime, OpenVINO, --fast int8 (NNCF INT8 UNet)"),
+}
+VENV_PACKAGES = {
+    "venv-optimum-onnx": ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "diffusers==0.35.2", "pillow"],
+    "venv-optimum-intel": ["torch==2.13.0", "optimum-intel[openvino]==2.2.0", "diffusers==0.35.2", "pillow"],
+}
+
+
+# -- workers (one process per contender per round) ----------------------------------------------------------
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Clock:
+    def __init__(self):
+        self.stages: dict[str, list[float]] = {}
+
+    def wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.stages.setdefault(name, []).append(time.perf_counter() - start)
+        return timed
+
+
+def worker_diffusers(a, clock):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(a.threads or os.cpu_count())
+    pipe = StableDiffusionPipeline.from_pretrained(a.checkpoint, safety_checker=None, local_files_only=True)
+    for path in sorted((Path(a.checkpoint) / "embeddings").iterdir()):
+        pipe.load_textual_inversion(str(path), token="<midjourney-style>" if "midjourney" in path.name else "<wrong>")
+    pipe.set_progress_bar_config(disable=True)
+    for name, module in (("text_encoder", pipe.text_encoder), ("unet", pipe.unet)):
+        module.forward = clock.wrap(name, module.forward)
+    pipe.vae.decode = clock.wrap("vae_decoder", pipe.vae.decode)
+
+    def generate():
+        with torch.inference_mode():
+            out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=a.steps, guidance_scale=7.5,
+                       height=a.size, width=a.size, generator=torch.Generator("cpu").manual_seed(a.seed),
+                       output_type="np").images
+        return (out[0] * 255).round().clip(0, 255).astype("uint8")
+    return generate
+
+
+def worker_fashiongen(a, clock, backend, fast):
+    from runtime.engines import EngineSet, backend_factory
+    from runtime.fastmodes import variant_files
+    from runtime.manifest import load_manifest
+    from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+    manifest = load_manifest(a.engines)
+    engines = EngineSet(a.engines, backend_factory(backend, a.threads), manifest,
+                        files=variant_files(manifest, backend, fast))
+    pipeline = Txt2ImgPipeline(engines)
+    for name in ("text_encoder", "unet", "vae_decoder"):  # open every network: ready to run
+        engine = engines[name]
+        engine.run = clock.wrap(name, engine.run)
+    request = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=a.seed, steps=a.steps, height=a.size,
+                             width=a.size)
+    return lambda: pipeline(request, progress=False).images[0]
+
+
+def worker_optimum(a, clock, kind):
+    """optimum-onnx / optimum-intel in their own venv; the model folder is exported once, here."""
+    import torch
+
+    torch.set_num_threads(a.threads or os.cpu_count())
+    folder = CACHE / f"sd15-random-{kind}"
+    if kind == "optimum-intel":
+        from optimum.intel import OVStableDiffusionPipeline as Pipe
+        kw = {"ov_config": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}}
+    else:
+        from optimum.onnxruntime import ORTStableDiffusionPipeline as Pipe
+        kw = {}
+    if not (folder / "model_index.json").exists():
+        pipe = Pipe.from_pretrained(a.checkpoint, export=True, **kw)
+        pipe.save_pretrained(folder)
+        del pipe
+    pipe = Pipe.from_pretrained(folder, **kw)
+    if hasattr(pipe, "compile"):
+        pipe.compile()
+    for path in sorted((Path(a.checkpoint) / "embeddings").iterdir()):  # learned tokens, where it can take them
+        try:
+            pipe.load_textual_inversion(str(path), token="<midjourney-style>" if "midjourney" in path.name else "<wrong>")
+        except Exception:
+            pass
+    pipe.set_progress_bar_config(disable=True)
+    for name, attr in (("text_encoder", "text_encoder"), ("unet", "unet"), ("vae_decoder", "vae_decoder")):
+        part = getattr(pipe, attr, None)
+        if part is not None and hasattr(part, "forward"):
+            part.forward = clock.wrap(name, part.forward)
+    learned = "<wrong>" in pipe.tokenizer.get_vocab()
+    import numpy as np
+
+    def generate():
+        out = pipe(PROMPT if learned else PLAIN_PROMPT, negative_prompt=NEGATIVE if learned else "blurry",
+                   num_inference_steps=a.steps, guidance_scale=7.5, height=a.size, width=a.size,
+                   generator=torch.Generator("cpu").manual_seed(a.seed), output_type="np").images
+        return (np.asarray(out[0]) * 255).round().clip(0, 255).astype("uint8")
+    return generate
+
+
+def run_worker(a) -> int:
+    spawned = a.spawned
+    clock = Clock()
+    if a.worker == "diffusers-pytorch":
+        generate = worker_diffusers(a, clock)
+    elif a.worker.startswith("optimum"):
+        generate = worker_optimum(a, clock, a.worker)
+    else:
+        backend = "openvino" if "openvino" in a.worker else "ort"
+        generate = worker_fashiongen(a, clock, backend, "int8" if a.worker.endswith("int8") else None)
+    ready = time.time()
+    rss_loaded = peak_rss_mb()
+    clock.stages.clear()
+    start = time.perf_counter()
+    image = generate()
+    total = time.perf_counter() - start
+    import numpy as np
+
+    np.save(a.image_out, image)
+    stages = clock.stages
+    networks = sum(sum(v) for v in stages.values())
+    result = {"cold_start": ready - spawned, "total": total, "peak_rss_mb": peak_rss_mb(),
+              "rss_after_load_mb": rss_loaded,
+              "text_encoder": sum(stages.get("text_encoder", [])) or None,
+              "unet_step": median(stages["unet"]) if stages.get("unet") else None,
+              "unet_total": sum(stages.get("unet", [])) or None, "unet_calls": len(stages.get("unet", [])),
+              "vae_decoder": sum(stages.get("vae_decoder", [])) or None,
+              "outside_networks": total - networks if stages else None}
+    Path(a.json_out).write_text(json.dumps(result))
+    return 0
+
+
+# -- venvs for the optimum contenders ------------------------------------------------------------------------
+def ensure_venv(name: str, log) -> Path:
+    venv = CACHE / name
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.exists():
+        return python
+    log(f"creating {venv} ({', '.join(VENV_PACKAGES[name])}) ...")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # numpy < 2: the torch 2.13.0 CPU wheel here and onnxruntime are built against 1.x.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *VENV_PACKAGES[name], "numpy<2"], check=True)
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
+    stamp.touch()
+    return python
+
+
+# -- the FLOP floor ----------------------------------------------------------------------------------------
+def unet_gflop(engine_dir: Path, batch: int, latent: int, text_length: int, text_hidden: int) -> dict:
+    """GFLOP of one UNet call at a static shape (2 FLOP per multiply-add), counted on the OpenVINO graph
+    read from the ONNX file: Convolution, GroupConvolution, MatMul (linear layers and attention) and the
+    rest (elementwise, norms, softmax) left out as they are memory-bound and < 1% of the count."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(Path(engine_dir) / "unet.onnx"))
+    model.reshape({"sample": [batch, 4, latent, latent], "timestep": [batch],
+                   "encoder_hidden_states": [batch, text_length, text_hidden]})
+    counts = {"conv": 0.0, "matmul_linear": 0.0, "matmul_attention": 0.0}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind in ("Convolution", "GroupConvolution"):
+            out = list(op.get_output_shape(0))
+            w = list(op.get_input_shape(1))
+            per_out = (w[1] * w[2] * w[3]) if kind == "Convolution" else (w[2] * w[3] * w[4])
+            n = 1
+            for d in out:
+                n *= d
+            counts["conv"] += 2.0 * n * per_out
+        elif kind == "MatMul":
+            a = list(op.get_input_shape(0))
+            b = list(op.get_input_shape(1))
+            out = list(op.get_output_shape(0))
+            k = a[-1] if not op.get_transpose_a() else a[-2]
+            n = 1
+            for d in out:
+                n *= d
+            constant_b = op.input_value(1).get_node().get_type_name() in ("Constant", "Convert")
+            counts["matmul_linear" if constant_b else "matmul_attention"] += 2.0 * n * k
+    counts = {k: v / 1e9 for k, v in counts.items()}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+# -- reporting ---------------------------------------------------------------------------------------------
+def psnr(a, b) -> float | None:
+    import numpy as np
+
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def med(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return median(values) if values else None
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    rows = report["contenders"]
+    ref = rows[REFERENCE]
+    flop = report["flop_floor"]
+    lines = [f"# CPU text → image, side by side ({report['machine']})", "",
+             f"{report['model']}, {report['size']}x{report['size']}, "
+             f"{report['steps']} steps (PNDM), guidance 7.5, seed {report['seed']}; {report['rounds']} rounds, "
+             "each contender in a fresh process per round, rounds interleaved; medians. Ratios: the contender's "
+             f"time over {REFERENCE}'s (> 1: this runtime is faster).", "",
+             "| contender | cold start s | text enc s | UNet step s | UNet GFLOP/s (% of peak) | VAE dec s | "
+             "end to end s | x vs ORT exact | peak RSS GB | PSNR vs exact dB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        step = r.get("unet_step")
+        rate = f"{flop['unet_gflop_per_step'] / step:.0f} ({100 * flop['unet_gflop_per_step'] / step / report['peak_gflops']:.0f}%)" if step else "-"
+        ratio = r["total"] / ref["total"] if r.get("total") and ref.get("total") else None
+        lines.append(f"| {name} | {fmt(r.get('cold_start'), 1)} | {fmt(r.get('text_encoder'))} | {fmt(step, 3)} | "
+                     f"{rate} | {fmt(r.get('vae_decoder'))} | {fmt(r.get('total'), 1)} | {fmt(ratio)} | "
+                     f"{fmt(r['peak_rss_mb'] / 1024 if r.get('peak_rss_mb') else None)} | {fmt(r.get('psnr_vs_exact'), 1)} |")
+    lines += ["", f"FLOP floor: the UNet does {flop['unet_gflop_per_step']:.0f} GFLOP per guided step (batch 2, "
+              f"{flop['latent']}x{flop['latent']} latents; conv {flop['counts']['conv']:.0f}, linear "
+              f"{flop['counts']['matmul_linear']:.0f}, attention {flop['counts']['matmul_attention']:.0f}); at the "
+              f"CPU's fp32 peak of {report['peak_gflops']:.0f} GFLOP/s a step takes at least "
+              f"{flop['floor_step_s']:.3f} s and {report['steps']} steps {flop['floor_step_s'] * report['steps']:.1f} s."]
+    if report.get("skipped"):
+        lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
+    lines += ["", "Goals:"] + [f"- {g}" for g in report["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+def goals(report: dict) -> list[str]:
+    rows = report["contenders"]
+    out = []
+    exact_name = min((n for n in EXACT if n in rows and rows[n].get("total")), key=lambda n: rows[n]["total"],
+                     default=None)
+    if exact_name is None:
+        return ["no exact-mode result"]
+    exact = rows[exact_name]
+    def speedup(name):
+        r = rows.get(name)
+        return r["total"] / exact["total"] if r and r.get("total") else None
+    s = speedup("diffusers-pytorch")
+    out.append(f"exact fp32 ({exact_name}) vs diffusers PyTorch: {fmt(s)}x (goal >= 2x): "
+               f"{'met' if s and s >= 2 else 'not met' if s else 'not measured'}")
+    for name in ("optimum-onnx", "optimum-intel"):
+        s = speedup(name)
+        out.append(f"exact fp32 vs {name}: {fmt(s)}x (goal >= 1.1x): {'met' if s and s >= 1.1 else 'not met' if s else 'not measured'}")
+    flop = report["flop_floor"]
+    if exact.get("unet_step"):
+        share = flop["unet_gflop_per_step"] / exact["unet_step"] / report["peak_gflops"]
+        out.append(f"UNet step at {100 * share:.0f}% of the fp32 peak (goal >= 85%): {'met' if share >= 0.85 else 'not met'}")
+    fast = rows.get("fashiongen-openvino-int8")
+    if fast and fast.get("total"):
+        s = exact["total"] / fast["total"]
+        p = fast.get("psnr_vs_exact")
+        out.append(f"fast mode int8: {s:.2f}x the exact mode (goal >= 3x), PSNR {fmt(p, 1)} dB vs exact (goal >= 30): "
+                   f"{'met' if s >= 3 and p and p >= 30 else 'not met'}")
+    opt = rows.get("optimum-onnx")
+    if opt and opt.get("cold_start"):
+        r = exact["cold_start"] / opt["cold_start"]
+        out.append(f"cold start {exact['cold_start']:.1f} s = {r:.2f} of optimum-onnx's (goal < 0.33): {'met' if r < 1 / 3 else 'not met'}")
+    others = [r["peak_rss_mb"] for n, r in rows.items() if not n.startswith("fashiongen") and r.get("peak_rss_mb")]
+    if others:
+        out.append(f"peak RSS {exact['peak_rss_mb'] / 1024:.2f} GB vs lowest contender {min(others) / 1024:.2f} GB: "
+                   f"{'met' if exact['peak_rss_mb'] <= min(others) else 'not met'}")
+    best = min(r["total"] for n, r in rows.items() if n.startswith("fashiongen") and r.get("total"))
+    out.append(f"fastest full-size {report['size']} px shot here: {best:.1f} s (target < 10 s with cutout)")
+    return out
+
+
+def chart(report: dict, path: Path) -> None:
+    """A horizontal bar chart of end-to-end medians (Pillow only)."""
+    from PIL import Image, ImageDraw
+
+    rows = [(n, r["total"]) for n, r in report["contenders"].items() if r.get("total")]
+    if not rows:
+        return
+    width, bar_h, left = 900, 34, 230
+    img = Image.new("RGB", (width, 60 + bar_h * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 10), f"end to end, {report['size']} px, {report['steps']} steps, median s (lower is better)", fill="black")
+    top = max(t for _, t in rows)
+    for i, (name, total) in enumerate(rows):
+        y = 40 + i * bar_h
+        w = int((width - left - 80) * total / top)
+        color = (40, 110, 200) if name.startswith("fashiongen") else (150, 150, 150)
+        draw.text((10, y + 8), name, fill="black")
+        draw.rectangle([left, y + 4, left + w, y + bar_h - 6], fill=color)
+        draw.text((left + w + 6, y + 8), f"{total:.1f}", fill="black")
+    img.save(path)
+
+
+# -- driver ------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh-process runs per contender, interleaved")
+    parser.add_argument("--seed", type=int, default=19687)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated contenders (default: all available)")
+    parser.add_argument("--optimum", action="store_true", help="also optimum-onnx and optimum-intel (own venvs)")
+    parser.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS)
+    parser.add_argument("--tiny", action="store_true", help="the tiny checkpoint (a smoke test of this script)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--engines", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--image-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--spawned", type=float, default=None, help=argparse.SUPPRESS)
+    a = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.worker:
+        return run_worker(a)
+
+    import numpy as np
+
+    from bench.txt2img import prepare
+
+    def log(msg):
+        print(msg, flush=True)
+
+    ckpt, engines, _ = prepare(not a.tiny)
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(engines)
+    names = a.only.split(",") if a.only else [n for n in CONTENDERS if a.optimum or CONTENDERS[n][0] is None]
+    skipped = {}
+    if "fashiongen-openvino-int8" in names and "int8" not in manifest.variants:
+        skipped["fashiongen-openvino-int8"] = "no INT8 UNet: run `fashiongen quantize --engines " + str(engines) + "`"
+        names.remove("fashiongen-openvino-int8")
+    pythons = {}
+    for name in names:
+        venv = CONTENDERS[name][0]
+        try:
+            pythons[name] = ensure_venv(venv, log) if venv else Path(sys.executable)
+        except subprocess.CalledProcessError as exc:
+            skipped[name] = f"venv failed: {exc}"
+    names = [n for n in names if n in pythons]
+    work = CACHE / "cpu_compare"
+    work.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    images: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    started = time.time()
+    for rnd in range(a.rounds):
+        for name in names:
+            if name in errors:
+                continue
+            out, img = work / f"{name}.json", work / f"{name}.npy"
+            out.unlink(missing_ok=True)
+            cmd = [str(pythons[name]), "-m", "bench.cpu_compare", "--worker", name, "--checkpoint", str(ckpt),
+                   "--engines", str(engines), "--json-out", str(out), "--image-out", str(img), "--size", str(a.size),
+                   "--steps", str(a.steps), "--seed", str(a.seed), "--spawned", repr(time.time())]
+            if a.threads:
+                cmd += ["--threads", str(a.threads)]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if proc.returncode != 0 or not out.exists():
+                errors[name] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]
+                log(f"round {rnd + 1}: {name} FAILED: {errors[name]}")
+                continue
+            runs[name].append(json.loads(out.read_text()))
+            images[name] = np.load(img)
+            r = runs[name][-1]
+            log(f"round {rnd + 1}: {name:26s} total {r['total']:7.2f} s  unet step {fmt(r['unet_step'], 3)} s  "
+                f"cold start {r['cold_start']:6.1f} s  peak RSS {r['peak_rss_mb'] / 1024:.2f} GB")
+    skipped.update({n: f"failed: {e}" for n, e in errors.items()})
+    keys = ["cold_start", "text_encoder", "unet_step", "unet_total", "vae_decoder", "outside_networks", "total",
+            "peak_rss_mb", "rss_after_load_mb"]
+    contenders = {}
+    for name in names:
+        if not runs[name]:
+            continue
+        contenders[name] = {k: med(runs[name], k) for k in keys}
+        contenders[name]["runs"] = runs[name]
+        contenders[name]["description"] = CONTENDERS[name][1]
+        contenders[name]["psnr_vs_exact"] = psnr(images.get(name), images.get(REFERENCE))
+    dims = manifest.dims
+    latent = a.size // int(manifest.vae["downscale"])
+    counts = unet_gflop(engines, 2, latent, dims["text_length"], dims["text_hidden"])
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                         f"{platform.python_version()}", "size": a.size, "steps": a.steps, "rounds": a.rounds,
+              "model": "tiny SD architecture (smoke test)" if a.tiny else "Full-size SD 1.5 architecture (random weights)",
+              "seed": a.seed, "peak_gflops": a.peak_gflops, "wall_s": time.time() - started,
+              "flop_floor": {"latent": latent, "counts": counts, "unet_gflop_per_step": counts["total"],
+                             "floor_step_s": counts["total"] / a.peak_gflops},
+              "contenders": contenders, "skipped": skipped}
+    if REFERENCE in contenders:
+        report["goals"] = goals(report)
+    else:
+        report["goals"] = [f"{REFERENCE} did not run"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "cpu_compare" if not a.tiny else "cpu_compare_tiny"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+    (RESULTS / f"{stem}.md").write_text(markdown(report) if REFERENCE in contenders else json.dumps(report, default=str))
+    chart(report, RESULTS / f"{stem}.png")
+    print(markdown(report) if REFERENCE in contenders else report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
