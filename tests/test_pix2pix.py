@@ -171,3 +171,38 @@ def test_cli_edit_errors(p2p_engines, tmp_path, capsys, monkeypatch, args, messa
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out.png").exists()
+
+
+def test_cli_export_detects_pix2pix(p2p_checkpoint, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    out = tmp_path / "engines"
+    assert main(["export", "--model", str(p2p_checkpoint), "--out", str(out), "--no-progress"]) == 0
+    assert f"wrote {out} (pix2pix)" in capsys.readouterr().out
+
+
+def test_cli_edit_with_cutout(p2p_engines, segmenter_engines, tmp_path, capsys):
+    """edit --cutout: the edited image goes through the segmenter; the product shot to --out, the edit beside it."""
+    from fashiongen.cli import main
+
+    src, out = tmp_path / "in.png", tmp_path / "shot.png"
+    Image.fromarray(INPUT).save(src)
+    code = main(["edit", "--engines", str(p2p_engines), "--image", str(src), "--prompt", PROMPT, "--steps", "2",
+                 "--out", str(out), "--cutout", ",".join(str(i) for i in range(1, 18)),
+                 "--segmenter-engines", str(segmenter_engines), "--keep-raw", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "shot-raw.png" in printed
+    assert np.asarray(Image.open(out)).shape == (72, 48, 3)
+    assert np.asarray(Image.open(tmp_path / "shot-raw.png")).shape == (72, 48, 3)
+
+
+def test_runtime_modules_stay_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys, runtime.pix2pix, runtime.retrieval; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'export') if m in sys.modules]; "
+            "print(*bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, f"runtime imports {done.stdout.strip()}"

@@ -337,3 +337,16 @@ def test_edit_from_catalog_checks_before_compute(index_dir, p2p_engines, tmp_pat
     err = run_cli(capsys, "edit", "--engines", p2p_engines, "--from-catalog", index_dir, "--prompt", "x",
                   "--steps", "0", "--out", tmp_path / "o.png")
     assert "steps must be an integer >= 1" in err
+
+
+def test_approximate_index_finds_the_same(tmp_path, catalog, clip_checkpoint, index_dir):
+    """--approximate (HNSW): on a small catalog it returns the exact top-k."""
+    from export.catalog_index import build_index
+
+    out = tmp_path / "hnsw"
+    build_index(catalog, out, clip_dir=clip_checkpoint, approximate=True, progress=False)
+    assert json.loads((out / "index.json").read_text())["index_type"] == "hnsw"
+    exact, approx = CatalogSearch(index_dir), CatalogSearch(out)
+    for prompt in PROMPTS[:3]:
+        assert ([h.path for h in approx.search(prompt, k=5, match="image")]
+                == [h.path for h in exact.search(prompt, k=5, match="image")])
