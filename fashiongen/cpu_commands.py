@@ -10,7 +10,8 @@ def add_backend_arguments(p) -> None:
                    "fp32 precision hint, needs the cpu-fast extra)")
     p.add_argument("--fast", default=None, metavar="MODE",
                    help="fast mode: int8 (UNet quantized by NNCF; --backend openvino; written by `fashiongen "
-                   "quantize`). Default: the exact fp32 mode")
+                   "quantize`) or deepcache (deep UNet features reused across steps; any backend; written by "
+                   "`fashiongen deepcache`). Default: the exact fp32 mode")
 
 
 def fast_files(args, manifest) -> dict[str, str]:
@@ -23,7 +24,23 @@ def fast_files(args, manifest) -> dict[str, str]:
     return variant_files(manifest, getattr(args, "backend", "ort"), fast, f"'{args.engines}'")
 
 
+def deepcache_interval(args, manifest):
+    from runtime.fastmodes import deepcache_interval as interval
+
+    return interval(manifest, getattr(args, "fast", None))
+
+
 def register(sub) -> None:
+    p = sub.add_parser("deepcache", help="add the DeepCache UNet parts (deepcache fast mode) to an engine folder",
+                       description="Export the UNet of a local SD 1.x checkpoint as the two parts DeepCache needs "
+                       "(unet_capture: the whole UNet plus its deep features; unet_shallow: the shallow path on cached "
+                       "deep features), each validated against PyTorch, into an existing engine folder of the same "
+                       "checkpoint. Then: fashiongen generate --fast deepcache (any backend).")
+    p.add_argument("--model", required=True, type=Path, help="the checkpoint folder the engine folder was exported from")
+    p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
+    p.add_argument("--interval", type=int, default=3, help="whole UNet every N-th step (default 3)")
+    p.set_defaults(run=_run_deepcache)
+
     p = sub.add_parser("quantize", help="write the INT8 UNet of the int8 fast mode into an engine folder",
                        description="Record the UNet's inputs on a few real fp32 generations (fashion prompts, "
                        "guidance, the folder's scheduler), quantize the UNet to INT8 with NNCF post-training "
@@ -49,4 +66,13 @@ def _run_quantize(args) -> int:
     entry = quantize_unet(args.engines, args.prompts, args.steps, args.size, args.subset, args.threads)
     print(f"wrote {args.engines / entry['file']} ({entry['quantizer']}, {entry['calibration']['calls']} calibration "
           f"calls, {entry['seconds']['quantize']} s)")
+    return 0
+
+
+def _run_deepcache(args) -> int:
+    from export.deepcache import export_deepcache
+
+    entry = export_deepcache(args.model, args.engines, args.interval)
+    print(f"wrote {args.engines}/unet_capture.onnx, unet_shallow.onnx (interval {entry['interval']}, split max abs "
+          f"diff {entry['split_max_abs_diff']:.2e})")
     return 0

@@ -81,6 +81,24 @@ UNET = NetworkContract(
     doc="Denoising UNet: predicts noise (or v) for a batch of latents at per-sample timesteps.",
 )
 
+# DeepCache (Ma et al. 2023, "DeepCache: Accelerating Diffusion Models for Free"): the UNet in two parts.
+# A full step also returns the features entering the last (shallowest) up block; the steps in between run
+# only the shallow path (conv_in, the first down block, the last up block) on those cached features.
+UNET_CAPTURE = NetworkContract(
+    "unet_capture",
+    inputs=UNET.inputs,
+    outputs=(_f32("out_sample", "batch", "latent_channels", "latent_height", "latent_width"),
+             _f32("deep_features", "batch", "deep_channels", "latent_height", "latent_width")),
+    doc="DeepCache full step: the UNet's prediction and the deep features entering its last up block.",
+)
+
+UNET_SHALLOW = NetworkContract(
+    "unet_shallow",
+    inputs=(*UNET.inputs, _f32("deep_features", "batch", "deep_channels", "latent_height", "latent_width")),
+    outputs=(_f32("out_sample", "batch", "latent_channels", "latent_height", "latent_width"),),
+    doc="DeepCache cached step: the UNet's shallow path on deep features cached at an earlier step.",
+)
+
 VAE_DECODER = NetworkContract(
     "vae_decoder",
     # Takes latents as the denoising loop holds them; the 1/scaling_factor is applied inside.
@@ -123,4 +141,5 @@ CLIP_IMAGE = NetworkContract(
 )
 
 CONTRACTS: dict[str, NetworkContract] = {
-    c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SEGMENTER, CLIP_TEXT, CLIP_IMAGE)}
+    c.name: c for c in (TEXT_ENCODER, UNET, UNET_CAPTURE, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, SEGMENTER,
+                        CLIP_TEXT, CLIP_IMAGE)}

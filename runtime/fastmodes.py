@@ -12,10 +12,12 @@ from .manifest import Manifest
 
 FAST_MODES = {
     "int8": "UNet quantized to INT8 (NNCF post-training, calibrated on recorded denoising trajectories)",
+    "deepcache": "DeepCache: the UNet's deep features computed every N-th step only (any backend)",
 }
 
 # What writes each fast mode into an engine folder, for error messages.
-HOW_TO_MAKE = {"int8": "fashiongen quantize --engines DIR"}
+HOW_TO_MAKE = {"int8": "fashiongen quantize --engines DIR",
+               "deepcache": "fashiongen deepcache --model CHECKPOINT --engines DIR"}
 
 
 def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir: str = "the engine folder") -> dict:
@@ -31,9 +33,18 @@ def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir
                          f"`{HOW_TO_MAKE[fast]}`")
     files = {}
     for network, entry in networks.items():
+        if not isinstance(entry, dict):  # a setting of the mode (e.g. deepcache's interval), not a network
+            continue
         if entry.get("backend") not in (None, backend):
             raise ValueError(f"--fast {fast} is not available on --backend {backend}: its {network} is "
                              f"{entry.get('format', 'a model')} that runs on --backend {entry['backend']} only "
                              f"(use --backend {entry['backend']}, or drop --fast for the exact fp32 mode)")
         files[network] = entry["file"]
     return files
+
+
+def deepcache_interval(manifest: Manifest, fast: str | None) -> int | None:
+    """Full UNet every this many steps under ``--fast deepcache``; None for other modes."""
+    if fast != "deepcache":
+        return None
+    return int(manifest.variants["deepcache"]["interval"])

@@ -39,8 +39,11 @@ class Txt2ImgResult:
 
 
 class Txt2ImgPipeline:
-    def __init__(self, engines: EngineSet):
+    def __init__(self, engines: EngineSet, deepcache: int | None = None):
+        """``deepcache=N``: the DeepCache fast mode (``unet_capture`` every N-th UNet call, ``unet_shallow``
+        on its cached deep features in between); None: the exact UNet every step."""
         self.engines = engines
+        self.deepcache = deepcache
         manifest = engines.manifest
         self.tokenizer = PromptTokenizer.from_manifest_section(engines.engine_dir, manifest.tokenizer)
         self.dims = manifest.dims
@@ -86,7 +89,9 @@ class Txt2ImgPipeline:
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
         scheduler.set_timesteps(req.steps)
         generator = TorchGenerator(req.seed)
-        unet = self.engines["unet"]  # open (and so check) every network before computing anything
+        # open (and so check) every network before computing anything
+        unet = self.engines["unet_capture" if self.deepcache else "unet"]
+        shallow = self.engines["unet_shallow"] if self.deepcache else None
         self.engines["vae_decoder"]
 
         with timings.measure("text_encoder"):
@@ -95,13 +100,25 @@ class Txt2ImgPipeline:
                  req.width // self.downscale)
         latents = initial_latents(generator, shape, scheduler)
 
+        calls, cache = [0], {}
+
+        def run_unet(sample: np.ndarray, t: float) -> np.ndarray:
+            feeds = {"sample": sample, "timestep": unet_timestep(t, len(sample)), "encoder_hidden_states": text}
+            if not self.deepcache:
+                return unet.run(feeds)["out_sample"]
+            full = calls[0] % self.deepcache == 0
+            calls[0] += 1
+            if full:
+                out = unet.run(feeds)
+                cache["deep"] = out["deep_features"]
+                return out["out_sample"]
+            return shallow.run({**feeds, "deep_features": cache["deep"]})["out_sample"]
+
         def predict(model_input: np.ndarray, t: float) -> np.ndarray:
             if not guided:
-                return unet.run({"sample": model_input, "timestep": unet_timestep(t, len(model_input)),
-                                 "encoder_hidden_states": text})["out_sample"]
+                return run_unet(model_input, t)
             doubled = np.concatenate([model_input, model_input])
-            noise = unet.run({"sample": doubled, "timestep": unet_timestep(t, len(doubled)),
-                              "encoder_hidden_states": text})["out_sample"]
+            noise = run_unet(doubled, t)
             uncond, cond = np.split(noise, 2)
             return uncond + np.float32(req.guidance) * (cond - uncond)
 

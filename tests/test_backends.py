@@ -134,7 +134,7 @@ def test_unknown_fast_mode(sd_engines, tmp_path, capsys):
 
     code = main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--fast", "int4",
                  "--out", str(tmp_path / "x.png"), "--no-progress"])
-    assert code == 2 and "--fast must be one of int8" in capsys.readouterr().err
+    assert code == 2 and "--fast must be one of int8, deepcache" in capsys.readouterr().err
 
 
 def test_cli_generate_openvino_matches_diffusers(sd_engines, diffusers_pipe, tmp_path):
@@ -146,3 +146,66 @@ def test_cli_generate_openvino_matches_diffusers(sd_engines, diffusers_pipe, tmp
                  "--width", str(WIDTH), "--backend", "openvino", "--out", str(out), "--no-progress"])
     assert code == 0
     assert_close_images(np.asarray(Image.open(out))[None], reference_images(diffusers_pipe, "ddim"))
+
+
+# -- the deepcache fast mode ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deepcache_engines(sd_checkpoint, sd_engines, tmp_path_factory):
+    """A copy of the tiny engine folder with the DeepCache UNet parts written by `fashiongen deepcache`."""
+    from fashiongen.cli import main
+
+    folder = tmp_path_factory.mktemp("deepcache") / "engines"
+    shutil.copytree(sd_engines, folder, ignore=shutil.ignore_patterns("cache"))
+    assert main(["deepcache", "--model", str(sd_checkpoint), "--engines", str(folder), "--interval", "3"]) == 0
+    return folder
+
+
+def test_deepcache_parts_are_exact_splits(deepcache_engines):
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(deepcache_engines)
+    assert manifest.variants["deepcache"]["split_max_abs_diff"] <= 1e-4
+    for name in ("unet_capture", "unet_shallow"):
+        assert manifest.networks[name].validation["max_abs_diff"] <= 1e-4
+    assert manifest.dims["deep_channels"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deepcache_runs_through_the_same_pipeline(deepcache_engines, backend):
+    from runtime.fastmodes import deepcache_interval, variant_files
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(deepcache_engines)
+    exact = Txt2ImgPipeline(EngineSet(deepcache_engines, backend_factory(backend)))(request(), progress=False).images
+    engines = EngineSet(deepcache_engines, backend_factory(backend), files=variant_files(manifest, backend, "deepcache"))
+    pipeline = Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, "deepcache"))
+    result = pipeline(request(), progress=False)
+    assert "unet" not in engines._open and "unet_shallow" in engines._open  # the whole UNet is not even loaded
+    assert result.images.shape == exact.shape
+    assert psnr(result.images, exact) > 20, psnr(result.images, exact)
+    assert not np.array_equal(result.images, exact), "the shallow steps were not taken"
+
+
+def test_deepcache_interval_reaching_every_step_is_the_exact_image(deepcache_engines):
+    """With the whole UNet at every call (interval 1), the capture part alone must give the exact image."""
+    exact = Txt2ImgPipeline(EngineSet(deepcache_engines))(request(), progress=False).images
+    every = Txt2ImgPipeline(EngineSet(deepcache_engines), deepcache=1)(request(), progress=False).images
+    assert np.abs(exact.astype(int) - every.astype(int)).max() <= 1
+
+
+def test_cli_generate_fast_deepcache(deepcache_engines, tmp_path):
+    from fashiongen.cli import main
+
+    out = tmp_path / "dc.png"
+    code = main(["generate", "--engines", str(deepcache_engines), "--prompt", PROMPT, "--steps", "6", "--height", "64",
+                 "--width", "64", "--fast", "deepcache", "--out", str(out), "--no-progress"])
+    assert code == 0 and np.asarray(Image.open(out)).shape == (64, 64, 3)
+
+
+def test_deepcache_missing_from_the_folder(sd_engines, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    code = main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--fast", "deepcache",
+                 "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no deepcache networks" in err and "fashiongen deepcache" in err

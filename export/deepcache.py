@@ -1,0 +1,125 @@
+"""The ``deepcache`` fast mode: the UNet exported as the two parts DeepCache needs.
+
+DeepCache (Ma, Fang, Wang, 2023, arXiv:2312.00858) reuses a UNet's deep features across adjacent denoising
+steps, whose high-level features change slowly: every ``interval``-th step runs the whole UNet and keeps
+the features entering its last up block (``unet_capture``); the steps in between run only the shallow path
+(``conv_in``, the first down block's resnets and attentions, the last up block, the output head) on the
+cached features (``unet_shallow``). Both are validated against the PyTorch UNet: the capture part's
+prediction equals the UNet's, and the shallow part on freshly captured features equals it too.
+
+    fashiongen deepcache --model CHECKPOINT --engines ENGINE_DIR [--interval 3]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.contracts import UNET_CAPTURE, UNET_SHALLOW
+from runtime.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
+
+from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
+from .sd_export import load_checkpoint
+
+
+def _check_layout(unet) -> None:
+    names = [type(b).__name__ for b in unet.down_blocks], [type(b).__name__ for b in unet.up_blocks]
+    if names[0][0] != "CrossAttnDownBlock2D" or names[1][-1] != "CrossAttnUpBlock2D" or len(unet.up_blocks) < 2:
+        raise ValueError(f"deepcache: expects an SD 1.x UNet (cross-attention first down / last up block), got {names}")
+
+
+class UNetCaptureNet(torch.nn.Module):
+    """The whole UNet; also returns the hidden states its last up block receives."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self._captured = None
+        unet.up_blocks[-1].register_forward_pre_hook(self._capture, with_kwargs=True)
+
+    def _capture(self, module, args, kwargs):
+        self._captured = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        return out, self._captured
+
+
+class UNetShallowNet(torch.nn.Module):
+    """conv_in, the first down block without its downsampler, the last up block on cached deep features."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, deep_features):
+        u = self.unet
+        emb = u.time_embedding(u.time_proj(timestep).to(sample.dtype))
+        h = u.conv_in(sample)
+        skips = (h,)
+        first = u.down_blocks[0]
+        for resnet, attn in zip(first.resnets, first.attentions):
+            h = resnet(h, emb)
+            h = attn(h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            skips += (h,)
+        h = u.up_blocks[-1](hidden_states=deep_features, temb=emb, res_hidden_states_tuple=skips,
+                            encoder_hidden_states=encoder_hidden_states)
+        if u.conv_norm_out is not None:
+            h = u.conv_act(u.conv_norm_out(h))
+        return u.conv_out(h)
+
+
+def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset: int = DEFAULT_OPSET) -> dict:
+    """Add ``unet_capture.onnx`` and ``unet_shallow.onnx`` to an engine folder; manifest ``variants.deepcache``."""
+    if not isinstance(interval, int) or interval < 2:
+        raise ValueError(f"--interval must be an integer >= 2 (got {interval!r})")
+    engine_dir = Path(engine_dir)
+    manifest = load_manifest(engine_dir)
+    if manifest.kind != "txt2img":
+        raise ValueError(f"--engines: deepcache supports txt2img folders (this one is {manifest.kind})")
+    parts = load_checkpoint(model_dir)
+    unet = parts["unet"]
+    _check_layout(unet)
+    dims = dict(manifest.dims)
+    dims["deep_channels"] = int(unet.config.block_out_channels[1])
+    c, t, d, cin = dims["latent_channels"], dims["text_length"], dims["text_hidden"], dims["unet_in_channels"]
+
+    def feeds(contract, b, h, w, seed):
+        shapes = {"sample": (b, cin, h, w), "timestep": (b,), "encoder_hidden_states": (b, t, d),
+                  "deep_features": (b, dims["deep_channels"], h, w)}
+        f = seeded_feeds(contract, {k: v for k, v in shapes.items() if k in {s.name for s in contract.inputs}}, seed)
+        f["timestep"] = np.full((b,), 500.0 + seed, dtype=np.float32)
+        return f
+
+    capture = UNetCaptureNet(unet).eval()
+    shallow = UNetShallowNet(unet).eval()
+    # Traced at odd latent sizes (explicit-size upsampling, as the UNet's own export), checked elsewhere.
+    entries = {
+        "unet_capture": export_network_entry(capture, UNET_CAPTURE, feeds(UNET_CAPTURE, 2, 9, 7, 0),
+                                             feeds(UNET_CAPTURE, 1, 8, 6, 1), dims, engine_dir / "unet_capture.onnx",
+                                             opset),
+        "unet_shallow": export_network_entry(shallow, UNET_SHALLOW, feeds(UNET_SHALLOW, 2, 9, 7, 0),
+                                             feeds(UNET_SHALLOW, 1, 8, 6, 1), dims, engine_dir / "unet_shallow.onnx",
+                                             opset),
+    }
+    # The shallow path on freshly captured features must give the whole UNet's prediction.
+    check = feeds(UNET_CAPTURE, 1, 8, 6, 2)
+    args = [torch.from_numpy(check[k]) for k in ("sample", "timestep", "encoder_hidden_states")]
+    with torch.no_grad():
+        full = unet(*args, return_dict=False)[0]
+        out, deep = capture(*args)
+        again = shallow(*args, deep)
+    split_diff = float(max((out - full).abs().max(), (again - full).abs().max()))
+    if split_diff > 1e-4:
+        raise RuntimeError(f"deepcache: the split UNet differs from the whole by {split_diff:.3g}")
+    manifest = load_manifest(engine_dir)  # re-read: write only our sections over what is there now
+    manifest.dims["deep_channels"] = dims["deep_channels"]
+    manifest.networks.update(entries)
+    manifest.variants["deepcache"] = {
+        "unet_capture": {"file": "unet_capture.onnx", "backend": None},
+        "unet_shallow": {"file": "unet_shallow.onnx", "backend": None},
+        "interval": interval, "split_max_abs_diff": split_diff,
+    }
+    write_json_atomic(engine_dir / MANIFEST_NAME, manifest.to_json())
+    return manifest.variants["deepcache"]
