@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from fashiongen import catalog_commands, cutout_commands
+from fashiongen import catalog_commands, cpu_commands, cutout_commands, serving_commands
 
 
 def _add_export(sub) -> None:
@@ -52,7 +52,8 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text to image with an exported engine folder",
                        description="Generate an image from a text prompt with the torch-free runtime. The same "
                        "seed gives the same image as diffusers' StableDiffusionPipeline.")
-    p.add_argument("--engines", required=True, type=Path, help="engine folder written by `fashiongen export`")
+    p.add_argument("--engines", type=Path, default=None,
+                   help="engine folder written by `fashiongen export` (required unless --triton ... --server-side)")
     p.add_argument("--prompt", required=True, help="what to draw; learned tokens such as <midjourney-style> work")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (learned negative tokens work)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
@@ -70,20 +71,29 @@ def _add_generate(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     cutout_commands.add_cutout_arguments(p)
+    serving_commands.add_generate_arguments(p)
+    cpu_commands.add_backend_arguments(p)  # --backend, --fast
     p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args) -> int:
-    from runtime.engines import EngineSet, ort_factory
+    from runtime.engines import EngineSet
     from runtime.images import check_writable, numbered_paths, save_png_atomic
+    from runtime.manifest import load_manifest
     from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     check_writable(args.out)
     request = Txt2ImgRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                              steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
                              height=args.height, width=args.width, num_images=args.num_images)
-    engines = EngineSet(args.engines, ort_factory(args.providers.split(","), args.threads))
-    pipeline = Txt2ImgPipeline(engines)
+    if args.server_side:
+        return _run_generate_server_side(args, request)
+    if args.engines is None:
+        raise ValueError("--engines is required (except with --triton URL --server-side)")
+    manifest = load_manifest(args.engines)
+    engines = EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest,
+                        files=cpu_commands.fast_files(args, manifest))
+    pipeline = Txt2ImgPipeline(engines, deepcache=cpu_commands.deepcache_interval(args, manifest))
     pipeline.resolve(request)  # every field checked before any network is loaded
     cutout = cutout_commands.plan_cutout(args, request.num_images, args.prompt, engines)  # None without --cutout
     result = pipeline(request, progress=not args.no_progress)
@@ -99,6 +109,21 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _run_generate_server_side(args, request) -> int:
+    """The whole pipeline on the server: one request to its txt2img model."""
+    from runtime.images import numbered_paths, save_png_atomic
+
+    if not args.triton:
+        raise ValueError("--server-side needs --triton URL")
+    if args.cutout:
+        raise ValueError("--cutout is not available with --server-side; use the server's cutout model")
+    images = serving_commands.generate_server_side(args, request)
+    for image, path in zip(images, numbered_paths(args.out, len(images))):
+        save_png_atomic(image, path)
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashiongen", description="Fashion product shots from text: export "
                                      "checkpoints to ONNX, then generate with a torch-free runtime.")
@@ -106,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_generate(sub)
     cutout_commands.register(sub)  # cutout
+    serving_commands.register(sub)  # triton-repo, serve
     catalog_commands.register(sub)  # edit, index, search
+    cpu_commands.register(sub)  # quantize
     return parser
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import publish
+
 
 def decoded_to_uint8(images: np.ndarray) -> np.ndarray:
     """VAE output NCHW in [-1, 1] to NHWC uint8, rounded as diffusers' ``numpy_to_pil`` rounds."""
@@ -46,7 +48,7 @@ def save_png_atomic(image: np.ndarray, path: Path) -> Path:
     os.close(fd)
     try:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,157 @@
+"""Triton serving: load test of the server-side pipeline, and Triton's per-call overhead on the UNet.
+
+1. Throughput and p50/p95/p99 latency of ``txt2img`` requests against concurrency (1, 2, 4, 8, 16) on the
+   small demo checkpoint, with the UNet batch sizes the server executed meanwhile.
+2. One guided UNet call (batch 2) in-process on ONNX Runtime vs through the server (gRPC + system shared
+   memory), interleaved, median of several calls: on the demo UNet and, with ``--full-size``, the SD 1.5 UNet.
+
+    python -m bench.triton_serving [--full-size] [--requests-per-client 2]
+
+writes ``bench/results/triton_serving.{md,json}``. Every loop is bounded in count and time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+
+from bench.txt2img import CACHE, RESULTS, prepare
+from runtime.contracts import UNET
+from runtime.engines import OrtEngine
+from runtime.manifest import load_manifest
+from runtime.triton_engine import TritonEngine
+from runtime.txt2img import Txt2ImgRequest
+from triton_repo.build import write_repository
+from triton_repo.client import request_pipeline
+from triton_repo.server import ServerOptions, TritonServer, free_port
+
+CONCURRENCY = (1, 2, 4, 8, 16)
+
+
+def start_server(engines: Path, workdir: Path) -> TritonServer:
+    repo = workdir / f"repo-{engines.name}"
+    write_repository([engines], repo, max_batch_size=8, pipeline_instances=4)
+    options = ServerOptions(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            startup_timeout=300)
+    return TritonServer(options)  # started by `with`
+
+
+def unet_batches(server: TritonServer) -> dict[int, int]:
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics("unet", as_json=True)
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["model_stats"][0].get("batch_stats", [])}
+
+
+def load_test(server: TritonServer, size: int, steps: int, per_client: int, budget_s: float) -> list[dict]:
+    url = f"grpc://{server.grpc_url}"
+    rows = []
+    for concurrency in CONCURRENCY:
+        before = unet_batches(server)
+        latencies: list[float] = []
+        deadline = time.monotonic() + budget_s
+
+        def client(i: int) -> None:
+            for j in range(per_client):
+                if time.monotonic() > deadline:
+                    return
+                request = Txt2ImgRequest(prompt="black short sleeve crewneck crop top", seed=i * 100 + j,
+                                         steps=steps, height=size, width=size)
+                start = time.perf_counter()
+                request_pipeline(url, "txt2img", request, timeout_s=budget_s)
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(client, range(concurrency)))
+        wall = time.perf_counter() - start
+        after = unet_batches(server)
+        executed = {b: after.get(b, 0) - before.get(b, 0) for b in sorted(after) if after.get(b, 0) > before.get(b, 0)}
+        p = np.percentile(latencies, [50, 95, 99])
+        rows.append({"concurrency": concurrency, "requests": len(latencies), "throughput_rps": len(latencies) / wall,
+                     "p50_s": p[0], "p95_s": p[1], "p99_s": p[2], "unet_batches": executed})
+        print(f"concurrency {concurrency}: {rows[-1]['throughput_rps']:.2f} req/s, p50 {p[0]:.2f} s", flush=True)
+    return rows
+
+
+def unet_overhead(server: TritonServer, engines: Path, size: int, calls: int) -> dict:
+    manifest = load_manifest(engines)
+    dims = manifest.dims
+    latent = size // manifest.vae["downscale"]
+    rng = np.random.default_rng(0)
+    feeds = {"sample": rng.standard_normal((2, dims["unet_in_channels"], latent, latent), dtype=np.float32),
+             "timestep": np.full((2,), 500.0, np.float32),
+             "encoder_hidden_states": rng.standard_normal((2, dims["text_length"], dims["text_hidden"]),
+                                                          dtype=np.float32)}
+    local = OrtEngine(engines / manifest.networks["unet"].file, UNET, dims)
+    remote = TritonEngine(f"grpc://{server.grpc_url}", "unet", UNET, dims, shared_memory=True)
+    local.run(feeds), remote.run(feeds)  # warm-up
+    times = {"in_process": [], "triton": []}
+    for _ in range(calls):
+        for name, engine in (("in_process", local), ("triton", remote)):
+            start = time.perf_counter()
+            engine.run(feeds)
+            times[name].append(time.perf_counter() - start)
+    remote.close()
+    a, b = median(times["in_process"]), median(times["triton"])
+    return {"size": size, "calls": calls, "in_process_s": a, "triton_s": b, "overhead_s": b - a,
+            "overhead_pct": 100 * (b - a) / a}
+
+
+def report(load_rows: list[dict], overheads: dict[str, dict], meta: dict) -> str:
+    lines = [f"# Triton serving (tritonserver {meta['server']}, python backend + ONNX Runtime, CPU)", "",
+             json.dumps(meta), "", "## Server-side txt2img pipeline, demo checkpoint", "",
+             "| concurrency | requests | throughput req/s | p50 s | p95 s | p99 s | UNet batch sizes executed |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in load_rows:
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['throughput_rps']:.2f} | {r['p50_s']:.2f} | "
+                     f"{r['p95_s']:.2f} | {r['p99_s']:.2f} | {r['unet_batches']} |")
+    lines += ["", "## One guided UNet call (batch 2): in-process ONNX Runtime vs through Triton (gRPC + shm)", "",
+              "| UNet | size | in-process s | Triton s | overhead s | overhead % |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, o in overheads.items():
+        lines.append(f"| {name} | {o['size']} | {o['in_process_s']:.4f} | {o['triton_s']:.4f} | "
+                     f"{o['overhead_s'] * 1000:.1f} ms | {o['overhead_pct']:.2f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full-size", action="store_true", help="also measure the SD 1.5 UNet's overhead at 256 px")
+    parser.add_argument("--size", type=int, default=128, help="image side for the load test (default 128)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per load-test request (default 10)")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=10, help="UNet calls per contender (default 10)")
+    parser.add_argument("--budget", type=float, default=300, help="seconds allowed per concurrency level")
+    args = parser.parse_args(argv)
+
+    overheads = {}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        _, tiny, _ = prepare(False)
+        with start_server(tiny, Path(tmp)) as server:
+            load_rows = load_test(server, args.size, args.steps, args.requests_per_client, args.budget)
+            overheads["demo (tiny)"] = unet_overhead(server, tiny, 256, args.calls)
+        if args.full_size:
+            _, full, _ = prepare(True)
+            with start_server(full, Path(tmp)) as server:
+                overheads["SD 1.5 (full)"] = unet_overhead(server, full, 256, args.calls)
+    meta = {"server": "2.51 (nvidia-pytriton 0.7.0)", "cpus": os.cpu_count(), "load_size": args.size,
+            "load_steps": args.steps, "requests_per_client": args.requests_per_client}
+    text = report(load_rows, overheads, meta)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "triton_serving.md").write_text(text + "\n")
+    (RESULTS / "triton_serving.json").write_text(json.dumps({"meta": meta, "load": load_rows, "unet": overheads},
+                                                            indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
