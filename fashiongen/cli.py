@@ -110,13 +110,11 @@ def _run_generate(args) -> int:
 
 
 def _run_generate_server_side(args, request) -> int:
-    """The whole pipeline on the server: one request to its txt2img model."""
+    """The whole pipeline on the server (cutout included): one request to its txt2img model."""
     from runtime.images import numbered_paths, save_png_atomic
 
     if not args.triton:
         raise ValueError("--server-side needs --triton URL")
-    if args.cutout:
-        raise ValueError("--cutout is not available with --server-side; use the server's cutout model")
     images = serving_commands.generate_server_side(args, request)
     for image, path in zip(images, numbered_paths(args.out, len(images))):
         save_png_atomic(image, path)

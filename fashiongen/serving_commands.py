@@ -81,7 +81,12 @@ def engine_factory(args, kind: str):
 
 
 def generate_server_side(args, request):
-    """One request to the server's txt2img model; returns N x H x W x 3 uint8 images."""
+    """One request to the server's txt2img model (with its cutout when asked); N x H x W x 3 uint8 images."""
     from triton_repo.client import request_pipeline
 
-    return request_pipeline(args.triton, "txt2img", request)
+    local_only = [flag for flag, value in (("--keep-raw", args.keep_raw), ("--transparent", args.transparent),
+                                           ("--feather", args.feather), ("--frame", args.frame),
+                                           ("--mask-out", args.mask_out)) if value]
+    if local_only:
+        raise ValueError(f"{local_only[0]} is not available with --server-side (the server returns the shot on white)")
+    return request_pipeline(args.triton, "txt2img", request, cutout=args.cutout)["image"]

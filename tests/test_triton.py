@@ -37,9 +37,10 @@ def options(repo) -> ServerOptions:
 
 
 @pytest.fixture(scope="module")
-def repo(sd_engines, tmp_path_factory):
+def repo(sd_engines, p2p_engines, segmenter_engines, tmp_path_factory):
     out = tmp_path_factory.mktemp("triton") / "repo"
-    write_repository([sd_engines], out, max_batch_size=8, pipeline_instances=4, max_steps=50)
+    write_repository([sd_engines, p2p_engines, segmenter_engines], out, max_batch_size=8, pipeline_instances=4,
+                     max_steps=50)
     return out
 
 
@@ -107,8 +108,9 @@ def test_client_side_loop_matches_in_process(server, in_process, sd_engines, pro
 
 
 def test_server_side_pipeline_matches_in_process(server, in_process):
-    images = request_pipeline(grpc_url(server), "txt2img", REQUEST)
-    assert_same_image(images, in_process(REQUEST, progress=False).images)
+    out = request_pipeline(grpc_url(server), "txt2img", REQUEST)
+    assert_same_image(out["image"], in_process(REQUEST, progress=False).images)
+    assert out["mask"].shape == (1, 0, 0)
 
 
 def test_cli_server_side(server, in_process, tmp_path, capsys):
@@ -138,7 +140,7 @@ def test_concurrent_clients_all_answered_and_unet_batches(server, in_process):
         for j in range(per_client):
             assert time.monotonic() < deadline, "load test ran out of time"
             seed = seeds[(i + j) % len(seeds)]
-            assert_same_image(request_pipeline(grpc_url(server), "txt2img", small[seed], timeout_s=120),
+            assert_same_image(request_pipeline(grpc_url(server), "txt2img", small[seed], timeout_s=120)["image"],
                               expected[seed])
             ok += 1
         return ok
@@ -187,7 +189,57 @@ def test_bad_request_is_refused_and_server_stays_up(server, in_process, protocol
     status, message = _infer_error(protocol, server, inputs)
     assert status in ("StatusCode.INVALID_ARGUMENT", "400"), (status, message)
     assert field in message
-    assert request_pipeline(grpc_url(server), "txt2img", REQUEST).shape == (1, 64, 48, 3)
+    assert request_pipeline(grpc_url(server), "txt2img", REQUEST)["image"].shape == (1, 64, 48, 3)
+
+
+# -- edit and cutout on the server --------------------------------------------------------------------
+def test_server_side_edit_with_cutout_matches_in_process(server, p2p_engines, segmenter_engines):
+    from runtime.cutout import CutoutPipeline
+    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+
+    image = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    request = Pix2PixRequest(image=image, prompt="make it black", seed=7, steps=3, image_guidance=1.5)
+    edited = Pix2PixPipeline(EngineSet(p2p_engines))(request, progress=False).images
+    cutout = CutoutPipeline(EngineSet(segmenter_engines))
+    classes = cutout.resolve_classes("0,4,5,6,7")  # background too: the random segmenter must cover something
+    expected = cutout(list(edited), classes).results[0]
+    out = request_pipeline(grpc_url(server), "edit", request, cutout="0,4,5,6,7")
+    assert_same_image(out["image"], expected.image[None])
+    assert ((out["mask"][0] == 255) == expected.mask).mean() >= 0.999
+
+
+def test_server_side_cutout_and_its_errors(server, segmenter_engines):
+    from runtime.cutout import CutoutPipeline
+    from triton_repo.services import CutoutRequest
+
+    image = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    cutout = CutoutPipeline(EngineSet(segmenter_engines))
+    results = {i: cutout([image], [i]).results[0] for i in cutout.id2label}
+    present = [i for i, r in results.items() if not r.empty]
+    absent = [i for i, r in results.items() if r.empty]
+    label = cutout.id2label[present[0]]
+    out = request_pipeline(grpc_url(server), "cutout", CutoutRequest(image=image, cutout=label))
+    assert_same_image(out["image"], results[present[0]].image[None])
+    assert ((out["mask"][0] == 255) == results[present[0]].mask).all()
+    if absent:  # an empty cutout is refused, not answered with a white square
+        with pytest.raises(ValueError, match="covers no pixel"):
+            request_pipeline(grpc_url(server), "cutout", CutoutRequest(image=image, cutout=str(absent[0])))
+    with pytest.raises(ValueError, match="unknown class 'Cape'.*Upper-clothes"):
+        request_pipeline(grpc_url(server), "cutout", CutoutRequest(image=image, cutout="Cape"))
+
+
+def test_server_side_txt2img_cutout_auto(server, in_process, segmenter_engines):
+    from runtime.cutout import CutoutPipeline
+
+    cutout = CutoutPipeline(EngineSet(segmenter_engines))
+    raw = in_process(REQUEST, progress=False).images
+    expected = cutout(list(raw), cutout.resolve_classes("auto", PROMPT)).results[0]
+    if expected.empty:
+        with pytest.raises(ValueError, match="covers no pixel"):
+            request_pipeline(grpc_url(server), "txt2img", REQUEST, cutout="auto")
+    else:
+        out = request_pipeline(grpc_url(server), "txt2img", REQUEST, cutout="auto")
+        assert_same_image(out["image"], expected.image[None])
 
 
 def test_missing_prompt_is_refused(server):

@@ -19,7 +19,10 @@ import triton_python_backend_utils as pb_utils
 from runtime.contracts import CONTRACTS, NetworkContract
 from runtime.engines import EngineSet, OrtEngine
 
-from .services import SERVICES, from_tensors
+from runtime.cutout import CutoutPipeline
+from runtime.images import as_rgb
+
+from .services import SEGMENTER_DIR, SERVICES, from_tensors
 
 
 def _error(message: str, invalid: bool) -> "pb_utils.TritonError":
@@ -92,39 +95,81 @@ class BlsEngine:
 
 
 class PipelineModel:
-    """A server-side pipeline; which one comes from the model's ``service`` parameter."""
+    """A server-side pipeline (``txt2img``, ``edit`` or ``cutout``, from the ``service`` parameter).
+
+    Its version folder holds the manifest (and tokenizer) of the engine folder it runs, and in
+    ``segmenter/`` the manifest of the segmenter that cuts garments out, when the repository has one.
+    """
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.service = SERVICES[params["service"]]
         self.max_steps = int(params.get("max_steps", "150"))
-        prefix = params.get("model_prefix", "")
-        engines = EngineSet(_version_dir(args),
-                            lambda name, _path, contract, _dims: BlsEngine(prefix + name, contract))
-        self.pipeline = pipeline_for(self.service.name, engines)
+        folder = _version_dir(args)
+        seg_dir = folder / SEGMENTER_DIR
+        self.cutout = CutoutPipeline(EngineSet(seg_dir, _bls_factory(params.get("segmenter_prefix", "")))) \
+            if seg_dir.is_dir() else None
+        self.pipeline = None if self.service.name == "cutout" else \
+            pipeline_for(self.service.name, EngineSet(folder, _bls_factory(params.get("model_prefix", ""))))
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
 
-    def _one(self, request):
-        try:
-            tensors = {s.name: t.as_numpy() for s in self.service.contract.inputs
-                       if (t := pb_utils.get_input_tensor_by_name(request, s.name)) is not None}
-            req = from_tensors(self.service, tensors)
-            if getattr(req, "steps", 0) > self.max_steps:
+    def _parse(self, request):
+        """The request and the classes to cut out (None: no cutout); ValueError for a bad request."""
+        tensors = {s.name: t.as_numpy() for s in self.service.contract.inputs
+                   if (t := pb_utils.get_input_tensor_by_name(request, s.name)) is not None}
+        req, extras = from_tensors(self.service, tensors)
+        spec = getattr(req, "cutout", None) or extras.get("cutout")
+        if self.pipeline is None:
+            as_rgb(req.image, "image")  # refuses an empty image
+        else:
+            if req.steps > self.max_steps:
                 raise ValueError(f"steps must be at most {self.max_steps} on this server (got {req.steps})")
             self.pipeline.resolve(req)
+        if not spec:
+            return req, None
+        if self.cutout is None:
+            raise ValueError("cutout: this server has no segmenter (export one with --segmenter)")
+        return req, self.cutout.resolve_classes(spec, getattr(req, "prompt", None), arg="cutout")
+
+    def _one(self, request):
+        try:
+            req, class_ids = self._parse(request)
         except ValueError as exc:
             return pb_utils.InferenceResponse(error=_error(str(exc), invalid=True))
         try:
-            result = self.pipeline(req, progress=False)
+            images = req.image[None] if self.pipeline is None else self.pipeline(req, progress=False).images
+            images, masks = self._cut(images, class_ids)
+        except EmptyCutout as exc:
+            return pb_utils.InferenceResponse(error=_error(str(exc), invalid=True))
         except Exception as exc:
             return pb_utils.InferenceResponse(error=_error(str(exc), invalid=False))
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", result.images)])
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", images),
+                                                          pb_utils.Tensor("mask", masks)])
+
+    def _cut(self, images: np.ndarray, class_ids: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        if class_ids is None:
+            return images, np.zeros((len(images), 0, 0), np.uint8)
+        results = self.cutout(list(images), class_ids).results
+        empty = [i for i, r in enumerate(results) if r.empty]
+        if empty:
+            raise EmptyCutout(f"cutout: {', '.join(results[0].labels)} covers no pixel of image(s) {empty}")
+        return (np.stack([r.image for r in results]),
+                np.stack([r.mask.astype(np.uint8) * 255 for r in results]))
+
+
+class EmptyCutout(ValueError):
+    """The chosen classes cover no pixel: refused rather than answered with a white square."""
+
+
+def _bls_factory(prefix: str):
+    return lambda name, _path, contract, _dims: BlsEngine(prefix + name, contract)
 
 
 def pipeline_for(service: str, engines: EngineSet):
+    from runtime.pix2pix import Pix2PixPipeline
     from runtime.txt2img import Txt2ImgPipeline
 
-    return {"txt2img": Txt2ImgPipeline}[service](engines)
+    return {"txt2img": Txt2ImgPipeline, "edit": Pix2PixPipeline}[service](engines)

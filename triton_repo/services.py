@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from runtime.contracts import NetworkContract, TensorSpec
+from runtime.pix2pix import Pix2PixRequest
 from runtime.txt2img import Txt2ImgRequest
 
 
@@ -18,7 +19,7 @@ from runtime.txt2img import Txt2ImgRequest
 class Service:
     contract: NetworkContract
     required: frozenset[str]
-    request_type: type
+    request_type: type  # the request dataclass the inputs fill
 
     @property
     def name(self) -> str:
@@ -29,38 +30,80 @@ def _scalar(name: str, dtype: str) -> TensorSpec:
     return TensorSpec(name, dtype, (1,))
 
 
+@dataclass
+class CutoutRequest:
+    image: np.ndarray
+    cutout: str                 # auto | CLASS[,CLASS]
+    prompt: str | None = None   # what `auto` reads the garment from
+
+
+# Optional on every pipeline: cut the garment out of the result (auto | CLASS[,CLASS]); the mask comes back
+# as ``mask`` (N x H x W, 255 = garment), or N x 0 x 0 when no cutout was asked.
+_CUTOUT = _scalar("cutout", "bytes")
+_IMAGES = TensorSpec("image", "uint8", ("num_images", "height", "width", 3))
+_MASKS = TensorSpec("mask", "uint8", ("num_images", "mask_height", "mask_width"))
+_INPUT_IMAGE = TensorSpec("image", "uint8", ("height", "width", 3))
+_COMMON = (_scalar("prompt", "bytes"), _scalar("negative_prompt", "bytes"), _scalar("seed", "uint64"),
+           _scalar("steps", "int32"), _scalar("guidance", "float32"), _scalar("scheduler", "bytes"))
+
 TXT2IMG = Service(
     NetworkContract(
         "txt2img",
-        inputs=(_scalar("prompt", "bytes"), _scalar("negative_prompt", "bytes"), _scalar("seed", "uint64"),
-                _scalar("steps", "int32"), _scalar("guidance", "float32"), _scalar("scheduler", "bytes"),
-                _scalar("height", "int32"), _scalar("width", "int32"), _scalar("num_images", "int32")),
-        outputs=(TensorSpec("image", "uint8", ("num_images", "height", "width", 3)),),
+        inputs=(*_COMMON, _scalar("height", "int32"), _scalar("width", "int32"), _scalar("num_images", "int32"),
+                _CUTOUT),
+        outputs=(_IMAGES, _MASKS),
         doc="Text → image, the whole denoising loop on the server; the UNet calls batch across requests.",
     ),
     required=frozenset({"prompt"}),
     request_type=Txt2ImgRequest,
 )
 
-SERVICES = {s.name: s for s in (TXT2IMG,)}
+EDIT = Service(
+    NetworkContract(
+        "edit",
+        inputs=(_INPUT_IMAGE, *_COMMON, _scalar("image_guidance", "float32"), _scalar("num_images", "int32"),
+                _CUTOUT),
+        outputs=(_IMAGES, _MASKS),
+        doc="InstructPix2Pix edit of an image toward the prompt, on the server.",
+    ),
+    required=frozenset({"image", "prompt"}),
+    request_type=Pix2PixRequest,
+)
+
+CUTOUT = Service(
+    NetworkContract(
+        "cutout",
+        inputs=(_INPUT_IMAGE, _CUTOUT, _scalar("prompt", "bytes")),
+        outputs=(_IMAGES, _MASKS),
+        doc="The garment of an image on white, and its mask.",
+    ),
+    required=frozenset({"image", "cutout"}),
+    request_type=CutoutRequest,
+)
+
+SERVICES = {s.name: s for s in (TXT2IMG, EDIT, CUTOUT)}
+SEGMENTER_DIR = "segmenter"  # in a pipeline model's version folder: the manifest of the segmenter it uses
 
 
 def to_tensors(service: Service, request) -> dict[str, np.ndarray]:
     """A request dataclass to the service's input tensors (fields left at None are not sent)."""
     out = {}
     for spec in service.contract.inputs:
-        value = getattr(request, spec.name)
+        value = getattr(request, spec.name, None)
         if value is None:
             continue
-        if spec.dtype == "bytes":
+        if spec.shape != (1,):
+            out[spec.name] = np.ascontiguousarray(value, dtype=spec.dtype)
+        elif spec.dtype == "bytes":
             out[spec.name] = np.array([str(value).encode("utf-8")], dtype=np.object_)
         else:
             out[spec.name] = np.array([value], dtype=spec.dtype)
     return out
 
 
-def from_tensors(service: Service, tensors: dict[str, np.ndarray]):
-    """Input tensors to the request dataclass; a missing required field or a wrong shape names the field."""
+def from_tensors(service: Service, tensors: dict[str, np.ndarray]) -> tuple[object, dict]:
+    """Input tensors to (the request dataclass, the values it has no field for, such as ``cutout``);
+    a missing required field or a wrong shape raises ValueError naming the field."""
     known = {f.name for f in fields(service.request_type)}
     values = {}
     for spec in service.contract.inputs:
@@ -69,9 +112,13 @@ def from_tensors(service: Service, tensors: dict[str, np.ndarray]):
             if spec.name in service.required:
                 raise ValueError(f"{spec.name} is required")
             continue
+        if spec.shape != (1,):
+            values[spec.name] = array
+            continue
         if array.size != 1:
             raise ValueError(f"{spec.name} must hold exactly one value (got shape {list(array.shape)})")
         item = array.reshape(-1)[0]
         values[spec.name] = (item.decode("utf-8") if isinstance(item, bytes) else str(item)) \
             if spec.dtype == "bytes" else item.item()
-    return service.request_type(**{k: v for k, v in values.items() if k in known})
+    request = service.request_type(**{k: v for k, v in values.items() if k in known})
+    return request, {k: v for k, v in values.items() if k not in known}
