@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # export never reaches for a model hub
@@ -21,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from runtime.files import staged_folder
 from runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
 
 from .embeddings import LearnedEmbedding, bake_embeddings
@@ -195,28 +195,6 @@ def versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-@contextmanager
-def staged_folder(out_dir: Path):
-    """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir`` in one rename."""
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).exists():
-        raise ValueError(f"--out: '{out_dir}' exists and is not an engine folder; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        yield stage
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(stage, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, out_dir)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
-
-
 SD_STAGES = 6  # load, learned tokens, four networks
 
 
@@ -252,7 +230,7 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         raise ValueError("--embedding needs --model: learned tokens belong to a text encoder")
     total = (SD_STAGES if model_dir else 0) + (SEGMENTER_STAGES if segmenter_dir else 0)
     bar = tqdm(total=total, unit="stage", disable=not progress)
-    with staged_folder(out_dir) as stage:
+    with staged_folder(out_dir, MANIFEST_NAME, "an engine folder") as stage:
         manifest = Manifest(kind="segmenter", dims={}, networks={}, opset=opset, versions=versions())
         if model_dir is not None:
             export_sd(model_dir, embeddings, stage, manifest, bar)

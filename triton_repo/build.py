@@ -8,12 +8,10 @@ The repository is written beside its destination and renamed into place when com
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from runtime.contracts import CONTRACTS
+from runtime.files import link_or_copy, staged_folder
 from runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, write_json_atomic
 from runtime.triton_engine import model_prefix
 
@@ -27,19 +25,12 @@ from triton_repo.python_models import {cls} as TritonPythonModel  # noqa: F401
 '''
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _write_model(root: Path, name: str, config, files: dict[str, Path], python_class: str | None) -> None:
     version = root / name / "1"
     version.mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(configs.to_text(config))
     for target_name, src in files.items():
-        _link_or_copy(src, version / target_name)
+        link_or_copy(src, version / target_name)
     if python_class:
         (version / "model.py").write_text(MODEL_PY.format(cls=python_class))
 
@@ -92,7 +83,7 @@ def add_pipeline(root: Path, service_name: str, source: tuple[Path, Manifest] | 
     _write_model(root, service_name, config, files, "PipelineModel")
     if segmenter:
         (root / service_name / "1" / SEGMENTER_DIR).mkdir()
-        _link_or_copy(segmenter[0] / MANIFEST_NAME, root / service_name / "1" / SEGMENTER_DIR / MANIFEST_NAME)
+        link_or_copy(segmenter[0] / MANIFEST_NAME, root / service_name / "1" / SEGMENTER_DIR / MANIFEST_NAME)
     return service_name
 
 
@@ -108,12 +99,7 @@ def write_repository(engine_dirs: list[Path], out: Path, target: str = "cpu", ma
     folders = [(Path(e), load_manifest(Path(e))) for e in engine_dirs]
     by_kind = {m.kind: (e, m) for e, m in folders}
     segmenter = next(((e, m) for e, m in folders if "segmenter" in m.networks), None)
-    out = Path(out).absolute()
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise ValueError(f"--out: '{out}' exists and is not a fashiongen model repository; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with staged_folder(out, MARKER, "a fashiongen model repository") as stage:
         models = []
         for engine_dir, manifest in folders:
             models += add_networks(stage, engine_dir, manifest, target, max_batch_size, instances)
@@ -125,11 +111,6 @@ def write_repository(engine_dirs: list[Path], out: Path, target: str = "cpu", ma
             models.append(add_pipeline(stage, "cutout", None, segmenter, pipeline_instances, max_steps))
         write_json_atomic(stage / MARKER, {"target": target, "models": models,
                                            "engines": [str(e.absolute()) for e, _ in folders]})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return models
 
 

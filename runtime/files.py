@@ -1,0 +1,43 @@
+"""Writing outputs so that nothing is ever half written: a folder is built beside its destination and
+renamed into place only when complete."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "--out"):
+    """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir`` in one rename.
+
+    An existing ``out_dir`` is replaced only if it is one of ours (it holds ``marker``) or empty; anything
+    else is refused, so a mistyped path never costs a user their folder.
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / marker).exists())):
+        raise ValueError(f"{arg}: '{out_dir}' exists and is not {what}; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        yield stage
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(stage, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, out_dir)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows (model weights are large), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
