@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
+from runtime.files import link_or_copy, staged_folder
 from runtime.images import load_rgb_image
 from runtime.manifest import sha256_file, write_json_atomic
 from runtime.retrieval import (CLIP_FOLDER, FAISS_FILES, IMAGE_SUFFIXES, INDEX_FORMAT, INDEX_META, CatalogIndexError,
@@ -108,37 +107,9 @@ class Captioner:
         return [c.strip() for c in self.processor.batch_decode(out, skip_special_tokens=True)]
 
 
-# -- staging ----------------------------------------------------------------------------------------------
-@contextmanager
-def staged_index(out_dir: Path):
-    """A temporary folder beside ``out_dir``; on success it replaces ``out_dir`` in one rename."""
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / INDEX_META).exists())):
-        raise CatalogIndexError(f"--out: '{out_dir}' exists and is not a catalog index; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        yield stage
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(stage, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, out_dir)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
-
-
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy a folder by hard links where the file system allows (the CLIP weights are large)."""
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-    shutil.copytree(src, dst, copy_function=link)
+    shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
 # -- the build --------------------------------------------------------------------------------------------
@@ -207,7 +178,7 @@ def build_index(catalog_dir: Path, out_dir: Path, clip_dir: Path | None = None, 
     old_items = {item["path"]: (row, item) for row, item in enumerate(old["items"])} if old else {}
     recaption_all = captioner is not None and old is not None and old.get("captioner") is None
 
-    with staged_index(out_dir) as stage:
+    with staged_folder(out_dir, INDEX_META, "a catalog index") as stage:
         if new_clip is None or (old is not None and (out_dir / CLIP_FOLDER).is_dir()
                                 and old["clip"]["fingerprint"] == new_clip):
             _link_tree(out_dir / CLIP_FOLDER, stage / CLIP_FOLDER)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from runtime.contracts import CLIP_IMAGE, CLIP_TEXT
+from runtime.files import staged_folder
 from runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_json_atomic
 
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
-from .sd_export import CheckpointError, quiet_libraries, staged_folder, tokenizer_section, versions
+from .sd_export import CheckpointError, quiet_libraries, tokenizer_section, versions
 
 CLIP_REQUIRED = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -121,7 +122,7 @@ def export_clip_folder(model_dir: Path, out_dir: Path, opset: int = DEFAULT_OPSE
         (CLIP_IMAGE, ClipImageNet(model), {"pixel_values": (2, 3, s, s)}, {"pixel_values": (1, 3, s, s)}),
     ]
     bar = tqdm(total=len(plan), unit="network", disable=not progress)
-    with staged_folder(out_dir) as stage:
+    with staged_folder(out_dir, MANIFEST_NAME, "a CLIP engine folder") as stage:
         manifest = Manifest(kind="clip", dims=dims, networks={}, opset=opset, versions=versions())
         for contract, module, trace, check in plan:
             bar.set_description(f"export {contract.name}")

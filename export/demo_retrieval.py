@@ -30,12 +30,13 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from runtime.files import staged_folder
 
 from .demo_checkpoints import CLIP_VOCAB_SIZE, TEXT_MAX_LENGTH, write_clip_tokenizer
 
@@ -79,22 +80,6 @@ class BlipSize:
 TINY_BLIP = BlipSize()
 
 
-def _staged(out_dir: Path):
-    """A temporary folder beside ``out_dir`` to build in; :func:`_publish` moves it into place."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "config.json").exists())):
-        raise FileExistsError(f"'{out_dir}' exists and is not a checkpoint folder; refusing to write into it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-
-
-def _publish(stage: Path, out_dir: Path) -> Path:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    stage.rename(out_dir)
-    return out_dir
-
-
 def _drop_machine_keys(path: Path) -> None:
     cfg = json.loads(path.read_text(encoding="utf-8"))
     for k in ("is_local", "local_files_only", "name_or_path"):
@@ -122,9 +107,7 @@ def write_clip_checkpoint(out_dir, size: ClipSize = TINY_CLIP, seed: int = 0) ->
     """An ``openai/clip-vit-base-patch32``-style folder with seeded random weights; returns its path."""
     from transformers import CLIPModel
 
-    out_dir = Path(out_dir)
-    stage = _staged(out_dir)
-    try:
+    with staged_folder(out_dir, "config.json", "a checkpoint folder") as stage:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = CLIPModel(clip_config(size)).eval()
@@ -134,9 +117,7 @@ def write_clip_checkpoint(out_dir, size: ClipSize = TINY_CLIP, seed: int = 0) ->
             "crop_size": size.image_size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
             "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": OPENAI_CLIP_MEAN,
             "image_std": OPENAI_CLIP_STD, "resample": 3, "size": size.image_size}, indent=2) + "\n")
-        return _publish(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    return Path(out_dir)
 
 
 # ------------------------------------------------------------------------------------------------- BLIP
@@ -159,11 +140,9 @@ def write_blip_checkpoint(out_dir, size: BlipSize = TINY_BLIP, seed: int = 0) ->
     from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
                               BlipProcessor)
 
-    out_dir = Path(out_dir)
     vocab = blip_vocab()
     ids = {t: i for i, t in enumerate(vocab)}
-    stage = _staged(out_dir)
-    try:
+    with staged_folder(out_dir, "config.json", "a checkpoint folder") as stage:
         raw = stage / "_tok"
         raw.mkdir()
         (raw / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -195,9 +174,7 @@ def write_blip_checkpoint(out_dir, size: BlipSize = TINY_BLIP, seed: int = 0) ->
         for name in ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
             if (stage / name).exists():
                 _drop_machine_keys(stage / name)
-        return _publish(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------- catalog
