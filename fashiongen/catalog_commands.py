@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiongen import cutout_commands
+from fashiongen import cutout_commands, options
 
 
 def register(sub) -> None:
@@ -44,17 +44,8 @@ def _add_edit(sub) -> None:
     p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")
     p.add_argument("--image-guidance", type=float, default=1.5,
                    help="image guidance scale: how closely to keep the input (default 1.5; < 1 turns guidance off)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
-    p.add_argument("--scheduler", default=None,
-                   help="pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default: the checkpoint's own)")
-    p.add_argument("--num-images", type=int, default=1, help="edits of the image (out-0.png, out-1.png, ...)")
-    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--timings", action="store_true", help="print per-stage timings")
-    p.add_argument("--providers", default="CPUExecutionProvider",
-                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_sampling_arguments(p, steps=20, images_help="edits of the image")
+    options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
     p.set_defaults(run=_run_edit)
 

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from fashiongen import catalog_commands, cpu_commands, cutout_commands, serving_commands
+from fashiongen import catalog_commands, cpu_commands, cutout_commands, options, serving_commands
 
 
 def _add_export(sub) -> None:
@@ -56,20 +56,11 @@ def _add_generate(sub) -> None:
                    help="engine folder written by `fashiongen export` (required unless --triton ... --server-side)")
     p.add_argument("--prompt", required=True, help="what to draw; learned tokens such as <midjourney-style> work")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (learned negative tokens work)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--scheduler", default=None,
-                   help="pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default: the checkpoint's own)")
     p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: native)")
     p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: native)")
-    p.add_argument("--num-images", type=int, default=1, help="images for the prompt (out-0.png, out-1.png, ...)")
-    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--timings", action="store_true", help="print per-stage timings")
-    p.add_argument("--providers", default="CPUExecutionProvider",
-                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_sampling_arguments(p, steps=25, images_help="images for the prompt")
+    options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
     serving_commands.add_generate_arguments(p)
     cpu_commands.add_backend_arguments(p)  # --backend, --fast

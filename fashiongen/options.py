@@ -1,0 +1,23 @@
+"""Options that several commands share (generate, edit): sampling, output, and the ONNX Runtime session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_sampling_arguments(p, steps: int, images_help: str) -> None:
+    from runtime.schedulers import SCHEDULER_NAMES
+
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
+    p.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    p.add_argument("--scheduler", default=None,
+                   help=f"{', '.join(SCHEDULER_NAMES)} (default: the checkpoint's own, with all its settings)")
+    p.add_argument("--num-images", type=int, default=1, help=f"{images_help} (out-0.png, out-1.png, ...)")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--timings", action="store_true", help="print per-stage timings")
+
+
+def add_session_arguments(p) -> None:
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
