@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    plain_format = warnings.formatwarning
     warnings.formatwarning = lambda msg, cat, *a, **k: f"fashiongen: warning: {msg}\n"
     try:
         return args.run(args)
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fashiongen: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = plain_format
 
 
 if __name__ == "__main__":
