@@ -83,7 +83,7 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset
     _check_layout(unet)
     dims = dict(manifest.dims)
     dims["deep_channels"] = int(unet.config.block_out_channels[1])
-    c, t, d, cin = dims["latent_channels"], dims["text_length"], dims["text_hidden"], dims["unet_in_channels"]
+    t, d, cin = dims["text_length"], dims["text_hidden"], dims["unet_in_channels"]
 
     def feeds(contract, b, h, w, seed):
         shapes = {"sample": (b, cin, h, w), "timestep": (b,), "encoder_hidden_states": (b, t, d),

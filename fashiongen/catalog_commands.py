@@ -52,7 +52,7 @@ def _add_edit(sub) -> None:
 
 def _run_edit(args) -> int:
     from runtime.engines import EngineSet, ort_factory
-    from runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
+    from runtime.images import check_writable, load_rgb_image
     from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     check_writable(args.out)
@@ -83,9 +83,7 @@ def _run_edit(args) -> int:
         print(result.timings.table())
     if cutout is not None:  # the product shot goes to --out, the uncut image beside it with --keep-raw
         return cutout_commands.apply_cutout(cutout, result.images, args.timings)
-    for image, path in zip(result.images, numbered_paths(args.out, len(result.images))):
-        save_png_atomic(image, path)
-        print(f"wrote {path}")
+    options.write_images(result.images, args.out)
     return 0
 
 

@@ -69,7 +69,7 @@ def _add_generate(sub) -> None:
 
 def _run_generate(args) -> int:
     from runtime.engines import EngineSet
-    from runtime.images import check_writable, numbered_paths, save_png_atomic
+    from runtime.images import check_writable
     from runtime.manifest import load_manifest
     from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
@@ -92,9 +92,7 @@ def _run_generate(args) -> int:
         if args.timings:
             print(result.timings.table())
         return cutout_commands.apply_cutout(cutout, result.images, args.timings)
-    for image, path in zip(result.images, numbered_paths(args.out, len(result.images))):
-        save_png_atomic(image, path)
-        print(f"wrote {path}")
+    options.write_images(result.images, args.out)
     if args.timings:
         print(result.timings.table())
     return 0
@@ -102,14 +100,10 @@ def _run_generate(args) -> int:
 
 def _run_generate_server_side(args, request) -> int:
     """The whole pipeline on the server (cutout included): one request to its txt2img model."""
-    from runtime.images import numbered_paths, save_png_atomic
-
     if not args.triton:
         raise ValueError("--server-side needs --triton URL")
     images = serving_commands.generate_server_side(args, request)
-    for image, path in zip(images, numbered_paths(args.out, len(images))):
-        save_png_atomic(image, path)
-        print(f"wrote {path}")
+    options.write_images(images, args.out)
     return 0
 
 

@@ -21,3 +21,12 @@ def add_session_arguments(p) -> None:
                    help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def write_images(images, out: Path) -> None:
+    """Each image to ``out`` (one) or ``out-0.png``, ``out-1.png``... (several), atomically; say where."""
+    from runtime.images import numbered_paths, save_png_atomic
+
+    for image, path in zip(images, numbered_paths(out, len(images))):
+        save_png_atomic(image, path)
+        print(f"wrote {path}")

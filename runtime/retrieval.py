@@ -25,7 +25,7 @@ import numpy as np
 
 from .engines import EngineFactory, EngineSet
 from .images import as_rgb
-from .manifest import EngineFolderError, load_manifest
+from .manifest import EngineFolderError
 from .tokenizer import PromptTokenizer
 
 INDEX_FORMAT = 1
