@@ -82,9 +82,24 @@ class OrtEngine:
         return dict(zip(self._output_names, values))
 
 
+def cpu_fingerprint() -> str:
+    """A short hash of the CPU's instruction-set flags: a saved optimized graph holds kernels laid out for them
+    (NCHWc blocks of 16 with AVX-512, 8 with AVX2), so a folder moved to another CPU must not reuse it."""
+    import hashlib
+    import platform
+
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+
+
 def optimized_model_path(path: Path, level, version: str) -> Path | None:
     """Where the ORT-optimized copy of ``path`` lives: keyed by the source files' size and mtime, the ORT
-    version and the optimization level (the saved graph holds CPU-specific fused kernels). None when the
+    version, the optimization level and the CPU's flags (the saved graph holds CPU-specific kernels). None when the
     engine folder is not writable."""
     folder = path.parent / "cache" / "ort"
     try:
@@ -98,7 +113,7 @@ def optimized_model_path(path: Path, level, version: str) -> Path | None:
         if f.exists():
             st = f.stat()
             stamp.append(f"{st.st_size}-{int(st.st_mtime)}")
-    key = f"{path.stem}.ort{version}.O{int(level)}.{'_'.join(stamp)}"
+    key = f"{path.stem}.ort{version}.O{int(level)}.{cpu_fingerprint()}.{'_'.join(stamp)}"
     return folder / key / f"{path.stem}.onnx"
 
 
