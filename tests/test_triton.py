@@ -23,7 +23,7 @@ pytest.importorskip("tritonclient.grpc")
 from triton_repo import configs  # noqa: E402
 from triton_repo.build import write_repository  # noqa: E402
 from triton_repo.client import request_pipeline  # noqa: E402
-from triton_repo.server import ServerOptions, TritonServer, free_port  # noqa: E402
+from triton_repo.server import ServerOptions, TritonServer, free_port, port_is_free  # noqa: E402
 from runtime.triton_engine import triton_factory  # noqa: E402
 
 PROMPT = f"a {POSITIVE_TOKEN} black short sleeve crewneck crop top"
@@ -300,3 +300,26 @@ def test_serve_with_a_broken_model_exits_nonzero(repo, tmp_path):
     result = _serve(broken)
     assert result.returncode != 0
     assert "vae_decoder" in result.stderr
+
+
+def test_serve_stops_cleanly_on_sigterm(segmenter_engines, tmp_path):
+    """`fashiongen serve` waits until ready, says where, and on SIGTERM stops the server and exits 0."""
+    import signal
+
+    repo = tmp_path / "repo"
+    write_repository([segmenter_engines], repo, pipeline_instances=1)
+    http = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "fashiongen", "serve", "--repo", str(repo), "--http-port",
+                                str(http), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline()  # blocks until the server is ready (or serve gave up)
+        assert "tritonserver ready" in ready and f"127.0.0.1:{http}" in ready
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "tritonserver stopped" in out
+    assert port_is_free("127.0.0.1", http), "the server is gone and its port free again"
