@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiongen import cutout_commands, options
+from fashiongen import cutout_commands, options, serving_commands
 
 
 def register(sub) -> None:
@@ -31,7 +31,8 @@ def _add_edit(sub) -> None:
         "scheduler and guidance scales give the same image as diffusers' StableDiffusionInstructPix2PixPipeline. "
         "The image comes from --image, or with --from-catalog from the catalog index: the prompt retrieves the "
         "nearest catalog image (CLIP), which is then edited toward the same prompt.")
-    p.add_argument("--engines", required=True, type=Path, help="pix2pix engine folder written by `fashiongen export`")
+    p.add_argument("--engines", type=Path, default=None,
+                   help="pix2pix engine folder written by `fashiongen export` (not needed with --server-side)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image to edit (PNG/JPEG...; grayscale and RGBA are converted)")
     source.add_argument("--from-catalog", type=Path, metavar="INDEX_DIR",
@@ -47,37 +48,42 @@ def _add_edit(sub) -> None:
     options.add_sampling_arguments(p, steps=20, images_help="edits of the image")
     options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
+    serving_commands.add_triton_arguments(p, "edit")
     p.set_defaults(run=_run_edit)
 
 
 def _run_edit(args) -> int:
     from runtime.engines import EngineSet, ort_factory
     from runtime.images import check_writable, load_rgb_image
+    from runtime.manifest import load_manifest
     from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     check_writable(args.out)
-    factory = ort_factory(args.providers.split(","), args.threads)
-    pipeline = Pix2PixPipeline(EngineSet(args.engines, factory))
     search = None
-    if args.from_catalog is not None:
+    if args.from_catalog is not None:  # the catalog is searched here, on its own CLIP engines
         from runtime.retrieval import CatalogSearch
 
-        search = CatalogSearch(args.from_catalog, factory, arg="--from-catalog")
+        search = CatalogSearch(args.from_catalog, ort_factory(args.providers.split(","), args.threads),
+                               arg="--from-catalog")
         search.resolve_match(args.match)
-    # with --from-catalog the image is found after every other check: a white placeholder stands in till then
-    placeholder = np.full((pipeline.downscale, pipeline.downscale, 3), 255, np.uint8)
-    image = load_rgb_image(args.image, "--image") if args.image is not None else placeholder
+    image = load_rgb_image(args.image, "--image") if args.image is not None else None
     request = Pix2PixRequest(image=image, prompt=args.prompt,
                              negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
                              guidance=args.guidance, image_guidance=args.image_guidance, scheduler=args.scheduler,
                              num_images=args.num_images)
+    if args.server_side:
+        _find_in_catalog(search, request, args.match)
+        options.write_images(serving_commands.request_server_side(args, "edit", request), args.out)
+        return 0
+    if args.engines is None:
+        raise ValueError("--engines is required (except with --triton URL --server-side)")
+    manifest = load_manifest(args.engines)
+    pipeline = Pix2PixPipeline(EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest))
+    if request.image is None:  # found after every other check: a white placeholder stands in till then
+        request.image = np.full((pipeline.downscale, pipeline.downscale, 3), 255, np.uint8)
     pipeline.resolve(request)  # every field checked before any network is loaded
     cutout = cutout_commands.plan_cutout(args, request.num_images, args.prompt, pipeline.engines)  # None without --cutout
-    if search is not None:  # text -> nearest catalog image
-        hit = search.search(args.prompt, k=1, match=args.match)[0]
-        caption = f"; caption: {hit.caption!r}" if hit.caption is not None else ""
-        print(f"catalog match: {hit.path} (score {hit.score:.4f}{caption})")
-        request.image = load_rgb_image(search.image_path(hit), "--from-catalog")
+    _find_in_catalog(search, request, args.match)
     result = pipeline(request, progress=not args.no_progress)
     if args.timings:
         print(result.timings.table())
@@ -85,6 +91,18 @@ def _run_edit(args) -> int:
         return cutout_commands.apply_cutout(cutout, result.images, args.timings)
     options.write_images(result.images, args.out)
     return 0
+
+
+def _find_in_catalog(search, request, match) -> None:
+    """With --from-catalog: the edit's input becomes the catalog image nearest the prompt (text → image)."""
+    from runtime.images import load_rgb_image
+
+    if search is None:
+        return
+    hit = search.search(request.prompt, k=1, match=match)[0]
+    caption = f"; caption: {hit.caption!r}" if hit.caption is not None else ""
+    print(f"catalog match: {hit.path} (score {hit.score:.4f}{caption})")
+    request.image = load_rgb_image(search.image_path(hit), "--from-catalog")
 
 
 # -- index ------------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def _add_generate(sub) -> None:
     options.add_sampling_arguments(p, steps=25, images_help="images for the prompt")
     options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
-    serving_commands.add_generate_arguments(p)
+    serving_commands.add_triton_arguments(p, "txt2img")
     cpu_commands.add_backend_arguments(p)  # --backend, --fast
     p.set_defaults(run=_run_generate)
 
@@ -100,10 +100,7 @@ def _run_generate(args) -> int:
 
 def _run_generate_server_side(args, request) -> int:
     """The whole pipeline on the server (cutout included): one request to its txt2img model."""
-    if not args.triton:
-        raise ValueError("--server-side needs --triton URL")
-    images = serving_commands.generate_server_side(args, request)
-    options.write_images(images, args.out)
+    options.write_images(serving_commands.request_server_side(args, "txt2img", request), args.out)
     return 0
 
 

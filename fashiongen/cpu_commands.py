@@ -1,4 +1,5 @@
-"""CPU speed commands: ``generate --backend ort|openvino --fast int8`` and ``quantize`` (the INT8 UNet)."""
+"""CPU speed commands: ``generate --backend ort|openvino --fast MODE[,MODE]``, ``deepcache`` (the split UNet)
+and ``quantize`` (the INT8 networks)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +9,11 @@ def add_backend_arguments(p) -> None:
     p.add_argument("--backend", default="ort", choices=("ort", "openvino"),
                    help="in-process engine backend: ort (ONNX Runtime, default) or openvino (same ONNX files; "
                    "fp32 precision hint, needs the cpu-fast extra)")
-    p.add_argument("--fast", default=None, metavar="MODE",
-                   help="fast mode: int8 (UNet quantized by NNCF; --backend openvino; written by `fashiongen "
-                   "quantize`) or deepcache (deep UNet features reused across steps; any backend; written by "
-                   "`fashiongen deepcache`). Default: the exact fp32 mode")
+    p.add_argument("--fast", default=None, metavar="MODE[,MODE]",
+                   help="fast mode(s), comma-separated: int8 (UNet and VAE decoder quantized by NNCF; --backend "
+                   "openvino; written by `fashiongen quantize`), deepcache (deep UNet features reused across steps; "
+                   "any backend; written by `fashiongen deepcache`), or deepcache,int8 (both: the fastest). "
+                   "Default: the exact fp32 mode")
 
 
 def fast_files(args, manifest) -> dict[str, str]:
@@ -41,13 +43,17 @@ def register(sub) -> None:
     p.add_argument("--interval", type=int, default=3, help="whole UNet every N-th step (default 3)")
     p.set_defaults(run=_run_deepcache)
 
-    p = sub.add_parser("quantize", help="write the INT8 UNet of the int8 fast mode into an engine folder",
-                       description="Record the UNet's inputs on a few real fp32 generations (fashion prompts, "
-                       "guidance, the folder's scheduler), quantize the UNet to INT8 with NNCF post-training "
-                       "quantization on them, and write unet.int8.xml/.bin (OpenVINO IR) plus its manifest entry "
-                       "(variants.int8). Then: fashiongen generate --backend openvino --fast int8. Needs the "
-                       "cpu-fast extra (openvino, nncf).")
+    p = sub.add_parser("quantize", help="write the INT8 networks of the int8 fast mode into an engine folder",
+                       description="Record the UNet's and VAE decoder's inputs on a few real fp32 generations "
+                       "(fashion prompts, guidance, the folder's scheduler), quantize the networks to INT8 with NNCF "
+                       "post-training quantization on them, and write NAME.int8.xml/.bin (OpenVINO IR) plus their "
+                       "manifest entries (variants.int8). Then: fashiongen generate --backend openvino --fast int8 "
+                       "(or --fast deepcache,int8 after `fashiongen deepcache`). Needs the cpu-fast extra "
+                       "(openvino, nncf).")
     p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
+    p.add_argument("--networks", default=None, metavar="NAME[,NAME]",
+                   help="networks to quantize: unet, unet_capture, vae_decoder (default: each of them the folder "
+                   "has; unet_capture exists after `fashiongen deepcache`)")
     p.add_argument("--prompts", type=int, default=4, help="calibration generations (default 4)")
     p.add_argument("--steps", type=int, default=20, help="steps per calibration generation (default 20)")
     p.add_argument("--size", type=int, default=256, help="calibration image size in pixels (default 256)")
@@ -57,15 +63,17 @@ def register(sub) -> None:
 
 
 def _run_quantize(args) -> int:
-    from export.quantize import quantize_unet
+    from export.quantize import quantize_networks
     from runtime.denoise import check_positive_int, check_size
 
     check_positive_int("--prompts", args.prompts)
     check_positive_int("--steps", args.steps)
     check_size("--size", args.size, 8)
-    entry = quantize_unet(args.engines, args.prompts, args.steps, args.size, args.subset, args.threads)
-    print(f"wrote {args.engines / entry['file']} ({entry['quantizer']}, {entry['calibration']['calls']} calibration "
-          f"calls, {entry['seconds']['quantize']} s)")
+    networks = [n.strip() for n in args.networks.split(",")] if args.networks else None
+    entries = quantize_networks(args.engines, networks, args.prompts, args.steps, args.size, args.subset, args.threads)
+    for entry in entries.values():
+        print(f"wrote {args.engines / entry['file']} ({entry['quantizer']}, {entry['calibration']['calls']} "
+              f"calibration calls, {entry['seconds']['quantize']} s)")
     return 0
 
 

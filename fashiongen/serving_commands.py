@@ -1,5 +1,5 @@
 """Triton commands: ``triton-repo`` (write a model repository), ``serve`` (run tritonserver on it), and the
-``generate --triton URL [--server-side]`` options that send the work to a running server."""
+``generate|edit --triton URL [--server-side]`` options that send the work to a running server."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,12 +55,13 @@ def _run_serve(args) -> int:
                                        startup_timeout=args.startup_timeout))
 
 
-def add_generate_arguments(p) -> None:
+def add_triton_arguments(p, service: str) -> None:
+    """``--triton``, ``--server-side`` and ``--no-shm`` for a command whose server-side model is ``service``."""
     p.add_argument("--triton", default=None, metavar="URL",
                    help="run the networks on a Triton server (grpc://HOST:PORT or http://HOST:PORT); the loop stays "
                    "here and --engines still provides the tokenizer and manifest")
     p.add_argument("--server-side", action="store_true",
-                   help="with --triton: one request to the server's txt2img pipeline model (no --engines needed)")
+                   help=f"with --triton: one request to the server's {service} pipeline model (no --engines needed)")
     p.add_argument("--no-shm", action="store_true", help="with --triton: no system shared memory for tensors")
 
 
@@ -80,13 +81,15 @@ def engine_factory(args, kind: str):
     return backend_factory("ort", args.threads, args.providers.split(","))
 
 
-def generate_server_side(args, request):
-    """One request to the server's txt2img model (with its cutout when asked); N x H x W x 3 uint8 images."""
+def request_server_side(args, service: str, request):
+    """One request to the server's ``service`` model (with its cutout when asked); N x H x W x 3 uint8 images."""
     from triton_repo.client import request_pipeline
 
+    if not args.triton:
+        raise ValueError("--server-side needs --triton URL")
     local_only = [flag for flag, value in (("--keep-raw", args.keep_raw), ("--transparent", args.transparent),
                                            ("--feather", args.feather), ("--frame", args.frame),
                                            ("--mask-out", args.mask_out)) if value]
     if local_only:
         raise ValueError(f"{local_only[0]} is not available with --server-side (the server returns the shot on white)")
-    return request_pipeline(args.triton, "txt2img", request, cutout=args.cutout)["image"]
+    return request_pipeline(args.triton, service, request, cutout=args.cutout)["image"]

@@ -1,18 +1,26 @@
-"""Fast modes (``generate --fast NAME``): networks of an engine folder replaced by faster variants.
+"""Fast modes (``generate --fast MODE[,MODE]``): networks of an engine folder replaced by faster variants.
 
 The exact mode runs the exported fp32 networks (parity with diffusers). A fast mode swaps some of them
-for variants written into the same folder and listed in the manifest's ``variants`` section, e.g.
-``int8``: the UNet quantized to INT8 by NNCF from calibration inputs recorded on real denoising
-trajectories (``fashiongen quantize``), an OpenVINO IR that only the OpenVINO backend runs. The pipeline
-code does not change: it gets an :class:`~runtime.engines.EngineSet` whose files point at the variants.
+for variants written into the same folder and listed in the manifest's ``variants`` section:
+
+- ``int8``: the UNet, DeepCache's capture part and the VAE decoder quantized to INT8 by NNCF from
+  calibration inputs recorded on real denoising trajectories (``fashiongen quantize``); OpenVINO IR files
+  that only the OpenVINO backend runs;
+- ``deepcache``: the UNet split into a capture part (whole UNet, keeps its deep features) and a shallow
+  part that reuses them on the steps in between (``fashiongen deepcache``); ONNX, any backend.
+
+Modes combine (``--fast deepcache,int8``): the structural mode picks which networks run, the precision mode
+then replaces each of those it has a variant for. The pipeline code does not change: it gets an
+:class:`~runtime.engines.EngineSet` whose files point at the variants.
 """
 from __future__ import annotations
 
 from .manifest import Manifest
 
-FAST_MODES = {
-    "int8": "UNet quantized to INT8 (NNCF post-training, calibrated on recorded denoising trajectories)",
+FAST_MODES = {  # in the order they are applied: a later mode's file for a network replaces an earlier one's
     "deepcache": "DeepCache: the UNet's deep features computed every N-th step only (any backend)",
+    "int8": "UNet, DeepCache capture part and VAE decoder quantized to INT8 (NNCF post-training, calibrated "
+            "on recorded denoising trajectories; --backend openvino)",
 }
 
 # What writes each fast mode into an engine folder, for error messages.
@@ -20,31 +28,43 @@ HOW_TO_MAKE = {"int8": "fashiongen quantize --engines DIR",
                "deepcache": "fashiongen deepcache --model CHECKPOINT --engines DIR"}
 
 
+def parse_fast(fast: str | None) -> tuple[str, ...]:
+    """``"deepcache,int8"`` → ``("deepcache", "int8")`` in application order; ``()`` for the exact mode."""
+    if fast is None or fast.strip() in ("", "none", "exact"):
+        return ()
+    modes = [m.strip() for m in fast.split(",")]
+    for mode in modes:
+        if mode not in FAST_MODES:
+            raise ValueError(f"--fast must be one or more of {', '.join(FAST_MODES)}, comma-separated (got {fast!r})")
+    return tuple(m for m in FAST_MODES if m in modes)
+
+
 def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir: str = "the engine folder") -> dict:
     """``{network: file}`` for ``fast`` on ``backend``; ``{}`` for the exact mode. ValueError, naming the mode,
     the backend and the fix, when the folder lacks the mode or the backend cannot run it."""
-    if fast is None or fast in ("", "none", "exact"):
-        return {}
-    if fast not in FAST_MODES:
-        raise ValueError(f"--fast must be one of {', '.join(FAST_MODES)} (got {fast!r})")
-    networks = manifest.variants.get(fast)
-    if not networks:
-        raise ValueError(f"--fast {fast}: {engine_dir} has no {fast} networks; write them with "
-                         f"`{HOW_TO_MAKE[fast]}`")
+    modes = parse_fast(fast)
     files = {}
-    for network, entry in networks.items():
-        if not isinstance(entry, dict):  # a setting of the mode (e.g. deepcache's interval), not a network
-            continue
-        if entry.get("backend") not in (None, backend):
-            raise ValueError(f"--fast {fast} is not available on --backend {backend}: its {network} is "
-                             f"{entry.get('format', 'a model')} that runs on --backend {entry['backend']} only "
-                             f"(use --backend {entry['backend']}, or drop --fast for the exact fp32 mode)")
-        files[network] = entry["file"]
+    for mode in modes:
+        networks = manifest.variants.get(mode)
+        if not networks:
+            raise ValueError(f"--fast {mode}: {engine_dir} has no {mode} networks; write them with "
+                             f"`{HOW_TO_MAKE[mode]}`")
+        for network, entry in networks.items():
+            if not isinstance(entry, dict):  # a setting of the mode (e.g. deepcache's interval), not a network
+                continue
+            if entry.get("backend") not in (None, backend):
+                raise ValueError(f"--fast {mode} is not available on --backend {backend}: its {network} is "
+                                 f"{entry.get('format', 'a model')} that runs on --backend {entry['backend']} "
+                                 f"only (use --backend {entry['backend']}, or drop --fast for the exact fp32 mode)")
+            files[network] = entry["file"]
+    if "deepcache" in modes and "int8" in modes and "unet_capture" not in manifest.variants["int8"]:
+        raise ValueError(f"--fast deepcache,int8: {engine_dir} has no INT8 unet_capture (it was quantized before "
+                         f"the DeepCache parts were added); run `{HOW_TO_MAKE['int8']} --networks unet_capture`")
     return files
 
 
 def deepcache_interval(manifest: Manifest, fast: str | None) -> int | None:
-    """Full UNet every this many steps under ``--fast deepcache``; None for other modes."""
-    if fast != "deepcache":
+    """Full UNet every this many steps when ``fast`` includes deepcache; None otherwise."""
+    if "deepcache" not in parse_fast(fast):
         return None
     return int(manifest.variants["deepcache"]["interval"])

@@ -75,14 +75,29 @@ def int8_engines(sd_engines, tmp_path_factory):
     return folder
 
 
-def test_quantize_writes_the_variant_into_the_manifest(int8_engines):
+def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
     from runtime.manifest import load_manifest
 
-    entry = load_manifest(int8_engines).variants["int8"]["unet"]
-    assert entry["backend"] == "openvino" and (int8_engines / entry["file"]).is_file()
-    assert (int8_engines / entry["file"]).with_suffix(".bin").is_file()
-    assert entry["calibration"]["calls"] == 2 * (4 + 1)  # PNDM: one extra warm-up call per generation
-    assert "nncf" in entry["quantizer"]
+    variants = load_manifest(int8_engines).variants["int8"]
+    assert sorted(variants) == ["unet", "vae_decoder"]  # no DeepCache parts in this folder
+    for entry in variants.values():
+        assert entry["backend"] == "openvino" and (int8_engines / entry["file"]).is_file()
+        assert (int8_engines / entry["file"]).with_suffix(".bin").is_file()
+        assert "nncf" in entry["quantizer"]
+    assert variants["unet"]["calibration"]["calls"] == 2 * (4 + 1)  # PNDM: one extra warm-up call per generation
+    assert variants["vae_decoder"]["calibration"]["calls"] == 2  # one decode per generation
+
+
+@pytest.mark.parametrize("networks, message", [
+    ("unet,text_encoder", "'text_encoder' cannot be quantized; choose from unet, unet_capture, vae_decoder"),
+    ("unet_capture", "has no unet_capture (add it with `fashiongen deepcache`)"),
+])
+def test_quantize_refuses_networks_it_cannot_do(sd_engines, networks, message, capsys):
+    from fashiongen.cli import main
+
+    code = main(["quantize", "--engines", str(sd_engines), "--networks", networks])
+    err = capsys.readouterr().err
+    assert code == 2 and "--networks" in err and message in err, err
 
 
 def test_int8_runs_through_the_same_pipeline(int8_engines):
@@ -94,7 +109,7 @@ def test_int8_runs_through_the_same_pipeline(int8_engines):
     engines = EngineSet(int8_engines, backend_factory("openvino"), files=variant_files(manifest, "openvino", "int8"))
     fast = Txt2ImgPipeline(engines)(request(), progress=False).images
     assert fast.shape == exact.shape and fast.dtype == np.uint8
-    assert engines["unet"].compiled.get_runtime_model() is not None
+    assert engines._files["unet"] == "unet.int8.xml" and engines._files["vae_decoder"] == "vae_decoder.int8.xml"
     # Tiny random weights are a harsh case for INT8; it must still be a near copy, not noise.
     assert psnr(fast, exact) > 20, psnr(fast, exact)
     assert not np.array_equal(fast, exact), "the INT8 UNet was not used"
@@ -134,7 +149,7 @@ def test_unknown_fast_mode(sd_engines, tmp_path, capsys):
 
     code = main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--fast", "int4",
                  "--out", str(tmp_path / "x.png"), "--no-progress"])
-    assert code == 2 and "--fast must be one of int8, deepcache" in capsys.readouterr().err
+    assert code == 2 and "--fast must be one or more of deepcache, int8" in capsys.readouterr().err
 
 
 def test_cli_generate_openvino_matches_diffusers(sd_engines, diffusers_pipe, tmp_path):
@@ -209,3 +224,68 @@ def test_deepcache_missing_from_the_folder(sd_engines, tmp_path, capsys):
                  "--out", str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "has no deepcache networks" in err and "fashiongen deepcache" in err
+
+
+# -- deepcache and int8 together ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deepcache_int8_engines(deepcache_engines, tmp_path_factory):
+    """The DeepCache folder with its capture part and VAE decoder quantized (`quantize --networks ...`)."""
+    from fashiongen.cli import main
+
+    folder = tmp_path_factory.mktemp("deepcache-int8") / "engines"
+    shutil.copytree(deepcache_engines, folder, ignore=shutil.ignore_patterns("cache"))
+    assert main(["quantize", "--engines", str(folder), "--networks", "unet_capture,vae_decoder", "--prompts", "2",
+                 "--steps", "4", "--size", "64"]) == 0
+    return folder
+
+
+def test_deepcache_and_int8_combine(deepcache_int8_engines):
+    from runtime.fastmodes import deepcache_interval, variant_files
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(deepcache_int8_engines)
+    files = variant_files(manifest, "openvino", "int8,deepcache")
+    assert files == {"unet_capture": "unet_capture.int8.xml", "unet_shallow": "unet_shallow.onnx",
+                     "vae_decoder": "vae_decoder.int8.xml"}
+    exact = Txt2ImgPipeline(EngineSet(deepcache_int8_engines, backend_factory("openvino")))(request(),
+                                                                                            progress=False).images
+    deepcache_only = Txt2ImgPipeline(
+        EngineSet(deepcache_int8_engines, backend_factory("openvino"),
+                  files=variant_files(manifest, "openvino", "deepcache")),
+        deepcache=deepcache_interval(manifest, "deepcache"))(request(), progress=False).images
+    engines = EngineSet(deepcache_int8_engines, backend_factory("openvino"), files=files)
+    both = Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, "int8,deepcache"))(request(),
+                                                                                           progress=False).images
+    assert "unet" not in engines._open and {"unet_capture", "unet_shallow"} <= set(engines._open)
+    assert psnr(both, exact) > 20, psnr(both, exact)
+    assert not np.array_equal(both, deepcache_only), "the INT8 capture part and VAE decoder were not used"
+
+
+def test_cli_generate_fast_deepcache_int8(deepcache_int8_engines, tmp_path):
+    from fashiongen.cli import main
+
+    out = tmp_path / "both.png"
+    code = main(["generate", "--engines", str(deepcache_int8_engines), "--prompt", PROMPT, "--steps", "4",
+                 "--height", "64", "--width", "64", "--backend", "openvino", "--fast", "deepcache,int8",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0 and np.asarray(Image.open(out)).shape == (64, 64, 3)
+
+
+def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engines):
+    """A folder quantized before its DeepCache parts were added has no INT8 capture part: say how to fix it."""
+    from runtime.fastmodes import variant_files
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(deepcache_engines)
+    manifest.variants["int8"] = load_manifest(int8_engines).variants["int8"]  # unet and vae_decoder only
+    with pytest.raises(ValueError, match=r"no INT8 unet_capture .* --networks unet_capture"):
+        variant_files(manifest, "openvino", "deepcache,int8")
+
+
+@pytest.mark.parametrize("fast", ["int4", "deepcache,turbo", "int8,,deepcache"])
+def test_unknown_fast_modes_are_refused(sd_engines, fast):
+    from runtime.fastmodes import variant_files
+    from runtime.manifest import load_manifest
+
+    with pytest.raises(ValueError, match="--fast must be one or more of deepcache, int8, comma-separated"):
+        variant_files(load_manifest(sd_engines), "openvino", fast)

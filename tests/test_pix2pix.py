@@ -156,6 +156,8 @@ def test_cli_edit(p2p_engines, p2p_diffusers, tmp_path, capsys):
     (["--image", "missing.png"], "--image: 'missing.png' does not exist"),
     (["--image", "{bad}"], "is not an image file"),
     (["--image", "{good}", "--out", "out.jpg"], "must end in .png"),
+    (["--image", "{good}", "--no-engines"], "--engines is required (except with --triton URL --server-side)"),
+    (["--image", "{good}", "--no-engines", "--server-side"], "--server-side needs --triton URL"),
 ])
 def test_cli_edit_errors(p2p_engines, tmp_path, capsys, monkeypatch, args, message):
     from fashiongen.cli import main
@@ -167,6 +169,8 @@ def test_cli_edit_errors(p2p_engines, tmp_path, capsys, monkeypatch, args, messa
     argv = ["edit", "--engines", str(p2p_engines), "--prompt", PROMPT, "--out", "out.png", *args]
     if "--out" in args:
         argv = ["edit", "--engines", str(p2p_engines), "--prompt", PROMPT, *args]
+    if "--no-engines" in args:
+        argv = ["edit", "--prompt", PROMPT, "--out", "out.png", *[a for a in args if a != "--no-engines"]]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -208,6 +208,25 @@ def test_server_side_edit_with_cutout_matches_in_process(server, p2p_engines, se
     assert ((out["mask"][0] == 255) == expected.mask).mean() >= 0.999
 
 
+@pytest.mark.parametrize("server_side", [False, True])
+def test_cli_edit_over_triton_matches_in_process(server, p2p_engines, tmp_path, server_side):
+    """`edit --triton URL`: the loop here on the server's networks, or (--server-side) its edit model."""
+    from PIL import Image
+
+    from fashiongen.cli import main
+    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+
+    image = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    source, out = tmp_path / "in.png", tmp_path / "edited.png"
+    Image.fromarray(image).save(source)
+    request = Pix2PixRequest(image=image, prompt="make it black", seed=8, steps=3, scheduler="ddim")
+    expected = Pix2PixPipeline(EngineSet(p2p_engines))(request, progress=False).images
+    where = ["--server-side"] if server_side else ["--engines", str(p2p_engines)]
+    assert main(["edit", *where, "--triton", grpc_url(server), "--image", str(source), "--prompt", "make it black",
+                 "--seed", "8", "--steps", "3", "--scheduler", "ddim", "--out", str(out), "--no-progress"]) == 0
+    assert_same_image(np.asarray(Image.open(out))[None], expected)
+
+
 def test_server_side_cutout_and_its_errors(server, segmenter_engines):
     from runtime.cutout import CutoutPipeline
     from triton_repo.services import CutoutRequest
