@@ -515,7 +515,7 @@ def main(argv=None) -> int:
             log(f"round {rnd + 1}: {name:26s} total {r['total']:7.2f} s  unet step {fmt(r['unet_step'], 3)} s  "
                 f"cold start {r['cold_start']:6.1f} s  peak RSS {r['peak_rss_mb'] / 1024:.2f} GB")
     skipped.update({n: f"failed: {e}" for n, e in errors.items()})
-    keys = ["cold_start", "text_encoder", "unet_step", "unet_total", "vae_decoder", "outside_networks", "total",
+    keys = ["cold_start", "text_encoder", "unet_step", "unet_total", "vae_decoder", "cutout", "outside_networks", "total",
             "peak_rss_mb", "rss_after_load_mb"]
     contenders = {}
     for name in names:

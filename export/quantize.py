@@ -8,11 +8,12 @@ the positive and negative text embeddings; the final latents). NNCF collects act
 and writes an OpenVINO IR (``NAME.int8.xml`` + ``.bin``) next to the fp32 files; the manifest's
 ``variants.int8`` section lists each one.
 
-Which networks (:data:`QUANTIZABLE`): the UNet; DeepCache's ``unet_capture`` when the folder has it (the
-whole UNet plus one output: it is calibrated on the same recorded UNet feeds); the VAE decoder, which is a
-large share of a fast shot (~3 s of fp32 at 256 px on 2 cores, ~3x less in INT8). DeepCache's shallow
-part is left in fp32: it is a few percent of a whole UNet call, so INT8 there would move the image for
-nothing. Quantization needs nncf and openvino only (no torch).
+Which networks (:data:`QUANTIZABLE`): the UNet; DeepCache's two parts when the folder has them (the
+shallow part runs the full-resolution blocks, where most of the UNet's FLOPs are: ~1/3 of a whole call);
+the VAE decoder, which is a large share of a fast shot (~3 s of fp32 at 256 px on 2 cores, ~3x less in
+INT8). When the shallow part is quantized the calibration is recorded with DeepCache on (the shallow part's
+``deep_features`` input exists only there); the UNet and the capture part, which take the same inputs,
+then calibrate on the capture part's feeds. Quantization needs nncf and openvino only (no torch).
 """
 from __future__ import annotations
 
@@ -34,14 +35,11 @@ CALIBRATION_PROMPTS = [
     "grey hooded sweatshirt with a kangaroo pocket",
     "a <midjourney-style> photo of black slim fit trousers",
 ]
-# network -> (the recorded network whose feeds calibrate it, NNCF model type name or None). Every network uses
-# NNCF's MIXED preset (asymmetric activations): on the VAE decoder it measured ~1.3 dB closer to fp32 than
-# the symmetric preset at the same speed.
-QUANTIZABLE = {
-    "unet": ("unet", "TRANSFORMER"),
-    "unet_capture": ("unet", "TRANSFORMER"),
-    "vae_decoder": ("vae_decoder", None),
-}
+# network -> NNCF model type name or None. Every network uses NNCF's MIXED preset (asymmetric activations):
+# on the VAE decoder it measured ~1.3 dB closer to fp32 than the symmetric preset at the same speed.
+QUANTIZABLE = {"unet": "TRANSFORMER", "unet_capture": "TRANSFORMER", "unet_shallow": "TRANSFORMER",
+               "vae_decoder": None}
+SAME_INPUTS_AS_UNET = ("unet", "unet_capture")
 
 
 def int8_file(network: str) -> str:
@@ -62,14 +60,16 @@ class RecordingEngine:
 
 
 def record_feeds(engine_dir: Path, factory, prompts: int, steps: int, size: int, seed: int = 1,
-                 negative: str = "", networks=("unet", "vae_decoder")) -> dict[str, list[dict[str, np.ndarray]]]:
-    """``{network: feeds}`` of ``networks`` over ``prompts`` full fp32 generations (``steps`` each) at ``size`` px."""
+                 negative: str = "", networks=("unet", "vae_decoder"),
+                 deepcache: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+    """``{network: feeds}`` of ``networks`` over ``prompts`` fp32 generations (``steps`` each) at ``size`` px,
+    with DeepCache every ``deepcache`` steps or the whole UNet at each."""
     from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     engines = EngineSet(engine_dir, factory)
     recorders = {name: RecordingEngine(engines[name]) for name in networks}
     engines._open.update(recorders)
-    pipeline = Txt2ImgPipeline(engines)
+    pipeline = Txt2ImgPipeline(engines, deepcache=deepcache)
     learned = engines.manifest.tokenizer.get("learned_tokens", {})
     for i in range(prompts):
         prompt = CALIBRATION_PROMPTS[i % len(CALIBRATION_PROMPTS)]
@@ -92,7 +92,7 @@ def check_networks(manifest, networks, engine_dir) -> list[str]:
         if name not in QUANTIZABLE:
             raise ValueError(f"--networks: {name!r} cannot be quantized; choose from {', '.join(QUANTIZABLE)}")
         if name not in manifest.networks:
-            hint = " (add it with `fashiongen deepcache`)" if name == "unet_capture" else ""
+            hint = " (add it with `fashiongen deepcache`)" if name.startswith("unet_") else ""
             raise ValueError(f"--networks: {engine_dir} has no {name}{hint}")
     return networks
 
@@ -125,12 +125,15 @@ def quantize_networks(engine_dir: Path, networks=None, prompts: int = 4, steps: 
     networks = check_networks(manifest, networks, engine_dir)
     started = time.perf_counter()
     log(f"recording calibration: {prompts} prompt(s) x {steps} steps at {size} px ...")
-    sources = sorted({QUANTIZABLE[name][0] for name in networks})
-    recorded = record_feeds(engine_dir, openvino_factory(threads), prompts, steps, size, networks=sources)
+    deepcache = int(manifest.variants["deepcache"]["interval"]) if "unet_shallow" in networks else None
+    unet_source = "unet_capture" if deepcache else "unet"
+    sources = {name: unet_source if name in SAME_INPUTS_AS_UNET else name for name in networks}
+    recorded = record_feeds(engine_dir, openvino_factory(threads), prompts, steps, size,
+                            networks=sorted(set(sources.values())), deepcache=deepcache)
     record_seconds = round(time.perf_counter() - started, 1)
     entries = {}
     for name in networks:
-        source, model_type = QUANTIZABLE[name]
+        source, model_type = sources[name], QUANTIZABLE[name]
         feeds = recorded[source]
         calls = min(subset or len(feeds), len(feeds))
         log(f"quantizing {name} on {calls} of {len(feeds)} recorded calls ...")
@@ -145,7 +148,8 @@ def quantize_networks(engine_dir: Path, networks=None, prompts: int = 4, steps: 
             "file": target.name, "sha256": sha256_file(target.with_suffix(".bin")), "backend": "openvino",
             "format": "an OpenVINO IR (INT8 weights and activations)", "quantizer": f"nncf {nncf.__version__}",
             "calibration": {"prompts": prompts, "steps": steps, "size": size, "calls": calls,
-                            "source": f"recorded fp32 denoising trajectories ({source} inputs)"},
+                            "source": f"recorded fp32 denoising trajectories ({source} inputs"
+                                      f"{', DeepCache on' if deepcache else ''})"},
             "seconds": {"record": record_seconds, "quantize": round(time.perf_counter() - began, 1)}}
         current = load_manifest(engine_dir)  # re-read: write only our entry over what is there now
         current.variants.setdefault("int8", {})[name] = entries[name]

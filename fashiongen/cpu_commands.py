@@ -52,8 +52,8 @@ def register(sub) -> None:
                        "(openvino, nncf).")
     p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
     p.add_argument("--networks", default=None, metavar="NAME[,NAME]",
-                   help="networks to quantize: unet, unet_capture, vae_decoder (default: each of them the folder "
-                   "has; unet_capture exists after `fashiongen deepcache`)")
+                   help="networks to quantize: unet, unet_capture, unet_shallow, vae_decoder (default: each of them "
+                   "the folder has; the unet_ parts exist after `fashiongen deepcache`)")
     p.add_argument("--prompts", type=int, default=4, help="calibration generations (default 4)")
     p.add_argument("--steps", type=int, default=20, help="steps per calibration generation (default 20)")
     p.add_argument("--size", type=int, default=256, help="calibration image size in pixels (default 256)")

@@ -3,7 +3,7 @@
 The exact mode runs the exported fp32 networks (parity with diffusers). A fast mode swaps some of them
 for variants written into the same folder and listed in the manifest's ``variants`` section:
 
-- ``int8``: the UNet, DeepCache's capture part and the VAE decoder quantized to INT8 by NNCF from
+- ``int8``: the UNet, DeepCache's two parts and the VAE decoder quantized to INT8 by NNCF from
   calibration inputs recorded on real denoising trajectories (``fashiongen quantize``); OpenVINO IR files
   that only the OpenVINO backend runs;
 - ``deepcache``: the UNet split into a capture part (whole UNet, keeps its deep features) and a shallow
@@ -19,7 +19,7 @@ from .manifest import Manifest
 
 FAST_MODES = {  # in the order they are applied: a later mode's file for a network replaces an earlier one's
     "deepcache": "DeepCache: the UNet's deep features computed every N-th step only (any backend)",
-    "int8": "UNet, DeepCache capture part and VAE decoder quantized to INT8 (NNCF post-training, calibrated "
+    "int8": "UNet, DeepCache parts and VAE decoder quantized to INT8 (NNCF post-training, calibrated "
             "on recorded denoising trajectories; --backend openvino)",
 }
 
@@ -57,9 +57,12 @@ def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir
                                  f"{entry.get('format', 'a model')} that runs on --backend {entry['backend']} "
                                  f"only (use --backend {entry['backend']}, or drop --fast for the exact fp32 mode)")
             files[network] = entry["file"]
-    if "deepcache" in modes and "int8" in modes and "unet_capture" not in manifest.variants["int8"]:
-        raise ValueError(f"--fast deepcache,int8: {engine_dir} has no INT8 unet_capture (it was quantized before "
-                         f"the DeepCache parts were added); run `{HOW_TO_MAKE['int8']} --networks unet_capture`")
+    if "deepcache" in modes and "int8" in modes:
+        missing = [n for n in ("unet_capture", "unet_shallow") if n not in manifest.variants["int8"]]
+        if missing:
+            raise ValueError(f"--fast deepcache,int8: {engine_dir} has no INT8 {' and '.join(missing)} (quantized "
+                             f"before the DeepCache parts were added?); run `{HOW_TO_MAKE['int8']} --networks "
+                             f"{','.join(missing)}`")
     return files
 
 

@@ -89,7 +89,8 @@ def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
 
 
 @pytest.mark.parametrize("networks, message", [
-    ("unet,text_encoder", "'text_encoder' cannot be quantized; choose from unet, unet_capture, vae_decoder"),
+    ("unet,text_encoder", "'text_encoder' cannot be quantized; choose from unet, unet_capture, unet_shallow, "
+                          "vae_decoder"),
     ("unet_capture", "has no unet_capture (add it with `fashiongen deepcache`)"),
 ])
 def test_quantize_refuses_networks_it_cannot_do(sd_engines, networks, message, capsys):
@@ -229,12 +230,12 @@ def test_deepcache_missing_from_the_folder(sd_engines, tmp_path, capsys):
 # -- deepcache and int8 together ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def deepcache_int8_engines(deepcache_engines, tmp_path_factory):
-    """The DeepCache folder with its capture part and VAE decoder quantized (`quantize --networks ...`)."""
+    """The DeepCache folder with its two parts and VAE decoder quantized (`quantize --networks ...`)."""
     from fashiongen.cli import main
 
     folder = tmp_path_factory.mktemp("deepcache-int8") / "engines"
     shutil.copytree(deepcache_engines, folder, ignore=shutil.ignore_patterns("cache"))
-    assert main(["quantize", "--engines", str(folder), "--networks", "unet_capture,vae_decoder", "--prompts", "2",
+    assert main(["quantize", "--engines", str(folder), "--networks", "unet_capture,unet_shallow,vae_decoder", "--prompts", "2",
                  "--steps", "4", "--size", "64"]) == 0
     return folder
 
@@ -245,8 +246,10 @@ def test_deepcache_and_int8_combine(deepcache_int8_engines):
 
     manifest = load_manifest(deepcache_int8_engines)
     files = variant_files(manifest, "openvino", "int8,deepcache")
-    assert files == {"unet_capture": "unet_capture.int8.xml", "unet_shallow": "unet_shallow.onnx",
+    assert files == {"unet_capture": "unet_capture.int8.xml", "unet_shallow": "unet_shallow.int8.xml",
                      "vae_decoder": "vae_decoder.int8.xml"}
+    calibration = manifest.variants["int8"]["unet_shallow"]["calibration"]
+    assert calibration["calls"] == 2 * 3 and "DeepCache on" in calibration["source"]  # 5 calls, every 3rd whole
     exact = Txt2ImgPipeline(EngineSet(deepcache_int8_engines, backend_factory("openvino")))(request(),
                                                                                             progress=False).images
     deepcache_only = Txt2ImgPipeline(
@@ -258,7 +261,7 @@ def test_deepcache_and_int8_combine(deepcache_int8_engines):
                                                                                            progress=False).images
     assert "unet" not in engines._open and {"unet_capture", "unet_shallow"} <= set(engines._open)
     assert psnr(both, exact) > 20, psnr(both, exact)
-    assert not np.array_equal(both, deepcache_only), "the INT8 capture part and VAE decoder were not used"
+    assert not np.array_equal(both, deepcache_only), "the INT8 DeepCache parts and VAE decoder were not used"
 
 
 def test_cli_generate_fast_deepcache_int8(deepcache_int8_engines, tmp_path):
@@ -278,7 +281,7 @@ def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engin
 
     manifest = load_manifest(deepcache_engines)
     manifest.variants["int8"] = load_manifest(int8_engines).variants["int8"]  # unet and vae_decoder only
-    with pytest.raises(ValueError, match=r"no INT8 unet_capture .* --networks unet_capture"):
+    with pytest.raises(ValueError, match=r"no INT8 unet_capture and unet_shallow .* --networks unet_capture,unet_shallow"):
         variant_files(manifest, "openvino", "deepcache,int8")
 
 
