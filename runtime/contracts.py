@@ -58,6 +58,18 @@ class NetworkContract:
                         f"{self.name}: input '{spec.name}' must have shape {list(want)}, got {list(value.shape)}")
 
 
+    def warmup_feeds(self, dims: dict[str, int]) -> dict[str, np.ndarray]:
+        """Zeros at the smallest shape every network accepts (dynamic axes from :data:`WARMUP_SIZES`)."""
+        return {s.name: np.zeros([d if isinstance(d, int) else WARMUP_SIZES.get(d, 8) for d in s.resolve(dims)],
+                                 dtype=s.dtype) for s in self.inputs}
+
+
+# A warm-up call runs at these sizes of the dynamic axes: a latent of 8 survives the UNet's three
+# downsamplings, an image of 64 is that latent decoded (and more than SegFormer's 32x reduction needs).
+WARMUP_SIZES = {"batch": 1, "latent_height": 8, "latent_width": 8, "image_height": 64, "image_width": 64,
+                "seg_height": 64, "seg_width": 64}
+
+
 def _f32(name: str, *shape: str | int) -> TensorSpec:
     return TensorSpec(name, "float32", shape)
 

@@ -23,6 +23,19 @@ class Engine(Protocol):
         """Run the network once; feeds and outputs are keyed by the contract's tensor names."""
 
 
+def warm_up(engine) -> None:
+    """One call at a tiny shape right after loading. Measured on the full SD 1.5 UNet (2 cores, 256 px): the
+    first real call otherwise pays for weight repacking and first-touch memory, 3.8 s instead of 2.0 s on ONNX
+    Runtime and 2.8 s instead of 0.6 s for OpenVINO's INT8 UNet; after a warm-up at a 8x8 latent (0.4 s and
+    2.2 s) it runs within 5-30% of the steady state. A server's first request, and a one-shot command's
+    single VAE and segmenter calls, no longer carry that cost. Only an optimization: a network that refuses
+    the tiny shape (a custom architecture) just starts cold, and any real problem shows on its first call."""
+    try:
+        engine.run(engine.contract.warmup_feeds(engine.dims))
+    except Exception:  # noqa: BLE001 (see above)
+        pass
+
+
 def default_threads() -> int:
     """Physical cores, as far as we can tell: extra SMT threads slow ONNX Runtime's conv kernels."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -41,7 +54,7 @@ class OrtEngine:
 
     def __init__(self, path: Path, contract: NetworkContract, dims: dict[str, int],
                  providers: list[str] | None = None, threads: int | None = None, arena: bool = True,
-                 cache: bool = True):
+                 cache: bool = True, warmup: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -75,6 +88,8 @@ class OrtEngine:
         self.contract = contract
         self.dims = dims
         self._output_names = [o.name for o in contract.outputs]
+        if warmup:
+            warm_up(self)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.contract.check_feeds(feeds, self.dims)
@@ -145,9 +160,10 @@ EngineFactory = Callable[[str, Path, NetworkContract, dict], Engine]
 
 
 def ort_factory(providers: list[str] | None = None, threads: int | None = None, arena: bool = True,
-                cache: bool = True) -> EngineFactory:
+                cache: bool = True, warmup: bool = True) -> EngineFactory:
     def make(name: str, path: Path, contract: NetworkContract, dims: dict) -> Engine:
-        return OrtEngine(path, contract, dims, providers=providers, threads=threads, arena=arena, cache=cache)
+        return OrtEngine(path, contract, dims, providers=providers, threads=threads, arena=arena, cache=cache,
+                         warmup=warmup)
     make.backend = "ort"
     return make
 

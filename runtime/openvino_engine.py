@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .contracts import NetworkContract
-from .engines import EngineFactory, default_threads
+from .engines import EngineFactory, default_threads, warm_up
 from .manifest import EngineFolderError
 
 PRECISIONS = ("f32", "bf16")
@@ -83,7 +83,7 @@ class OpenVinoEngine:
     backend = "openvino"
 
     def __init__(self, path: Path, contract: NetworkContract, dims: dict[str, int], threads: int | None = None,
-                 precision: str = "f32", cache: bool = True):
+                 precision: str = "f32", cache: bool = True, warmup: bool = True):
         path = Path(path)
         if not path.is_file():
             raise EngineFolderError(f"{path}: missing model file for network '{contract.name}'")
@@ -103,6 +103,8 @@ class OpenVinoEngine:
         missing = [n for n in self._output_names if n not in have]
         if missing:
             raise EngineFolderError(f"{path}: model for '{contract.name}' lacks output(s) {missing}")
+        if warmup:
+            warm_up(self)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.contract.check_feeds(feeds, self.dims)
@@ -111,10 +113,12 @@ class OpenVinoEngine:
         return {name: np.array(self._request.get_tensor(name).data, copy=True) for name in self._output_names}
 
 
-def openvino_factory(threads: int | None = None, precision: str = "f32", cache: bool = True) -> EngineFactory:
+def openvino_factory(threads: int | None = None, precision: str = "f32", cache: bool = True,
+                     warmup: bool = True) -> EngineFactory:
     _import_openvino()  # fail at once, with the install hint, not at the first network
 
     def make(name: str, path: Path, contract: NetworkContract, dims: dict):
-        return OpenVinoEngine(path, contract, dims, threads=threads, precision=precision, cache=cache)
+        return OpenVinoEngine(path, contract, dims, threads=threads, precision=precision, cache=cache,
+                              warmup=warmup)
     make.backend = "openvino"
     return make

@@ -58,6 +58,18 @@ def test_ort_without_cache_or_arena_gives_the_same_image(sd_engines):
     assert np.array_equal(tuned.images, plain.images)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("folder", ["sd_engines", "p2p_engines", "segmenter_engines"])
+def test_every_network_accepts_its_warmup_call(folder, backend, request):
+    """Engines warm up at load with one tiny call, and skip it silently if refused: check that none is."""
+    engine_dir = request.getfixturevalue(folder)
+    engines = EngineSet(engine_dir, backend_factory(backend, warmup=False))
+    for name in engines.manifest.networks:
+        engine = engines[name]
+        outputs = engine.run(engine.contract.warmup_feeds(engine.dims))
+        assert all(np.isfinite(v).all() for v in outputs.values()), name
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="--backend must be one of ort, openvino"):
         backend_factory("tensorflow")
