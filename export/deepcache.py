@@ -70,6 +70,16 @@ class UNetShallowNet(torch.nn.Module):
         return u.conv_out(h)
 
 
+def _drop_stale_int8(manifest) -> None:
+    """INT8 copies of earlier DeepCache parts were quantized from other files: forget them (``--fast
+    deepcache,int8`` then says to run ``fashiongen quantize`` again rather than mixing old and new parts)."""
+    int8 = manifest.variants.get("int8", {})
+    for name in ("unet_capture", "unet_shallow"):
+        int8.pop(name, None)
+    if "int8" in manifest.variants and not int8:
+        del manifest.variants["int8"]
+
+
 def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset: int = DEFAULT_OPSET) -> dict:
     """Add ``unet_capture.onnx`` and ``unet_shallow.onnx`` to an engine folder; manifest ``variants.deepcache``."""
     if not isinstance(interval, int) or interval < 2:
@@ -114,6 +124,7 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset
     if split_diff > 1e-4:
         raise RuntimeError(f"deepcache: the split UNet differs from the whole by {split_diff:.3g}")
     manifest = load_manifest(engine_dir)  # re-read: write only our sections over what is there now
+    _drop_stale_int8(manifest)
     manifest.dims["deep_channels"] = dims["deep_channels"]
     manifest.networks.update(entries)
     manifest.variants["deepcache"] = {

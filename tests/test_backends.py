@@ -297,6 +297,17 @@ def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engin
         variant_files(manifest, "openvino", "deepcache,int8")
 
 
+def test_deepcache_export_again_forgets_its_old_int8_parts(sd_checkpoint, deepcache_int8_engines, tmp_path):
+    from fashiongen.cli import main
+    from runtime.manifest import load_manifest
+
+    folder = tmp_path / "engines"
+    shutil.copytree(deepcache_int8_engines, folder, ignore=shutil.ignore_patterns("cache"))
+    assert main(["deepcache", "--model", str(sd_checkpoint), "--engines", str(folder), "--interval", "4"]) == 0
+    manifest = load_manifest(folder)
+    assert sorted(manifest.variants["int8"]) == ["vae_decoder"] and manifest.variants["deepcache"]["interval"] == 4
+
+
 @pytest.mark.parametrize("fast", ["int4", "deepcache,turbo", "int8,,deepcache"])
 def test_unknown_fast_modes_are_refused(sd_engines, fast):
     from runtime.fastmodes import variant_files
