@@ -2,12 +2,14 @@
 
 DeepCache (Ma, Fang, Wang, 2023, arXiv:2312.00858) reuses a UNet's deep features across adjacent denoising
 steps, whose high-level features change slowly: every ``interval``-th step runs the whole UNet and keeps
-the features entering its last up block (``unet_capture``); the steps in between run only the shallow path
-(``conv_in``, the first down block's resnets and attentions, the last up block, the output head) on the
-cached features (``unet_shallow``). Both are validated against the PyTorch UNet: the capture part's
-prediction equals the UNet's, and the shallow part on freshly captured features equals it too.
+the features entering the last ``shallow_layers`` layers of its last up block (``unet_capture``); the steps
+in between run only the shallow path on the cached features (``unet_shallow``): ``conv_in``, the first
+down block's layers whose outputs those up layers take as skips, those up layers, the output head. Fewer
+shallow layers make the shallow step cheaper and move the image further (all of SD 1.5's three layers is
+~1/3 of a UNet call at 256 px; its last one alone ~1/10). Both parts are validated against the PyTorch UNet:
+the capture part's prediction equals the UNet's, and the shallow part on freshly captured features too.
 
-    fashiongen deepcache --model CHECKPOINT --engines ENGINE_DIR [--interval 3]
+    fashiongen deepcache --model CHECKPOINT --engines ENGINE_DIR [--interval 3] [--shallow-layers 3]
 """
 from __future__ import annotations
 
@@ -29,17 +31,30 @@ def _check_layout(unet) -> None:
         raise ValueError(f"deepcache: expects an SD 1.x UNet (cross-attention first down / last up block), got {names}")
 
 
-class UNetCaptureNet(torch.nn.Module):
-    """The whole UNet; also returns the hidden states its last up block receives."""
+def up_layers(unet) -> int:
+    """Layers (resnet + attention) of the UNet's last up block: the most a shallow step can recompute."""
+    return len(unet.up_blocks[-1].resnets)
 
-    def __init__(self, unet):
+
+class UNetCaptureNet(torch.nn.Module):
+    """The whole UNet; also returns the hidden states entering layer ``first`` of its last up block (the
+    block's input for 0, else the output of layer ``first - 1``: before the skip is concatenated)."""
+
+    def __init__(self, unet, first: int = 0):
         super().__init__()
         self.unet = unet
         self._captured = None
-        unet.up_blocks[-1].register_forward_pre_hook(self._capture, with_kwargs=True)
+        last = unet.up_blocks[-1]
+        if first == 0:
+            last.register_forward_pre_hook(self._capture_input, with_kwargs=True)
+        else:
+            last.attentions[first - 1].register_forward_hook(self._capture_output)
 
-    def _capture(self, module, args, kwargs):
+    def _capture_input(self, module, args, kwargs):
         self._captured = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def _capture_output(self, module, args, output):
+        self._captured = output[0] if isinstance(output, tuple) else output.sample
 
     def forward(self, sample, timestep, encoder_hidden_states):
         out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
@@ -47,24 +62,34 @@ class UNetCaptureNet(torch.nn.Module):
 
 
 class UNetShallowNet(torch.nn.Module):
-    """conv_in, the first down block without its downsampler, the last up block on cached deep features."""
+    """The shallow path from cached deep features: ``conv_in``, the first down block's layers whose outputs
+    the recomputed up layers take as skips, layers ``first``.. of the last up block, the output head.
 
-    def __init__(self, unet):
+    Layer ``j`` of the last up block (of ``L``) takes skip ``L - 1 - j`` of the first down block, counting
+    ``conv_in``'s output as skip 0, so starting at layer ``first`` needs down layers ``0 .. L - 2 - first``.
+    """
+
+    def __init__(self, unet, first: int = 0):
         super().__init__()
         self.unet = unet
+        self.first = first
 
     def forward(self, sample, timestep, encoder_hidden_states, deep_features):
         u = self.unet
+        layers = up_layers(u)
         emb = u.time_embedding(u.time_proj(timestep).to(sample.dtype))
         h = u.conv_in(sample)
-        skips = (h,)
-        first = u.down_blocks[0]
-        for resnet, attn in zip(first.resnets, first.attentions):
+        skips = [h]
+        down = u.down_blocks[0]
+        for resnet, attn in list(zip(down.resnets, down.attentions))[:layers - 1 - self.first]:
             h = resnet(h, emb)
             h = attn(h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-            skips += (h,)
-        h = u.up_blocks[-1](hidden_states=deep_features, temb=emb, res_hidden_states_tuple=skips,
-                            encoder_hidden_states=encoder_hidden_states)
+            skips.append(h)
+        up = u.up_blocks[-1]
+        h = deep_features
+        for j in range(self.first, layers):
+            h = up.resnets[j](torch.cat([h, skips[layers - 1 - j]], dim=1), emb)
+            h = up.attentions[j](h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
         if u.conv_norm_out is not None:
             h = u.conv_act(u.conv_norm_out(h))
         return u.conv_out(h)
@@ -80,8 +105,10 @@ def _drop_stale_int8(manifest) -> None:
         del manifest.variants["int8"]
 
 
-def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset: int = DEFAULT_OPSET) -> dict:
-    """Add ``unet_capture.onnx`` and ``unet_shallow.onnx`` to an engine folder; manifest ``variants.deepcache``."""
+def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shallow_layers: int | None = None,
+                     opset: int = DEFAULT_OPSET) -> dict:
+    """Add ``unet_capture.onnx`` and ``unet_shallow.onnx`` to an engine folder; manifest ``variants.deepcache``.
+    ``shallow_layers``: how many of the last up block's layers a shallow step recomputes (default: all)."""
     if not isinstance(interval, int) or interval < 2:
         raise ValueError(f"--interval must be an integer >= 2 (got {interval!r})")
     engine_dir = Path(engine_dir)
@@ -91,9 +118,18 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset
     parts = load_checkpoint(model_dir)
     unet = parts["unet"]
     _check_layout(unet)
+    layers = up_layers(unet)
+    shallow_layers = layers if shallow_layers is None else shallow_layers
+    if isinstance(shallow_layers, bool) or not isinstance(shallow_layers, int) or not 1 <= shallow_layers <= layers:
+        raise ValueError(f"--shallow-layers must be an integer from 1 to {layers}, the layers of this UNet's last "
+                         f"up block (got {shallow_layers!r})")
+    first = layers - shallow_layers
+    capture = UNetCaptureNet(unet, first).eval()
+    shallow = UNetShallowNet(unet, first).eval()
     dims = dict(manifest.dims)
-    dims["deep_channels"] = int(unet.config.block_out_channels[1])
     t, d, cin = dims["text_length"], dims["text_hidden"], dims["unet_in_channels"]
+    with torch.no_grad():  # the cached features' channels, as the capture point has them
+        dims["deep_channels"] = int(capture(torch.zeros(1, cin, 8, 8), torch.zeros(1), torch.zeros(1, t, d))[1].shape[1])
 
     def feeds(contract, b, h, w, seed):
         shapes = {"sample": (b, cin, h, w), "timestep": (b,), "encoder_hidden_states": (b, t, d),
@@ -102,8 +138,6 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset
         f["timestep"] = np.full((b,), 500.0 + seed, dtype=np.float32)
         return f
 
-    capture = UNetCaptureNet(unet).eval()
-    shallow = UNetShallowNet(unet).eval()
     # Traced at odd latent sizes (explicit-size upsampling, as the UNet's own export), checked elsewhere.
     entries = {
         "unet_capture": export_network_entry(capture, UNET_CAPTURE, feeds(UNET_CAPTURE, 2, 9, 7, 0),
@@ -130,7 +164,7 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, opset
     manifest.variants["deepcache"] = {
         "unet_capture": {"file": "unet_capture.onnx", "backend": None},
         "unet_shallow": {"file": "unet_shallow.onnx", "backend": None},
-        "interval": interval, "split_max_abs_diff": split_diff,
+        "interval": interval, "shallow_layers": shallow_layers, "of_layers": layers, "split_max_abs_diff": split_diff,
     }
     write_json_atomic(engine_dir / MANIFEST_NAME, manifest.to_json())
     return manifest.variants["deepcache"]

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, type=Path, help="the checkpoint folder the engine folder was exported from")
     p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
     p.add_argument("--interval", type=int, default=3, help="whole UNet every N-th step (default 3)")
+    p.add_argument("--shallow-layers", type=int, default=None, metavar="N",
+                   help="layers of the last up block the steps in between recompute (default: all of them, 3 in SD "
+                   "1.x; fewer is faster and further from the exact image)")
     p.set_defaults(run=_run_deepcache)
 
     p = sub.add_parser("quantize", help="write the INT8 networks of the int8 fast mode into an engine folder",
@@ -80,7 +83,8 @@ def _run_quantize(args) -> int:
 def _run_deepcache(args) -> int:
     from export.deepcache import export_deepcache
 
-    entry = export_deepcache(args.model, args.engines, args.interval)
-    print(f"wrote {args.engines}/unet_capture.onnx, unet_shallow.onnx (interval {entry['interval']}, split max abs "
+    entry = export_deepcache(args.model, args.engines, args.interval, args.shallow_layers)
+    print(f"wrote {args.engines}/unet_capture.onnx, unet_shallow.onnx (interval {entry['interval']}, shallow layers "
+          f"{entry['shallow_layers']} of {entry['of_layers']}, split max abs "
           f"diff {entry['split_max_abs_diff']:.2e})")
     return 0
