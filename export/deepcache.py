@@ -6,7 +6,7 @@ the features entering the last ``shallow_layers`` layers of its last up block (`
 in between run only the shallow path on the cached features (``unet_shallow``): ``conv_in``, the first
 down block's layers whose outputs those up layers take as skips, those up layers, the output head. Fewer
 shallow layers make the shallow step cheaper and move the image further (all of SD 1.5's three layers is
-~1/3 of a UNet call at 256 px; its last one alone ~1/10). Both parts are validated against the PyTorch UNet:
+~1/3 of a UNet call at 256 px; its last one alone, the default, ~1/14). Both parts are validated against the PyTorch UNet:
 the capture part's prediction equals the UNet's, and the shallow part on freshly captured features too.
 
     fashiongen deepcache --model CHECKPOINT --engines ENGINE_DIR [--interval 3] [--shallow-layers 3]
@@ -105,10 +105,13 @@ def _drop_stale_int8(manifest) -> None:
         del manifest.variants["int8"]
 
 
-def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shallow_layers: int | None = None,
+def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shallow_layers: int = 1,
                      opset: int = DEFAULT_OPSET) -> dict:
     """Add ``unet_capture.onnx`` and ``unet_shallow.onnx`` to an engine folder; manifest ``variants.deepcache``.
-    ``shallow_layers``: how many of the last up block's layers a shallow step recomputes (default: all)."""
+    ``shallow_layers``: how many of the last up block's layers a shallow step recomputes (default 1, the
+    DeepCache paper's choice for SD: measured on SD 1.5 at 256 px, interval 3, 2 cores, fp32 OpenVINO, 1 layer
+    is 0.14 s a shallow step at 39.0 dB from the exact image, 2 layers 0.39 s at 41.6 dB, all 3 0.65 s at
+    43.9 dB, against 1.9 s for a whole UNet call)."""
     if not isinstance(interval, int) or interval < 2:
         raise ValueError(f"--interval must be an integer >= 2 (got {interval!r})")
     engine_dir = Path(engine_dir)
@@ -119,7 +122,6 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shall
     unet = parts["unet"]
     _check_layout(unet)
     layers = up_layers(unet)
-    shallow_layers = layers if shallow_layers is None else shallow_layers
     if isinstance(shallow_layers, bool) or not isinstance(shallow_layers, int) or not 1 <= shallow_layers <= layers:
         raise ValueError(f"--shallow-layers must be an integer from 1 to {layers}, the layers of this UNet's last "
                          f"up block (got {shallow_layers!r})")

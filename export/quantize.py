@@ -9,7 +9,8 @@ and writes an OpenVINO IR (``NAME.int8.xml`` + ``.bin``) next to the fp32 files;
 ``variants.int8`` section lists each one.
 
 Which networks (:data:`QUANTIZABLE`): the UNet; DeepCache's two parts when the folder has them (the
-shallow part runs the full-resolution blocks, where most of the UNet's FLOPs are: ~1/3 of a whole call);
+shallow part runs full-resolution layers, where the UNet's FLOPs concentrate: from ~1/14 of a whole call
+with one layer to ~1/3 with the whole last up block, and 14 of 21 calls at interval 3);
 the VAE decoder, which is a large share of a fast shot (~3 s of fp32 at 256 px on 2 cores, ~3x less in
 INT8). When the shallow part is quantized the calibration is recorded with DeepCache on (the shallow part's
 ``deep_features`` input exists only there); the UNet and the capture part, which take the same inputs,

@@ -214,26 +214,26 @@ def test_deepcache_runs_through_the_same_pipeline(deepcache_engines, backend):
     assert not np.array_equal(result.images, exact), "the shallow steps were not taken"
 
 
-def test_deepcache_with_fewer_shallow_layers(sd_checkpoint, deepcache_engines, tmp_path):
-    """A shallower split (the tiny UNet's up blocks have 2 layers: recompute 1): still an exact split, and the
-    pipeline takes it without a change."""
+def test_deepcache_with_more_shallow_layers(sd_checkpoint, deepcache_engines, tmp_path):
+    """A deeper split (the tiny UNet's up blocks have 2 layers: recompute both, not the default 1): still an
+    exact split, and the pipeline takes it without a change."""
     from fashiongen.cli import main
     from runtime.fastmodes import deepcache_interval, variant_files
     from runtime.manifest import load_manifest
 
     folder = tmp_path / "engines"
     shutil.copytree(deepcache_engines, folder, ignore=shutil.ignore_patterns("cache"))
-    assert main(["deepcache", "--model", str(sd_checkpoint), "--engines", str(folder), "--shallow-layers", "1"]) == 0
+    assert main(["deepcache", "--model", str(sd_checkpoint), "--engines", str(folder), "--shallow-layers", "2"]) == 0
     manifest = load_manifest(folder)
     entry = manifest.variants["deepcache"]
-    assert entry["shallow_layers"] == 1 and entry["of_layers"] == 2 and entry["split_max_abs_diff"] <= 1e-4
+    assert entry["shallow_layers"] == 2 and entry["of_layers"] == 2 and entry["split_max_abs_diff"] <= 1e-4
     exact = Txt2ImgPipeline(EngineSet(folder))(request(), progress=False).images
     engines = EngineSet(folder, files=variant_files(manifest, "ort", "deepcache"))
     images = Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, "deepcache"))(request(),
                                                                                          progress=False).images
     assert psnr(images, exact) > 20 and not np.array_equal(images, exact)
-    # cached after an up layer rather than before the block: the first block's channels, not the second's
-    assert manifest.dims["deep_channels"] < load_manifest(deepcache_engines).dims["deep_channels"]
+    # cached before the whole block rather than after its first layer: the second block's channels
+    assert manifest.dims["deep_channels"] > load_manifest(deepcache_engines).dims["deep_channels"]
 
 
 @pytest.mark.parametrize("layers", ["0", "3"])
