@@ -57,12 +57,12 @@ def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir
                                  f"{entry.get('format', 'a model')} that runs on --backend {entry['backend']} "
                                  f"only (use --backend {entry['backend']}, or drop --fast for the exact fp32 mode)")
             files[network] = entry["file"]
-    if "deepcache" in modes and "int8" in modes:
-        missing = [n for n in ("unet_capture", "unet_shallow") if n not in manifest.variants["int8"]]
+    if "int8" in modes:  # the UNet networks this run uses must all be INT8, not silently fp32
+        needed = ("unet_capture", "unet_shallow") if "deepcache" in modes else ("unet",)
+        missing = [n for n in needed if n not in manifest.variants["int8"]]
         if missing:
-            raise ValueError(f"--fast deepcache,int8: {engine_dir} has no INT8 {' and '.join(missing)} (quantized "
-                             f"before the DeepCache parts were added?); run `{HOW_TO_MAKE['int8']} --networks "
-                             f"{','.join(missing)}`")
+            raise ValueError(f"--fast {fast}: {engine_dir} has no INT8 {' and '.join(missing)}; run "
+                             f"`{HOW_TO_MAKE['int8']} --networks {','.join(missing)}`")
     return files
 
 

@@ -324,8 +324,11 @@ def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engin
 
     manifest = load_manifest(deepcache_engines)
     manifest.variants["int8"] = load_manifest(int8_engines).variants["int8"]  # unet and vae_decoder only
-    with pytest.raises(ValueError, match=r"no INT8 unet_capture and unet_shallow .* --networks unet_capture,unet_shallow"):
+    with pytest.raises(ValueError, match=r"no INT8 unet_capture and unet_shallow; .* --networks unet_capture,unet_shallow"):
         variant_files(manifest, "openvino", "deepcache,int8")
+    manifest.variants["int8"] = {"vae_decoder": manifest.variants["int8"]["vae_decoder"]}
+    with pytest.raises(ValueError, match=r"--fast int8: .* has no INT8 unet; .* --networks unet`"):
+        variant_files(manifest, "openvino", "int8")
 
 
 def test_deepcache_export_again_forgets_its_old_int8_parts(sd_checkpoint, deepcache_int8_engines, tmp_path):
