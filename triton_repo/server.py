@@ -184,14 +184,15 @@ class TritonServer:
 def serve_forever(options: ServerOptions) -> int:
     """Start, report, and stop cleanly on Ctrl-C / SIGTERM."""
     server = TritonServer(options).start()
-    print(f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url} (log: {server.log_path})", flush=True)
     stopping = False
 
     def on_signal(signum, _frame):
         nonlocal stopping
         stopping = True
+    # Handlers before "ready" is announced: a supervisor may signal as soon as it reads that line.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    print(f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url} (log: {server.log_path})", flush=True)
     try:
         while not stopping and server.process.poll() is None:
             time.sleep(0.2)
