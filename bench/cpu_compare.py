@@ -60,17 +60,18 @@ CONTENDERS = {
 RSS_ONLY = ("fashiongen-ort-512-cutout",)
 # This runtime's contenders: name -> (backend, --fast value or None for the exact mode, size or None for
 # --size, cutout or None: see worker_fashiongen)
-FASHIONGEN = {"fashiongen-ort": ("ort", None), "fashiongen-openvino": ("openvino", None),
-              "fashiongen-openvino-int8": ("openvino", "int8"), "fashiongen-ort-deepcache": ("ort", "deepcache"),
-              "fashiongen-openvino-deepcache": ("openvino", "deepcache"),
-              "fashiongen-openvino-deepcache-int8": ("openvino", "deepcache,int8"),
+FASHIONGEN = {"fashiongen-ort": ("ort", None, None, None), "fashiongen-openvino": ("openvino", None, None, None),
+              "fashiongen-openvino-int8": ("openvino", "int8", None, None),
+              "fashiongen-ort-deepcache": ("ort", "deepcache", None, None),
+              "fashiongen-openvino-deepcache": ("openvino", "deepcache", None, None),
+              "fashiongen-openvino-deepcache-int8": ("openvino", "deepcache,int8", None, None),
               "fashiongen-shot": ("openvino", "deepcache,int8", None, "resident"),
               "fashiongen-ort-512-cutout": ("ort", None, 512, "released")}
 CUTOUT_CLASSES = [4, 5, 6, 7]  # ATR upper-clothes, skirt, pants, dress
 
 
 def has_cutout(name: str) -> bool:
-    return len(FASHIONGEN.get(name, ())) > 3 and FASHIONGEN[name][3] is not None
+    return name in FASHIONGEN and FASHIONGEN[name][3] is not None
 VENV_PACKAGES = {
     "venv-optimum-onnx": ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "diffusers==0.35.2", "pillow"],
     # transformers 4.57: diffusers 0.35 imports tokenizers that transformers 5 dropped; hub then resolves < 1.
@@ -152,8 +153,7 @@ def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None):
     def generate():
         images = pipeline(request, progress=False).images
         if cutout == "released":
-            for name in list(engines._open):
-                engines.release(name)
+            engines.release_all()
         result = clock.wrap("cutout", cut)(images, CUTOUT_CLASSES).results[0]
         return result.image if result.image is not None else images[0]
     return generate
@@ -282,7 +282,6 @@ def unet_gflop(engine_dir: Path, batch: int, latent: int, text_length: int, text
             counts["conv"] += 2.0 * n * per_out
         elif kind == "MatMul":
             a = list(op.get_input_shape(0))
-            b = list(op.get_input_shape(1))
             out = list(op.get_output_shape(0))
             k = a[-1] if not op.get_transpose_a() else a[-2]
             n = 1
@@ -373,7 +372,7 @@ def goals(report: dict) -> list[str]:
         share = flop["unet_gflop_per_step"] / exact["unet_step"] / report["peak_gflops"]
         out.append(f"UNet step at {100 * share:.0f}% of the fp32 peak (goal >= 85%): {'met' if share >= 0.85 else 'not met'}")
     for name, fast in rows.items():
-        if not FASHIONGEN.get(name, (None, None))[1] or has_cutout(name) or not fast.get("total"):
+        if name not in FASHIONGEN or not FASHIONGEN[name][1] or has_cutout(name) or not fast.get("total"):
             continue
         s = exact["total"] / fast["total"]
         p = fast.get("psnr_vs_exact")
@@ -468,7 +467,7 @@ def main(argv=None) -> int:
         names.append("fashiongen-ort-512-cutout")
     skipped = {}
     for name in [n for n in names if n in FASHIONGEN]:
-        backend, fast = FASHIONGEN[name][:2]
+        backend, fast, _, _ = FASHIONGEN[name]
         try:
             variant_files(manifest, backend, fast, str(engines))
         except ValueError as exc:

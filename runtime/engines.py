@@ -210,3 +210,7 @@ class EngineSet:
     def release(self, name: str) -> None:
         """Drop a network's session (its memory goes with it)."""
         self._open.pop(name, None)
+
+    def release_all(self) -> None:
+        """Drop every open session: a later stage that needs none of them (e.g. the cutout) runs without them."""
+        self._open.clear()

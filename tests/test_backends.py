@@ -70,6 +70,14 @@ def test_every_network_accepts_its_warmup_call(folder, backend, request):
         assert all(np.isfinite(v).all() for v in outputs.values()), name
 
 
+def test_release_all_drops_every_session_and_reopens_on_use(sd_engines):
+    engines = EngineSet(sd_engines)
+    first = engines["vae_decoder"]
+    engines["text_encoder"]  # noqa: B018 (open it)
+    engines.release_all()
+    assert engines["vae_decoder"] is not first  # a fresh session, opened again on use
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="--backend must be one of ort, openvino"):
         backend_factory("tensorflow")
