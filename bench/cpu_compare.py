@@ -36,7 +36,6 @@ RESULTS = ROOT / "bench" / "results"
 PROMPT = "a <midjourney-style> photo of a black short sleeve crewneck crop top"
 NEGATIVE = "<wrong>, blurry"
 PLAIN_PROMPT = "a photo of a black short sleeve crewneck crop top"  # for pipelines without the learned tokens
-PEAK_GFLOPS = 294.0  # 2 cores x ~4.6 GHz x 32 fp32 FLOP/cycle (AVX-512 FMA on 256-bit units); DESIGN.md
 REFERENCE = "fashiongen-ort"
 EXACT = ("fashiongen-ort", "fashiongen-openvino")
 
@@ -82,6 +81,14 @@ VENV_PACKAGES = {
 
 # -- workers (one process per contender per round) ----------------------------------------------------------
 def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's ``ru_maxrss`` survives ``execve``: a worker would inherit the driver's
+    high-water mark (which holds torch, and the export and quantization on a first run), so read the memory
+    map's own ``VmHWM``, which starts afresh with the new program."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -146,7 +153,7 @@ def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None):
     if cutout is None:
         return lambda: pipeline(request, progress=False).images[0]
     segmenter = EngineSet(a.segmenter, backend_factory(backend, a.threads))
-    if cutout == "resident":
+    if cutout == "resident" or a.prepare:
         segmenter["segmenter"]  # noqa: B018 (open it now)
     cut = CutoutPipeline(segmenter)
 
@@ -243,6 +250,35 @@ def run_worker(a) -> int:
     return 0
 
 
+def prepare_fast_modes(ckpt: Path, engines: Path, modes: set, log):
+    """Add what the fast modes asked for to the bench's engine folder, once: DeepCache's UNet parts
+    (``fashiongen deepcache`` defaults) and INT8 copies of every quantizable network (``fashiongen quantize``
+    defaults: fp32 trajectories of 4 prompts x 20 steps at 256 px). Returns the folder's manifest."""
+    from runtime.manifest import load_manifest
+
+    wanted = {part for mode in modes if mode for part in mode.split(",")}
+    if "deepcache" in wanted and "deepcache" not in load_manifest(engines).variants:
+        from export.deepcache import export_deepcache
+
+        log("exporting the DeepCache UNet parts (once) ...")
+        export_deepcache(ckpt, engines)
+    manifest = load_manifest(engines)
+    if "int8" in wanted:
+        from export.quantize import default_networks
+
+        missing = [n for n in default_networks(manifest) if n not in manifest.variants.get("int8", {})]
+        if missing:
+            from export.quantize import quantize_networks
+
+            log(f"quantizing {', '.join(missing)} to INT8 (once) ...")
+            try:
+                quantize_networks(engines, missing, log=log)
+            except ValueError as exc:  # no nncf / openvino: the int8 contenders are then skipped, with why
+                log(f"quantize failed: {exc}")
+            manifest = load_manifest(engines)
+    return manifest
+
+
 # -- venvs for the optimum contenders ------------------------------------------------------------------------
 def ensure_venv(name: str, log) -> Path:
     venv = CACHE / name
@@ -260,38 +296,74 @@ def ensure_venv(name: str, log) -> Path:
 
 
 # -- the FLOP floor ----------------------------------------------------------------------------------------
-def unet_gflop(engine_dir: Path, batch: int, latent: int, text_length: int, text_hidden: int) -> dict:
-    """GFLOP of one UNet call at a static shape (2 FLOP per multiply-add), counted on the OpenVINO graph
-    read from the ONNX file: Convolution, GroupConvolution, MatMul (linear layers and attention) and the
-    rest (elementwise, norms, softmax) left out as they are memory-bound and < 1% of the count."""
+def network_gflop(path: Path, contract, dims: dict, sizes: dict) -> dict:
+    """GFLOP of one call of the network in ``path`` at a static shape (2 FLOP per multiply-add): its inputs
+    are the contract's shapes with ``dims`` (the folder's fixed sizes) and ``sizes`` (the dynamic axes) put
+    in. Counted on the OpenVINO graph read from the ONNX file: Convolution, GroupConvolution, MatMul (linear
+    layers; attention's QK^T and AV, whose second operand is not a weight) and the rest (elementwise, norms,
+    softmax) left out as they are memory-bound and < 1% of the count."""
     import openvino as ov
 
-    model = ov.Core().read_model(str(Path(engine_dir) / "unet.onnx"))
-    model.reshape({"sample": [batch, 4, latent, latent], "timestep": [batch],
-                   "encoder_hidden_states": [batch, text_length, text_hidden]})
+    model = ov.Core().read_model(str(path))
+    model.reshape({s.name: [sizes.get(d, d) for d in s.resolve(dims)] for s in contract.inputs})
     counts = {"conv": 0.0, "matmul_linear": 0.0, "matmul_attention": 0.0}
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind in ("Convolution", "GroupConvolution"):
-            out = list(op.get_output_shape(0))
             w = list(op.get_input_shape(1))
             per_out = (w[1] * w[2] * w[3]) if kind == "Convolution" else (w[2] * w[3] * w[4])
-            n = 1
-            for d in out:
-                n *= d
-            counts["conv"] += 2.0 * n * per_out
+            counts["conv"] += 2.0 * _numel(op.get_output_shape(0)) * per_out
         elif kind == "MatMul":
             a = list(op.get_input_shape(0))
-            out = list(op.get_output_shape(0))
             k = a[-1] if not op.get_transpose_a() else a[-2]
-            n = 1
-            for d in out:
-                n *= d
             constant_b = op.input_value(1).get_node().get_type_name() in ("Constant", "Convert")
-            counts["matmul_linear" if constant_b else "matmul_attention"] += 2.0 * n * k
+            counts["matmul_linear" if constant_b else "matmul_attention"] += 2.0 * _numel(op.get_output_shape(0)) * k
     counts = {k: v / 1e9 for k, v in counts.items()}
     counts["total"] = sum(counts.values())
     return counts
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def flop_floor(engines: Path, manifest, size: int, peak: float) -> dict:
+    """The UNet's (batch 2: guidance) and the VAE decoder's GFLOP at ``size`` px, and their shortest
+    possible times at ``peak`` GFLOP/s."""
+    from runtime.contracts import UNET, VAE_DECODER
+
+    latent = size // int(manifest.vae["downscale"])
+    sizes = {"latent_height": latent, "latent_width": latent, "image_height": size, "image_width": size}
+    unet = network_gflop(engines / "unet.onnx", UNET, manifest.dims, {**sizes, "batch": 2})
+    vae = network_gflop(engines / "vae_decoder.onnx", VAE_DECODER, manifest.dims, {**sizes, "batch": 1})
+    return {"latent": latent, "counts": unet, "unet_gflop_per_step": unet["total"],
+            "floor_step_s": unet["total"] / peak, "vae_gflop": vae["total"], "floor_vae_s": vae["total"] / peak}
+
+
+def peak_gflops(given: float | None, log) -> tuple[float, str]:
+    """The fp32 peak: ``--peak-gflops`` when given, else measured (bench/cpu_peak.py)."""
+    if given:
+        return given, "given (--peak-gflops)"
+    from bench.cpu_peak import measure_peak_gflops
+
+    log("measuring the CPU's fp32 peak (FMA kernel on every core) ...")
+    measured = measure_peak_gflops()
+    if measured is None:
+        raise SystemExit("no C compiler to measure the fp32 peak: pass --peak-gflops")
+    return measured, "measured (FMA-throughput kernel on every core, bench/cpu_peak.py)"
+
+
+def machine_name() -> str:
+    """CPU model, vector ISA and core count (from /proc/cpuinfo where there is one)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    vnni = " VNNI" if " avx512_vnni" in info or " avx_vnni" in info else ""
+    return f"{model}, {isa}{vnni}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 # -- reporting ---------------------------------------------------------------------------------------------
@@ -341,9 +413,10 @@ def markdown(report: dict) -> str:
                      f"{fmt(r['peak_rss_mb'] / 1024 if r.get('peak_rss_mb') else None)} | {fmt(r.get('psnr_vs_exact'), 1)} |")
     lines += ["", f"FLOP floor: the UNet does {flop['unet_gflop_per_step']:.0f} GFLOP per guided step (batch 2, "
               f"{flop['latent']}x{flop['latent']} latents; conv {flop['counts']['conv']:.0f}, linear "
-              f"{flop['counts']['matmul_linear']:.0f}, attention {flop['counts']['matmul_attention']:.0f}); at the "
-              f"CPU's fp32 peak of {report['peak_gflops']:.0f} GFLOP/s a step takes at least "
-              f"{flop['floor_step_s']:.3f} s and {report['steps']} steps {flop['floor_step_s'] * report['steps']:.1f} s."]
+              f"{flop['counts']['matmul_linear']:.0f}, attention {flop['counts']['matmul_attention']:.0f}), the VAE "
+              f"decoder {flop['vae_gflop']:.0f} GFLOP. At the CPU's fp32 peak of {report['peak_gflops']:.0f} GFLOP/s "
+              f"({report['peak_source']}) a step takes at least {flop['floor_step_s']:.3f} s, {report['steps']} steps "
+              f"{flop['floor_step_s'] * report['steps']:.1f} s, and the decode {flop['floor_vae_s']:.2f} s."]
     if report.get("skipped"):
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
     lines += ["", "Goals:"] + [f"- {g}" for g in report["goals"]]
@@ -361,13 +434,22 @@ def goals(report: dict) -> list[str]:
     def speedup(name):
         r = rows.get(name)
         return r["total"] / exact["total"] if r and r.get("total") else None
-    s = speedup("diffusers-pytorch")
-    out.append(f"exact fp32 ({exact_name}) vs diffusers PyTorch: {fmt(s)}x (goal >= 2x): "
-               f"{'met' if s and s >= 2 else 'not met' if s else 'not measured'}")
-    for name in ("optimum-onnx", "optimum-intel"):
-        s = speedup(name)
-        out.append(f"exact fp32 vs {name}: {fmt(s)}x (goal >= 1.1x): {'met' if s and s >= 1.1 else 'not met' if s else 'not measured'}")
     flop = report["flop_floor"]
+    # The exact mode's end to end had its UNet and VAE decoder run at 100% of the fp32 peak (the rest as measured):
+    # no fp32 kernel can beat it, so a goal above contender / this is out of reach without fewer FLOPs.
+    floor_total = (exact["total"] - (exact.get("unet_total") or 0) - (exact.get("vae_decoder") or 0)
+                   + exact.get("unet_calls", 0) * flop["floor_step_s"] + flop["floor_vae_s"])
+
+    def verdict(name, goal):
+        s = speedup(name)
+        if not s:
+            return "not measured"
+        ceiling = rows[name]["total"] / floor_total
+        return f"{fmt(s)}x (goal >= {goal}x, at most {ceiling:.2f}x with the UNet and VAE decoder at 100% of the " \
+               f"fp32 peak): {'met' if s >= goal else 'not met'}"
+    out.append(f"exact fp32 ({exact_name}) vs diffusers PyTorch: {verdict('diffusers-pytorch', 2)}")
+    for name in ("optimum-onnx", "optimum-intel"):
+        out.append(f"exact fp32 vs {name}: {verdict(name, 1.1)}")
     if exact.get("unet_step"):
         share = flop["unet_gflop_per_step"] / exact["unet_step"] / report["peak_gflops"]
         out.append(f"UNet step at {100 * share:.0f}% of the fp32 peak (goal >= 85%): {'met' if share >= 0.85 else 'not met'}")
@@ -434,7 +516,11 @@ def main(argv=None) -> int:
     parser.add_argument("--optimum", action="store_true", help="also optimum-onnx and optimum-intel (own venvs)")
     parser.add_argument("--cutout-rss", action="store_true",
                         help="also the peak RSS of a 512 px txt2img + cutout product shot (one round)")
-    parser.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS)
+    parser.add_argument("--peak-gflops", type=float, default=None,
+                        help="the CPU's fp32 peak, GFLOP/s (default: measured with bench/cpu_peak.py's FMA kernel)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build what the run needs (checkpoint, engine folders, DeepCache parts, INT8 networks, "
+                        "segmenter, optimum venvs and exports), then stop: the timed run then starts from a warm cache")
     parser.add_argument("--tiny", action="store_true", help="the tiny checkpoint (a smoke test of this script)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
@@ -456,15 +542,15 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
+    began = time.time()
     ckpt, engines, _ = prepare(not a.tiny)
     from runtime.fastmodes import variant_files
-    from runtime.manifest import load_manifest
 
-    manifest = load_manifest(engines)
     names = a.only.split(",") if a.only else [n for n in CONTENDERS if (a.optimum or CONTENDERS[n][0] is None)
                                               and n not in RSS_ONLY]
     if a.cutout_rss and not a.tiny and "fashiongen-ort-512-cutout" not in names:
         names.append("fashiongen-ort-512-cutout")
+    manifest = prepare_fast_modes(ckpt, engines, {FASHIONGEN[n][1] for n in names if n in FASHIONGEN}, log)
     skipped = {}
     for name in [n for n in names if n in FASHIONGEN]:
         backend, fast, _, _ = FASHIONGEN[name]
@@ -488,20 +574,27 @@ def main(argv=None) -> int:
     names = [n for n in names if n in pythons]
     work = CACHE / "cpu_compare"
     work.mkdir(parents=True, exist_ok=True)
-    for name in [n for n in names if n.startswith("optimum")]:  # their own export, once, outside the timing
-        if (CACHE / f"{ckpt.name}-{name}" / "model_index.json").exists():
+    for name in [n for n in names if n != "diffusers-pytorch"]:  # outside the timing, once per bench run
+        # optimum: its own export, once. This runtime: open every network of the contender, which writes the
+        # backends' start-up caches (ORT's optimized graph, OpenVINO's compiled blob) where missing.
+        if name.startswith("optimum") and (CACHE / f"{ckpt.name}-{name}" / "model_index.json").exists():
             continue
-        log(f"exporting the checkpoint for {name} (once) ...")
+        log(f"preparing {name} ...")
         proc = subprocess.run([str(pythons[name]), "-m", "bench.cpu_compare", "--worker", name, "--prepare",
-                               "--checkpoint", str(ckpt), "--engines", str(engines)], cwd=ROOT, capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               "--checkpoint", str(ckpt), "--engines", str(engines), "--segmenter", str(segmenter)],
+                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if proc.returncode != 0:
-            skipped[name] = "export failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+            skipped[name] = "preparing failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
             log(f"{name}: {skipped[name]}")
     names = [n for n in names if n not in skipped]
+    if a.prepare_only:
+        log(f"prepared in {time.time() - began:.0f} s: {', '.join(names)}"
+            + (f"; skipped: {skipped}" if skipped else ""))
+        return 0
     runs: dict[str, list[dict]] = {n: [] for n in names}
     images: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
+    peak, peak_source = peak_gflops(a.peak_gflops, log)
     started = time.time()
     for rnd in range(a.rounds):
         for name in names:
@@ -528,7 +621,7 @@ def main(argv=None) -> int:
             log(f"round {rnd + 1}: {name:26s} total {r['total']:7.2f} s  unet step {fmt(r['unet_step'], 3)} s  "
                 f"cold start {r['cold_start']:6.1f} s  peak RSS {r['peak_rss_mb'] / 1024:.2f} GB")
     skipped.update({n: f"failed: {e}" for n, e in errors.items()})
-    keys = ["cold_start", "text_encoder", "unet_step", "unet_total", "vae_decoder", "cutout", "outside_networks", "total",
+    keys = ["cold_start", "text_encoder", "unet_step", "unet_total", "unet_calls", "vae_decoder", "cutout", "outside_networks", "total",
             "total_warm",
             "peak_rss_mb", "rss_after_load_mb"]
     contenders = {}
@@ -540,16 +633,12 @@ def main(argv=None) -> int:
         contenders[name]["description"] = CONTENDERS[name][1]
         if not has_cutout(name):  # a cutout on white is not comparable to the txt2img image
             contenders[name]["psnr_vs_exact"] = psnr(images.get(name), images.get(REFERENCE))
-    dims = manifest.dims
-    latent = a.size // int(manifest.vae["downscale"])
-    counts = unet_gflop(engines, 2, latent, dims["text_length"], dims["text_hidden"])
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"{platform.python_version()}", "size": a.size, "steps": a.steps, "rounds": a.rounds,
-                         "images": a.images,
+    flop = flop_floor(engines, manifest, a.size, peak)
+    report = {"machine": machine_name(), "size": a.size, "steps": a.steps, "rounds": a.rounds, "images": a.images,
               "model": "tiny SD architecture (smoke test)" if a.tiny else "Full-size SD 1.5 architecture (random weights)",
-              "seed": a.seed, "peak_gflops": a.peak_gflops, "wall_s": time.time() - started,
-              "flop_floor": {"latent": latent, "counts": counts, "unet_gflop_per_step": counts["total"],
-                             "floor_step_s": counts["total"] / a.peak_gflops},
+              "seed": a.seed, "peak_gflops": peak, "peak_source": peak_source, "wall_s": time.time() - began,
+              "rounds_wall_s": time.time() - started,
+              "flop_floor": flop,
               "contenders": contenders, "skipped": skipped}
     if REFERENCE in contenders:
         report["goals"] = goals(report)

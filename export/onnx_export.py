@@ -47,16 +47,19 @@ def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict
 
 
 def validate_onnx(module: torch.nn.Module, contract: NetworkContract, onnx_path: Path,
-                  feeds: dict[str, np.ndarray]) -> dict:
-    """Run PyTorch and ONNX Runtime on the same feeds; the max abs difference per output."""
-    import onnxruntime as ort
+                  feeds: dict[str, np.ndarray], dims: dict[str, int]) -> dict:
+    """Run PyTorch and the runtime's ONNX Runtime engine on the same feeds; the max abs difference per output.
+
+    The engine is the one serving loads (same session settings, graph optimized at the ALL level), so what is
+    validated is what runs, and loading it saves the optimized graph under ``cache/ort`` beside the file:
+    start-up after export reads that copy instead of redoing graph optimization."""
+    from runtime.engines import OrtEngine
 
     with torch.no_grad():
         reference = module.eval()(*_export_args(contract, feeds))
     reference = reference if isinstance(reference, (tuple, list)) else (reference,)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    produced = session.run([s.name for s in contract.outputs], feeds)
-    diffs = {s.name: float(np.abs(p - r.numpy()).max()) for s, p, r in zip(contract.outputs, produced, reference)}
+    produced = OrtEngine(onnx_path, contract, dims, warmup=False).run(feeds)
+    diffs = {s.name: float(np.abs(produced[s.name] - r.numpy()).max()) for s, r in zip(contract.outputs, reference)}
     return {"max_abs_diff": max(diffs.values()), "per_output": diffs,
             "shapes": {k: list(v.shape) for k, v in feeds.items()}}
 
@@ -66,7 +69,7 @@ def export_and_validate(module: torch.nn.Module, contract: NetworkContract, samp
                         opset: int = DEFAULT_OPSET, tolerance: float = 1e-4) -> dict:
     """Export on ``sample``, validate on ``check`` (a different shape), refuse a network that disagrees."""
     export_onnx(module, contract, sample, dims, out_path, opset)
-    report = validate_onnx(module, contract, out_path, check)
+    report = validate_onnx(module, contract, out_path, check, dims)
     report["tolerance"] = tolerance
     if not report["max_abs_diff"] <= tolerance:
         raise RuntimeError(f"{contract.name}: ONNX output differs from PyTorch by {report['max_abs_diff']:.3g} "

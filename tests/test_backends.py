@@ -1,6 +1,6 @@
 """Every CPU backend and every fast mode runs the same pipeline code; the exact mode keeps diffusers parity.
 
-- ONNX Runtime (tuned session, optimized graph cached on first load) and OpenVINO (f32 hint) each match
+- ONNX Runtime (tuned session, optimized graph saved at export, or on first load) and OpenVINO (f32 hint) each match
   diffusers within the text → image parity bound (test_txt2img_parity's helpers and tolerance).
 - ``--fast int8`` (NNCF INT8 UNet, calibrated on recorded trajectories) produces an image through the same
   ``Txt2ImgPipeline``; asked for on a backend that cannot run it, it fails with a message naming the fix.
@@ -49,6 +49,26 @@ def test_ort_optimized_graph_is_cached_and_equal(sd_engines, tmp_path):
     assert any(name.startswith("unet.") for name in saved) and not any(n.startswith(".") for n in saved)
     again = Txt2ImgPipeline(EngineSet(folder, backend_factory("ort")))(request(steps=2), progress=False).images
     assert np.array_equal(first, again)
+
+
+def test_export_saves_the_optimized_graphs(sd_checkpoint, tmp_path, monkeypatch):
+    """Export validates through the runtime's engine, which leaves each network's optimized graph in cache/ort:
+    the first load after export reads it and optimizes nothing again."""
+    import runtime.engines as engines_module
+    from export.sd_export import export_pipeline
+    from runtime.contracts import CONTRACTS
+    from runtime.manifest import load_manifest
+
+    folder = tmp_path / "engines"
+    export_pipeline(sd_checkpoint, folder, [], progress=False)
+    manifest = load_manifest(folder)
+    saved = [p.name for p in (folder / "cache" / "ort").iterdir()]
+    for name in manifest.networks:
+        assert any(n.startswith(f"{name}.") for n in saved), f"export left no optimized graph for {name}: {saved}"
+    monkeypatch.setattr(engines_module, "_create_and_save", lambda *a, **k: pytest.fail("graph optimized again"))
+    for name, entry in manifest.networks.items():
+        engine = engines_module.OrtEngine(folder / entry.file, CONTRACTS[name], manifest.dims)
+        assert all(np.isfinite(v).all() for v in engine.run(engine.contract.warmup_feeds(engine.dims)).values())
 
 
 def test_ort_without_cache_or_arena_gives_the_same_image(sd_engines):
