@@ -55,17 +55,19 @@ def check_segmenter_dir(segmenter_dir: Path) -> Path:
 
 def preprocessing_settings(processor) -> dict:
     """The image processor's settings as plain JSON, in the form ``runtime.segmentation`` reads."""
-    size = processor.size
-    height, width = getattr(size, "height", None), getattr(size, "width", None)
-    if height is None and isinstance(size, dict):
-        height, width = size.get("height"), size.get("width")
-    if processor.do_resize and not (height and width):
+    size = {k: getattr(processor.size, k, None) if not isinstance(processor.size, dict) else processor.size.get(k)
+            for k in ("height", "width", "shortest_edge")}
+    if size["height"] and size["width"]:
+        size = {"height": int(size["height"]), "width": int(size["width"])}
+    elif size["shortest_edge"]:
+        size = {"shortest_edge": int(size["shortest_edge"])}
+    elif processor.do_resize:
         raise SegmenterCheckpointError(
-            f"preprocessor_config.json: size {dict(size) if hasattr(size, 'keys') else size} is not supported; "
-            "expected {'height': H, 'width': W}")
+            f"preprocessor_config.json: size {dict(processor.size) if hasattr(processor.size, 'keys') else processor.size} "
+            "is not supported; expected {'height': H, 'width': W} or {'shortest_edge': S}")
     return {
         "do_resize": bool(processor.do_resize),
-        "size": {"height": int(height), "width": int(width)} if height and width else None,
+        "size": size if processor.do_resize else None,
         "resample": int(processor.resample),  # a PIL filter id (2 = bilinear)
         "do_rescale": bool(processor.do_rescale),
         "rescale_factor": float(processor.rescale_factor),

@@ -115,3 +115,14 @@ def as_rgb(image, what: str = "image") -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def resized_shape(height: int, width: int, size: dict) -> tuple[int, int]:
+    """(height, width) after a transformers image processor's resize to ``size``: ``{"height", "width"}`` is
+    that exact shape; ``{"shortest_edge": S}`` scales the short side to S and the long side with it, truncated
+    (transformers' ``get_resize_output_image_size`` rule)."""
+    if "shortest_edge" in size and size["shortest_edge"]:
+        short, long = sorted((height, width))
+        new_short, new_long = int(size["shortest_edge"]), int(int(size["shortest_edge"]) * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+    return int(size["height"]), int(size["width"])

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .engines import EngineFactory, EngineSet
-from .images import as_rgb
+from .images import as_rgb, resized_shape
 from .manifest import EngineFolderError
 from .tokenizer import PromptTokenizer
 
@@ -78,14 +78,8 @@ class ClipEncoder:
         cfg = self.preprocessing
         image = as_rgb(image)
         if cfg["do_resize"]:
-            height, width = image.shape[:2]
-            if "shortest_edge" in cfg["size"]:
-                short, long = sorted((height, width))
-                new_short, new_long = cfg["size"]["shortest_edge"], int(cfg["size"]["shortest_edge"] * long / short)
-                size = (new_long, new_short) if width <= height else (new_short, new_long)
-            else:
-                size = (cfg["size"]["height"], cfg["size"]["width"])
-            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), resample=cfg["resample"]))
+            height, width = resized_shape(*image.shape[:2], cfg["size"])
+            image = np.asarray(Image.fromarray(image).resize((width, height), resample=cfg["resample"]))
         if cfg["crop_size"]:
             image = center_crop(image, cfg["crop_size"]["height"], cfg["crop_size"]["width"])
         x = (image.astype(np.float64) * cfg["rescale_factor"]).astype(np.float32)

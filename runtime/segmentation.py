@@ -12,13 +12,13 @@ the one class table), or from the prompt through :data:`GARMENT_WORDS` (garment 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from .engines import EngineSet
-from .images import as_rgb
+from .images import as_rgb, resized_shape
 from .manifest import EngineFolderError
 
 # Garment words in a prompt -> the label (by name) of the class that holds that garment. Longer phrases
@@ -44,7 +44,8 @@ class SegPreprocess:
     """``SegformerImageProcessor``'s steps with the checkpoint's settings, in numpy and PIL."""
 
     do_resize: bool = True
-    size: tuple[int, int] | None = (512, 512)    # (height, width)
+    # {"height": H, "width": W} (a fixed shape), or {"shortest_edge": S} (aspect ratio kept): transformers' forms
+    size: dict | None = field(default_factory=lambda: {"height": 512, "width": 512})
     resample: int = 2                             # PIL filter id; 2 = bilinear
     do_rescale: bool = True
     rescale_factor: float = 1 / 255
@@ -56,7 +57,7 @@ class SegPreprocess:
     def from_manifest(cls, section: dict) -> "SegPreprocess":
         size = section.get("size")
         return cls(do_resize=bool(section["do_resize"]),
-                   size=(int(size["height"]), int(size["width"])) if size else None,
+                   size=dict(size) if size else None,
                    resample=int(section["resample"]), do_rescale=bool(section["do_rescale"]),
                    rescale_factor=float(section["rescale_factor"]), do_normalize=bool(section["do_normalize"]),
                    image_mean=tuple(section["image_mean"]), image_std=tuple(section["image_std"]))
@@ -66,7 +67,7 @@ class SegPreprocess:
         from PIL import Image
 
         if self.do_resize:
-            height, width = self.size
+            height, width = resized_shape(*image.shape[:2], self.size)
             image = np.asarray(Image.fromarray(image).resize((width, height), resample=self.resample))
         x = image.transpose(2, 0, 1)
         if self.do_rescale:  # transformers upcasts to float64, multiplies, then casts to float32
@@ -79,7 +80,7 @@ class SegPreprocess:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """A batch of same-size results (always the case with ``do_resize``)."""
+        """A batch of same-size results (always the case with a fixed ``size``)."""
         return np.stack([self.one(im) for im in images])
 
 

@@ -82,17 +82,44 @@ def test_export_cli_segmenter_only(capsys, tmp_path, segformer_checkpoint):
 
 # -- preprocessing and post-processing, piece by piece ------------------------------------------------------
 @pytest.mark.parametrize("image_hw", [(97, 150), (300, 41), (48, 80), (20, 20)])
-def test_preprocess_equals_segformer_image_processor(image_hw):
+# a fixed shape, non-square on purpose (height and width must not swap), and the aspect-keeping form
+@pytest.mark.parametrize("size", [{"height": 48, "width": 80}, {"shortest_edge": 40}])
+def test_preprocess_equals_segformer_image_processor(image_hw, size):
     from transformers import SegformerImageProcessor
 
-    size = {"height": 48, "width": 80}   # non-square on purpose: height and width must not swap
     processor = SegformerImageProcessor(size=size)
-    ours = SegPreprocess(size=(48, 80))
+    ours = SegPreprocess(size=size)
     image = smooth_image(*image_hw, seed=sum(image_hw))
     expected = processor(images=[image], return_tensors="np")["pixel_values"]
     got = ours([image])
-    assert got.dtype == np.float32 and got.shape == expected.shape == (1, 3, 48, 80)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert min(got.shape[2:]) == 40 if "shortest_edge" in size else got.shape[2:] == (48, 80)
     assert np.array_equal(got, expected)
+
+
+def test_shortest_edge_segmenter_matches_transformers(tmp_path, segformer_checkpoint):
+    """A checkpoint whose processor keeps the aspect ratio: exported as such, and the logits of images of
+    different shapes equal transformers' (each image its own shape, so its own call)."""
+    import json
+
+    from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from export.sd_export import export_engine_folder
+
+    checkpoint = tmp_path / "segformer"
+    shutil.copytree(segformer_checkpoint, checkpoint)
+    config = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps({**config, "size": {"shortest_edge": 48}}))
+    export_engine_folder(tmp_path / "engines", segmenter_dir=checkpoint, progress=False)
+    assert load_manifest(tmp_path / "engines").segmenter["preprocess"]["size"] == {"shortest_edge": 48}
+    processor = SegformerImageProcessor.from_pretrained(checkpoint, local_files_only=True)
+    model = SegformerForSemanticSegmentation.from_pretrained(checkpoint, local_files_only=True).eval()
+    segmenter = Segmenter(EngineSet(tmp_path / "engines"))
+    images = [smooth_image(97, 150, 1), smooth_image(131, 77, 2)]
+    for image, ours in zip(images, segmenter.logits(images)):
+        with torch.no_grad():
+            expected = model(**processor(images=[image], return_tensors="pt")).logits[0].numpy()
+        assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-4
 
 
 @pytest.mark.parametrize("src, dst", [((16, 16), (64, 64)), ((16, 12), (97, 150)), ((25, 11), (7, 40)),
