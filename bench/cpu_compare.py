@@ -6,11 +6,19 @@ reused), prompt, seed, scheduler (the checkpoint's PNDM), size and steps. Each c
 process per round, and rounds interleave the contenders (the machine is shared: medians and ratios, not
 single runs). Per contender: cold start (process spawn to pipeline ready to run), each stage and end to
 end (median over rounds), peak RSS, PSNR of its image against this runtime's exact fp32 image, and every
-ratio to this runtime's exact mode. The FLOP floor: UNet GFLOP per guided step, counted on the graph
-(Convolution, MatMul incl. attention's QK^T and AV, Gemm), over the CPU's fp32 peak.
+ratio to this runtime's exact mode. The FLOP floor: UNet GFLOP per guided step and VAE decoder GFLOP,
+counted on the graph (Convolution, MatMul incl. attention's QK^T and AV), over the CPU's fp32 peak as
+measured by bench/cpu_peak.py; each exact-mode goal also states the most it could reach with both networks
+at that peak.
 
-    python -m bench.cpu_compare --rounds 3                 # this venv's contenders
-    python -m bench.cpu_compare --rounds 3 --optimum       # + optimum-onnx and optimum-intel (own venvs)
+    python -m bench.cpu_compare --prepare-only --optimum --cutout-rss   # first time: build everything (~1 h)
+    python -m bench.cpu_compare --optimum --cutout-rss                  # the run: ~35 min on 2 cores (AVX2)
+    python -m bench.cpu_compare --only fashiongen-ort,fashiongen-shot   # a subset
+
+What the first run builds, once, under bench/.cache: the checkpoint, its engine folder, DeepCache's UNet parts
+and the INT8 networks (as ``fashiongen deepcache`` / ``fashiongen quantize`` make them), the SegFormer-B2
+segmenter, the optimum venvs and their exports; every run then opens each contender once untimed, so the
+backends' start-up caches exist before cold starts are measured.
 
 writes ``bench/results/cpu_compare.{md,json,png}``. optimum-onnx pins transformers < 4.58 and optimum-intel
 2.2 pins huggingface-hub < 1.22 (diffusers 0.42 needs >= 1.32): each gets a venv of its own under
@@ -507,9 +515,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="fresh-process runs per contender, interleaved")
-    parser.add_argument("--images", type=int, default=2,
-                        help="images per process (default 2): the first is timed stage by stage (end to end after "
-                        "loading), the others give the warm, steady-state end to end")
+    parser.add_argument("--images", type=int, default=1,
+                        help="images per process (default 1): the first is timed stage by stage (end to end after "
+                        "loading); more give the warm, steady-state end to end too (each adds a third to the run)")
     parser.add_argument("--seed", type=int, default=19687)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", default=None, help="comma-separated contenders (default: all available)")
