@@ -25,7 +25,7 @@ from .rng import TorchGenerator
 
 __all__ = [
     "SCHEDULER_NAMES", "Scheduler", "PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "make_scheduler",
+    "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "make_scheduler",
 ]
 
 F32 = np.float32
@@ -472,7 +472,7 @@ class _KarrasSigmaScheduler(Scheduler):
 
     def __init__(self, config: dict | None = None, **overrides):
         super().__init__(config, **overrides)
-        if self.config.rescale_betas_zero_snr:
+        if getattr(self.config, "rescale_betas_zero_snr", False):  # a setting LMS does not have
             self.alphas_cumprod[-1] = F32(2.0**-24)
         self.sigmas = np.zeros(1, dtype=F32)
         self._step_index: int | None = None
@@ -489,6 +489,29 @@ class _KarrasSigmaScheduler(Scheduler):
         ts = spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, num_inference_steps,
                               cfg.steps_offset, round_linspace=False)
         return ts.astype(F32)
+
+    def _schedule(self, num_inference_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps, sigmas) before the final sigma is appended: the spaced training timesteps and their
+        sigmas interpolated from the training schedule, or Karras / exponential sigmas between the same ends
+        (or the configured ``sigma_min`` / ``sigma_max``) with the timesteps mapped back from them. Settings
+        a class lacks (``interpolation_type``, ``use_karras_sigmas``, ...) take their off value."""
+        cfg = self.config
+        _check_steps(num_inference_steps, cfg.num_train_timesteps)
+        self.num_inference_steps = num_inference_steps
+        timesteps = self._spaced_timesteps_f32(num_inference_steps)
+        base = train_sigmas(self.alphas_cumprod)
+        if getattr(cfg, "interpolation_type", "linear") == "linear":
+            sigmas = np.interp(timesteps, np.arange(0, len(base)), base)
+        else:  # log_linear, with diffusers' num_inference_steps + 1 points
+            sigmas = np.exp(torch_linspace_f32(float(np.log(base[-1])), float(np.log(base[0])), num_inference_steps + 1))
+        karras, exponential = getattr(cfg, "use_karras_sigmas", False), getattr(cfg, "use_exponential_sigmas", False)
+        if karras or exponential:
+            lo, hi = getattr(cfg, "sigma_min", None), getattr(cfg, "sigma_max", None)
+            convert = karras_sigmas if karras else exponential_sigmas
+            sigmas = convert(float(sigmas[-1]) if lo is None else lo, float(sigmas[0]) if hi is None else hi,
+                             num_inference_steps)
+            timesteps = sigma_to_t(sigmas, np.log(base))
+        return timesteps, sigmas
 
     def _index(self, timestep: float) -> int:
         if self._step_index is None:
@@ -533,21 +556,7 @@ class EulerDiscreteScheduler(_KarrasSigmaScheduler):
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         cfg = self.config
-        _check_steps(num_inference_steps, cfg.num_train_timesteps)
-        self.num_inference_steps = num_inference_steps
-        timesteps = self._spaced_timesteps_f32(num_inference_steps)
-        base = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(base)
-        if cfg.interpolation_type == "linear":
-            sigmas = np.interp(timesteps, np.arange(0, len(base)), base)
-        else:  # log_linear, with diffusers' num_inference_steps + 1 points
-            sigmas = np.exp(torch_linspace_f32(float(np.log(base[-1])), float(np.log(base[0])), num_inference_steps + 1))
-        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
-            lo = cfg.sigma_min if cfg.sigma_min is not None else float(sigmas[-1])
-            hi = cfg.sigma_max if cfg.sigma_max is not None else float(sigmas[0])
-            convert = karras_sigmas if cfg.use_karras_sigmas else exponential_sigmas
-            sigmas = convert(lo, hi, num_inference_steps)
-            timesteps = sigma_to_t(sigmas, log_sigmas)
+        timesteps, sigmas = self._schedule(num_inference_steps)
         last = np.sqrt((_ONE - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) if cfg.final_sigmas_type == "sigma_min" else 0
         self.sigmas = np.concatenate([sigmas, [last]]).astype(F32)
         if cfg.timestep_type == "continuous" and cfg.prediction_type == "v_prediction":
@@ -581,11 +590,7 @@ class EulerAncestralDiscreteScheduler(_KarrasSigmaScheduler):
     _CHECKS = {"prediction_type": _one_of("epsilon", "v_prediction")}
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        _check_steps(num_inference_steps, self.config.num_train_timesteps)
-        self.num_inference_steps = num_inference_steps
-        timesteps = self._spaced_timesteps_f32(num_inference_steps)
-        base = train_sigmas(self.alphas_cumprod)
-        sigmas = np.interp(timesteps, np.arange(0, len(base)), base)
+        timesteps, sigmas = self._schedule(num_inference_steps)
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(F32)
         self.timesteps = timesteps
         self._step_index = None
@@ -605,6 +610,59 @@ class EulerAncestralDiscreteScheduler(_KarrasSigmaScheduler):
         prev_sample = prev_sample + noise * sigma_up
         self._step_index += 1
         return prev_sample.astype(model_output.dtype)
+
+
+class LMSDiscreteScheduler(_KarrasSigmaScheduler):
+    """Linear multistep (Adams–Bashforth in sigma) on the probability-flow ODE, as in k-diffusion's
+    ``sample_lms`` (Karras et al., arXiv:2206.00364, sigma parameterisation): the next sample adds the last
+    ``order`` (4, what diffusers' pipelines use) derivatives, each weighted by the integral over the step of
+    its Lagrange basis polynomial through their sigmas. The polynomial is integrated exactly here (diffusers
+    integrates it numerically with scipy's ``quad``, which is exact for it up to rounding).
+    """
+
+    name = "lms"
+    order = 4
+    _DEFAULTS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+                 "timestep_spacing": "linspace"}
+    _CHECKS = {"prediction_type": _one_of("epsilon", "v_prediction", "sample"),
+               "use_karras_sigmas": _one_of(True, False, None), "use_exponential_sigmas": _one_of(True, False, None),
+               "use_beta_sigmas": _is_false}  # needs scipy's beta ppf: not implemented
+
+    def _validate(self) -> None:
+        if bool(self.config.use_karras_sigmas) and bool(self.config.use_exponential_sigmas):
+            raise ValueError("LMSDiscreteScheduler: use_karras_sigmas and use_exponential_sigmas are exclusive")
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        timesteps, sigmas = self._schedule(num_inference_steps)
+        self.sigmas = np.concatenate([sigmas, [0.0]]).astype(F32)
+        self.timesteps = np.asarray(timesteps).astype(F32)
+        self._step_index = None
+        self.derivatives: list[np.ndarray] = []
+
+    def coefficient(self, order: int, i: int, j: int) -> float:
+        """The weight of the derivative ``j`` steps back at step ``i``: the integral from sigma_i to sigma_i+1
+        of the Lagrange basis polynomial that is 1 at sigma_(i-j) and 0 at the other ``order - 1`` sigmas."""
+        nodes = self.sigmas.astype(np.float64)
+        basis = np.polynomial.Polynomial([1.0])
+        for k in range(order):
+            if k != j:
+                basis *= np.polynomial.Polynomial([-nodes[i - k], 1.0]) / (nodes[i - j] - nodes[i - k])
+        antiderivative = basis.integ()
+        return float(antiderivative(nodes[i + 1]) - antiderivative(nodes[i]))
+
+    def step(self, model_output, timestep, sample, generator=None):
+        self._require_steps_set()
+        i = self._index(timestep)
+        sample = sample.astype(F32)
+        sigma = self.sigmas[i]
+        derivative = (sample - self._pred_original(model_output, sample, sigma, sigma)) / sigma
+        self.derivatives = (self.derivatives + [derivative])[-self.order:]
+        order = min(i + 1, self.order)
+        update = 0
+        for j, past in zip(range(order), reversed(self.derivatives)):  # newest first, summed as diffusers does
+            update = update + F32(self.coefficient(order, i, j)) * past
+        self._step_index += 1
+        return (sample + update).astype(model_output.dtype)
 
 
 # ================================================================================================
@@ -798,6 +856,7 @@ _BY_NAME: dict[str, tuple[type[Scheduler], dict]] = {
     "ddim": (DDIMScheduler, {}),
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler,
                  {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler,

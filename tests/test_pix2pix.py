@@ -51,7 +51,7 @@ def pipeline(p2p_engines):
 
 def reference(pipe, scheduler: str | None, guidance: float, image_guidance: float, num_images: int = 1):
     import torch
-    from test_txt2img_parity import diffusers_scheduler
+    from test_schedulers import diffusers_scheduler
 
     original = pipe.scheduler
     if scheduler is not None:

@@ -31,7 +31,7 @@ STEPS = [1, 2, 5, 20, 25]
 DIFFUSERS_CLASS = {
     "pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_karras": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
 }
 SHAPE = (1, 4, 8, 6)
 REL_TOL = 1e-5
@@ -137,6 +137,10 @@ EXTRA_CASES = [
     ("dpmpp_2m", {**SD15, "lambda_min_clipped": -5.1, "timestep_spacing": "linspace"}, [10]),
     ("dpmpp_2m", {**SD15, "use_exponential_sigmas": True}, [10]),
     ("dpmpp_2m_karras", {**SD15, "beta_schedule": "squaredcos_cap_v2"}, [10]),
+    ("lms", {**SD15, "use_karras_sigmas": True}, [5, 20]),
+    ("lms", {**SD15, "use_exponential_sigmas": True, "timestep_spacing": "trailing"}, [10]),
+    ("lms", {**SD15, "prediction_type": "sample"}, [10]),
+    ("lms", {**SD15, "beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": True}, [10]),  # ignored key
     ("dpmpp_2m_karras", {**SD15, "rescale_betas_zero_snr": True, "final_sigmas_type": "sigma_min"}, [10]),
 ]
 
@@ -167,6 +171,7 @@ def test_dpm_config_settings_by_class_name(variant):
 @pytest.mark.parametrize("class_name,expected", [
     ("PNDMScheduler", "pndm"), ("DDIMScheduler", "ddim"), ("EulerDiscreteScheduler", "euler"),
     ("EulerAncestralDiscreteScheduler", "euler_a"), ("DPMSolverMultistepScheduler", "dpmpp_2m"),
+    ("LMSDiscreteScheduler", "lms"),
 ])
 def test_default_scheduler_from_class_name(class_name, expected):
     assert make_scheduler({**SD15, "_class_name": class_name}).name == expected
@@ -179,7 +184,7 @@ def test_karras_dpm_by_class_name():
 
 
 def test_names():
-    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "pndm")
+    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "lms", "pndm")
     for name in SCHEDULER_NAMES:
         assert make_scheduler(SD15, name).name == name
 
@@ -210,12 +215,13 @@ def test_set_timesteps_resets_state():
 def test_unknown_name_lists_known():
     with pytest.raises(ValueError) as err:
         make_scheduler(SD15, "foo")
-    assert str(err.value) == ("unknown scheduler 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, pndm")
+    assert str(err.value) == ("unknown scheduler 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, lms, "
+                              "pndm")
 
 
 def test_unsupported_class_name():
-    with pytest.raises(ValueError, match="_class_name='LMSDiscreteScheduler'"):
-        make_scheduler({**SD15, "_class_name": "LMSDiscreteScheduler"})
+    with pytest.raises(ValueError, match="_class_name='KDPM2DiscreteScheduler'"):
+        make_scheduler({**SD15, "_class_name": "KDPM2DiscreteScheduler"})
     with pytest.raises(ValueError, match="_class_name=None"):
         make_scheduler({k: v for k, v in SD15.items() if k != "_class_name"})
 
@@ -226,6 +232,8 @@ def test_unsupported_class_name():
     ("pndm", "prediction_type", "sample"),
     ("euler_a", "prediction_type", "sample"),
     ("euler", "use_beta_sigmas", True),
+    ("lms", "use_beta_sigmas", True),
+    ("lms", "prediction_type", "original_sample"),
     ("euler", "interpolation_type", "cubic"),
     ("euler", "final_sigmas_type", "last"),
     ("dpmpp_2m", "final_sigmas_type", "max"),

@@ -9,29 +9,12 @@ from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
 from runtime.engines import EngineSet
 from runtime.schedulers import SCHEDULER_NAMES
 from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from test_schedulers import diffusers_scheduler
 
 PROMPT = f"a {POSITIVE_TOKEN} photo of a black short sleeve crewneck crop top"
 NEGATIVE = f"{NEGATIVE_TOKEN}, blurry"
 HEIGHT, WIDTH = 72, 48  # non-square, and latents (9 x 6) not a multiple of the UNet's downsampling
 STEPS, SEED = 6, 19687
-
-
-def diffusers_scheduler(name: str, config):
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           EulerDiscreteScheduler, PNDMScheduler)
-
-    table = {
-        "pndm": (PNDMScheduler, {}),
-        "ddim": (DDIMScheduler, {}),
-        "euler": (EulerDiscreteScheduler, {}),
-        "euler_a": (EulerAncestralDiscreteScheduler, {}),
-        "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                   "use_karras_sigmas": False}),
-        "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                          "use_karras_sigmas": True}),
-    }
-    cls, overrides = table[name]
-    return cls.from_config(config, **overrides)
 
 
 def reference_images(pipe, scheduler_name: str, num_images: int = 1) -> np.ndarray:
