@@ -25,7 +25,8 @@ from .rng import TorchGenerator
 
 __all__ = [
     "SCHEDULER_NAMES", "Scheduler", "PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "make_scheduler",
+    "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler", "make_scheduler",
 ]
 
 F32 = np.float32
@@ -669,6 +670,24 @@ class LMSDiscreteScheduler(_KarrasSigmaScheduler):
 # DPM-Solver(++) multistep
 # ================================================================================================
 
+def _data_prediction(model_output, sample, alpha_t, sigma_t, kind: str):
+    """x0 from the model's output at x_t = alpha_t x0 + sigma_t eps (``kind``: its prediction type)."""
+    if kind == "epsilon":
+        return (sample - sigma_t * model_output) / alpha_t
+    if kind == "sample":
+        return model_output
+    return alpha_t * sample - sigma_t * model_output  # v_prediction
+
+
+def _noise_prediction(model_output, sample, alpha_t, sigma_t, kind: str):
+    """eps from the model's output at x_t = alpha_t x0 + sigma_t eps."""
+    if kind == "epsilon":
+        return model_output
+    if kind == "sample":
+        return (sample - alpha_t * model_output) / sigma_t
+    return alpha_t * model_output + sigma_t * sample  # v_prediction
+
+
 class DPMSolverMultistepScheduler(Scheduler):
     """Multistep DPM-Solver++ (and DPM-Solver), first and second order: Lu et al., "DPM-Solver: A Fast ODE
     Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps" (NeurIPS 2022, arXiv:2206.00927)
@@ -678,6 +697,7 @@ class DPMSolverMultistepScheduler(Scheduler):
     """
 
     name = "dpmpp_2m"
+    _round_karras_always = False  # diffusers keeps cosine-schedule Karras timesteps fractional here
     _DEFAULTS = {"solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
                  "sample_max_value": 1.0, "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
                  "lower_order_final": True, "euler_at_final": False, "use_karras_sigmas": False,
@@ -726,7 +746,8 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
         cfg = self.config
-        clipped_idx = int(np.searchsorted(self.lambda_t[::-1], cfg.lambda_min_clipped))
+        clipped = getattr(cfg, "lambda_min_clipped", -float("inf"))  # UniPC has no such setting
+        clipped_idx = int(np.searchsorted(self.lambda_t[::-1], clipped))
         last = cfg.num_train_timesteps - clipped_idx
         if cfg.timestep_spacing == "linspace":
             return np.linspace(0, last - 1, num_inference_steps + 1).round()[::-1][:-1].astype(np.int64)
@@ -744,11 +765,12 @@ class DPMSolverMultistepScheduler(Scheduler):
         base = train_sigmas(self.alphas_cumprod)
         log_sigmas = np.log(base)
         if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
-            descending = base[::-1]
+            lo, hi = getattr(cfg, "sigma_min", None), getattr(cfg, "sigma_max", None)  # UniPC's settings
             convert = karras_sigmas if cfg.use_karras_sigmas else exponential_sigmas
-            sigmas = convert(float(descending[-1]), float(descending[0]), num_inference_steps)
+            sigmas = convert(float(base[0]) if lo is None else lo, float(base[-1]) if hi is None else hi,
+                             num_inference_steps)
             timesteps = sigma_to_t(sigmas, log_sigmas)
-            if cfg.use_karras_sigmas and cfg.beta_schedule != "squaredcos_cap_v2":
+            if cfg.use_karras_sigmas and (self._round_karras_always or cfg.beta_schedule != "squaredcos_cap_v2"):
                 timesteps = timesteps.round()
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(base)), base)
@@ -775,21 +797,11 @@ class DPMSolverMultistepScheduler(Scheduler):
             model_output = model_output[:, :3]
         alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._step_index])
         if cfg.algorithm_type == "dpmsolver++":
-            if cfg.prediction_type == "epsilon":
-                x0 = (sample - sigma_t * model_output) / alpha_t
-            elif cfg.prediction_type == "sample":
-                x0 = model_output
-            else:
-                x0 = alpha_t * sample - sigma_t * model_output
+            x0 = _data_prediction(model_output, sample, alpha_t, sigma_t, cfg.prediction_type)
             if cfg.thresholding:
                 x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
             return x0
-        if cfg.prediction_type == "epsilon":  # dpmsolver: the model output is noise
-            eps = model_output
-        elif cfg.prediction_type == "sample":
-            eps = (sample - alpha_t * model_output) / sigma_t
-        else:
-            eps = alpha_t * model_output + sigma_t * sample
+        eps = _noise_prediction(model_output, sample, alpha_t, sigma_t, cfg.prediction_type)
         if cfg.thresholding:
             x0 = threshold_sample((sample - sigma_t * eps) / alpha_t, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
             eps = (sample - alpha_t * x0) / sigma_t
@@ -847,6 +859,137 @@ class DPMSolverMultistepScheduler(Scheduler):
         return prev_sample.astype(model_output.dtype)
 
 
+class UniPCMultistepScheduler(DPMSolverMultistepScheduler):
+    """UniPC: Zhao et al., "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+    Models" (NeurIPS 2023, arXiv:2302.04867), multistep, B(h) variants (``solver_type`` bh1 / bh2). Each step
+    first corrects the previous prediction with the new model output (UniC, free: no extra model call), then
+    predicts the next sample (UniP) from the last ``solver_order`` outputs. Same timestep and sigma schedule
+    as DPM-Solver multistep, whose pieces it reuses.
+    """
+
+    name = "unipc"
+    _round_karras_always = True
+    _DEFAULTS = {"solver_order": 2, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+                 "sample_max_value": 1.0, "predict_x0": True, "solver_type": "bh2", "lower_order_final": True,
+                 "disable_corrector": [], "solver_p": None, "use_karras_sigmas": False,
+                 "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_flow_sigmas": False,
+                 "flow_shift": 1.0, "timestep_spacing": "linspace", "final_sigmas_type": "zero",
+                 "rescale_betas_zero_snr": False, "use_dynamic_shifting": False, "time_shift_type": "exponential",
+                 "sigma_min": None, "sigma_max": None, "shift_terminal": None}
+    _CHECKS = {"prediction_type": _one_of("epsilon", "sample", "v_prediction"),
+               "solver_order": lambda v: isinstance(v, int) and 1 <= v <= 3,
+               "predict_x0": _one_of(True, False),
+               "solver_type": _one_of("bh1", "bh2", "midpoint", "heun", "logrho"),
+               "lower_order_final": _one_of(True, False),
+               "disable_corrector": lambda v: isinstance(v, (list, tuple)) and all(isinstance(i, int) for i in v),
+               "solver_p": lambda v: v is None,  # another scheduler as the predictor: not implemented
+               "use_karras_sigmas": _one_of(True, False, None), "use_exponential_sigmas": _one_of(True, False, None),
+               "use_beta_sigmas": _is_false, "use_flow_sigmas": _is_false, "use_dynamic_shifting": _is_false,
+               "final_sigmas_type": _one_of("zero", "sigma_min"), "sigma_min": _is_optional_number,
+               "sigma_max": _is_optional_number, "shift_terminal": lambda v: v is None}
+
+    def _validate(self) -> None:
+        cfg = self.config
+        if cfg.solver_type in ("midpoint", "heun", "logrho"):  # diffusers maps these to bh2
+            cfg.solver_type = "bh2"
+        if bool(cfg.use_karras_sigmas) and bool(cfg.use_exponential_sigmas):
+            raise ValueError("UniPCMultistepScheduler: use_karras_sigmas and use_exponential_sigmas are exclusive")
+        # The DPM-Solver pieces reused: data (x0) or noise prediction, no learned variance.
+        cfg.algorithm_type = "dpmsolver++" if cfg.predict_x0 else "dpmsolver"
+        cfg.variance_type = None
+        cfg.thresholding = cfg.thresholding and cfg.predict_x0  # diffusers thresholds x0 predictions only
+
+    def __init__(self, config: dict | None = None, **overrides):
+        super().__init__(config, **overrides)
+        self.name = "unipc"
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.last_sample: np.ndarray | None = None
+        self.this_order = 0
+
+    def _coefficients(self, t: int, s0: int, order: int):
+        """The B(h) update's pieces for a step from sigma index ``s0`` to ``t``, the newest model output
+        belonging to ``s0`` and the ``order - 1`` before it to the indices before: alpha_t, sigma_t, alpha_s0,
+        sigma_s0, h phi_1(h), B(h), the scaled differences D1 of the older outputs, the matrix R of powers of
+        their step ratios and the vector b (the paper's eq. for the rho weights: R rho = b)."""
+        alpha_t, sigma_t, lambda_t = self._lambda(t)
+        alpha_s0, sigma_s0, lambda_s0 = self._lambda(s0)
+        h = lambda_t - lambda_s0
+        m0 = self.model_outputs[-1]
+        rks, d1s = [], []
+        for k in range(1, order):
+            _, _, lambda_sk = self._lambda(s0 - k)
+            rk = (lambda_sk - lambda_s0) / h
+            rks.append(rk)
+            d1s.append((self.model_outputs[-(k + 1)] - m0) / rk)
+        rks = np.asarray(rks + [_ONE], dtype=F32)
+        hh = -h if self.config.predict_x0 else h
+        h_phi_1 = np.expm1(hh)
+        h_phi_k = h_phi_1 / hh - _ONE
+        b_h = hh if self.config.solver_type == "bh1" else np.expm1(hh)
+        powers, b, factorial = [], [], 1
+        for k in range(1, order + 1):
+            powers.append(rks ** (k - 1))
+            b.append(h_phi_k * F32(factorial) / b_h)
+            factorial *= k + 1
+            h_phi_k = h_phi_k / hh - F32(1 / factorial)
+        return alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, b_h, d1s, np.stack(powers), np.asarray(b, dtype=F32)
+
+    def _base(self, x, alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1):
+        """The first-order (DPM-Solver) part of both updates."""
+        m0 = self.model_outputs[-1]
+        if self.config.predict_x0:
+            return sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0, alpha_t
+        return alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0, sigma_t
+
+    def _predict(self, sample, order: int):
+        """UniP: the sample at the next sigma from the last ``order`` model outputs."""
+        i = self._step_index
+        alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, b_h, d1s, powers, b = self._coefficients(i + 1, i, order)
+        x_t, scale = self._base(sample, alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1)
+        if not d1s:
+            return x_t
+        rhos = np.array([0.5], F32) if order == 2 else np.linalg.solve(powers[:-1, :-1], b[:-1]).astype(F32)
+        return x_t - scale * b_h * _weighted_sum(rhos, d1s)
+
+    def _correct(self, model_t, last_sample, this_sample, order: int):
+        """UniC: ``this_sample`` (predicted at the previous step) corrected with its own model output."""
+        i = self._step_index
+        alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, b_h, d1s, powers, b = self._coefficients(i, i - 1, order)
+        x_t, scale = self._base(last_sample, alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1)
+        rhos = np.array([0.5], F32) if order == 1 else np.linalg.solve(powers, b).astype(F32)
+        correction = _weighted_sum(rhos[:-1], d1s) if d1s else 0
+        return (x_t - scale * b_h * (correction + rhos[-1] * (model_t - self.model_outputs[-1]))).astype(F32)
+
+    def step(self, model_output, timestep, sample, generator=None):
+        self._require_steps_set()
+        cfg = self.config
+        if self._step_index is None:
+            self._step_index = _first_index(self.timesteps, timestep, missing=len(self.timesteps) - 1)
+        i = self._step_index
+        sample = sample.astype(F32)
+        converted = self._convert_model_output(model_output, sample)
+        if i > 0 and (i - 1) not in cfg.disable_corrector and self.last_sample is not None:
+            sample = self._correct(converted, self.last_sample, sample, self.this_order)
+        self.model_outputs = self.model_outputs[1:] + [converted]
+        order = min(cfg.solver_order, len(self.timesteps) - i) if cfg.lower_order_final else cfg.solver_order
+        self.this_order = min(order, self.lower_order_nums + 1)  # warm-up: lower orders first
+        self.last_sample = sample
+        prev_sample = self._predict(sample, self.this_order)
+        if self.lower_order_nums < cfg.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        return prev_sample.astype(model_output.dtype)
+
+
+def _weighted_sum(weights: np.ndarray, terms: list[np.ndarray]) -> np.ndarray:
+    total = weights[0] * terms[0]
+    for w, term in zip(weights[1:], terms[1:]):
+        total = total + w * term
+    return total
+
+
 # ================================================================================================
 # Factory
 # ================================================================================================
@@ -857,6 +1000,7 @@ _BY_NAME: dict[str, tuple[type[Scheduler], dict]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "lms": (LMSDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler,
                  {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler,

@@ -1,7 +1,6 @@
 """The engine folder: every network exported, validated against PyTorch, described in the manifest."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

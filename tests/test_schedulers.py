@@ -32,6 +32,7 @@ DIFFUSERS_CLASS = {
     "pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
     "dpmpp_2m_karras": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
 }
 SHAPE = (1, 4, 8, 6)
 REL_TOL = 1e-5
@@ -141,6 +142,18 @@ EXTRA_CASES = [
     ("lms", {**SD15, "use_exponential_sigmas": True, "timestep_spacing": "trailing"}, [10]),
     ("lms", {**SD15, "prediction_type": "sample"}, [10]),
     ("lms", {**SD15, "beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": True}, [10]),  # ignored key
+    ("unipc", {**SD15, "solver_order": 3}, [5, 20]),
+    ("unipc", {**SD15, "solver_order": 1}, [10]),
+    # bh1 with a final sigma of 0: diffusers multiplies B(h) = -inf by its zero residual (nan); see below
+    ("unipc", {**SD15, "solver_type": "bh1", "use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}, [5, 20]),
+    ("unipc", {**SD15, "predict_x0": False, "final_sigmas_type": "sigma_min"}, [10]),
+    ("unipc", {**SD15, "lower_order_final": False, "final_sigmas_type": "sigma_min"}, [10]),
+    ("unipc", {**SD15, "disable_corrector": [0, 3], "timestep_spacing": "trailing"}, [10]),
+    ("unipc", {**SD15, "use_exponential_sigmas": True, "prediction_type": "sample"}, [10]),
+    ("unipc", {**SD15, "thresholding": True, "sample_max_value": 1.5, "rescale_betas_zero_snr": True,
+               "prediction_type": "v_prediction"}, [10]),
+    ("unipc", {**SD15, "use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}, [10]),
+    ("unipc", {**SD15, "lambda_min_clipped": -5.1}, [10]),  # a DPM setting UniPC does not have: ignored
     ("dpmpp_2m_karras", {**SD15, "rescale_betas_zero_snr": True, "final_sigmas_type": "sigma_min"}, [10]),
 ]
 
@@ -149,6 +162,16 @@ EXTRA_CASES = [
 def test_more_settings_match_diffusers(name, config, steps):
     for n in steps:
         assert_same_run(make_scheduler(config, name), diffusers_scheduler(name, config), n)
+
+
+def test_unipc_bh1_final_step_is_finite():
+    """diffusers' bh1 UniPC ends in nan when the last sigma is 0 (-inf * 0 in an empty residual term); the
+    first-order update it stands for is finite: the data prediction itself. Every step before matches."""
+    config = {**SD15, "solver_type": "bh1"}
+    ours, theirs = run_ours(make_scheduler(config, "unipc"), 6, 3), run_diffusers(diffusers_scheduler("unipc", config), 6, 3)
+    assert np.isnan(theirs[-1]).any() and np.isfinite(ours[-1]).all()
+    for a, b in zip(ours[:-1], theirs[:-1]):
+        assert float(np.abs(a - b).max()) <= REL_TOL * max(float(np.abs(b).max()), 1e-3)
 
 
 DPM_VARIANTS = [
@@ -171,7 +194,7 @@ def test_dpm_config_settings_by_class_name(variant):
 @pytest.mark.parametrize("class_name,expected", [
     ("PNDMScheduler", "pndm"), ("DDIMScheduler", "ddim"), ("EulerDiscreteScheduler", "euler"),
     ("EulerAncestralDiscreteScheduler", "euler_a"), ("DPMSolverMultistepScheduler", "dpmpp_2m"),
-    ("LMSDiscreteScheduler", "lms"),
+    ("LMSDiscreteScheduler", "lms"), ("UniPCMultistepScheduler", "unipc"),
 ])
 def test_default_scheduler_from_class_name(class_name, expected):
     assert make_scheduler({**SD15, "_class_name": class_name}).name == expected
@@ -184,7 +207,8 @@ def test_karras_dpm_by_class_name():
 
 
 def test_names():
-    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "lms", "pndm")
+    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "lms", "pndm",
+                               "unipc")
     for name in SCHEDULER_NAMES:
         assert make_scheduler(SD15, name).name == name
 
@@ -216,7 +240,7 @@ def test_unknown_name_lists_known():
     with pytest.raises(ValueError) as err:
         make_scheduler(SD15, "foo")
     assert str(err.value) == ("unknown scheduler 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, lms, "
-                              "pndm")
+                              "pndm, unipc")
 
 
 def test_unsupported_class_name():
@@ -233,6 +257,9 @@ def test_unsupported_class_name():
     ("euler_a", "prediction_type", "sample"),
     ("euler", "use_beta_sigmas", True),
     ("lms", "use_beta_sigmas", True),
+    ("unipc", "solver_order", 4),
+    ("unipc", "use_flow_sigmas", True),
+    ("unipc", "solver_type", "bh3"),
     ("lms", "prediction_type", "original_sample"),
     ("euler", "interpolation_type", "cubic"),
     ("euler", "final_sigmas_type", "last"),
