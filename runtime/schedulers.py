@@ -268,7 +268,10 @@ class Scheduler:
         return {k: c for k, c in {**_COMMON_CHECKS, **cls._CHECKS}.items() if k in keys}
 
     def _validate(self) -> None:
-        """Cross-key checks (single keys are checked by ``_CHECKS``)."""
+        """Cross-key checks (single keys are checked by ``_CHECKS``); subclasses extend it."""
+        cfg = self.config
+        if bool(getattr(cfg, "use_karras_sigmas", False)) and bool(getattr(cfg, "use_exponential_sigmas", False)):
+            raise ValueError(f"{type(self).__name__}: use_karras_sigmas and use_exponential_sigmas are exclusive")
 
     def _require_steps_set(self) -> None:
         if self.num_inference_steps is None:
@@ -550,10 +553,6 @@ class EulerDiscreteScheduler(_KarrasSigmaScheduler):
                "sigma_min": _is_optional_number, "sigma_max": _is_optional_number,
                "timestep_type": _one_of("discrete", "continuous"), "final_sigmas_type": _one_of("zero", "sigma_min")}
 
-    def _validate(self) -> None:
-        cfg = self.config
-        if bool(cfg.use_karras_sigmas) and bool(cfg.use_exponential_sigmas):
-            raise ValueError("EulerDiscreteScheduler: use_karras_sigmas and use_exponential_sigmas are exclusive")
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         cfg = self.config
@@ -628,10 +627,6 @@ class LMSDiscreteScheduler(_KarrasSigmaScheduler):
     _CHECKS = {"prediction_type": _one_of("epsilon", "v_prediction", "sample"),
                "use_karras_sigmas": _one_of(True, False, None), "use_exponential_sigmas": _one_of(True, False, None),
                "use_beta_sigmas": _is_false}  # needs scipy's beta ppf: not implemented
-
-    def _validate(self) -> None:
-        if bool(self.config.use_karras_sigmas) and bool(self.config.use_exponential_sigmas):
-            raise ValueError("LMSDiscreteScheduler: use_karras_sigmas and use_exponential_sigmas are exclusive")
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         timesteps, sigmas = self._schedule(num_inference_steps)
@@ -724,8 +719,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         if cfg.algorithm_type != "dpmsolver++" and cfg.final_sigmas_type == "zero":
             raise ValueError(f"DPMSolverMultistepScheduler: final_sigmas_type='zero' is not supported with "
                              f"algorithm_type={cfg.algorithm_type!r}; use 'sigma_min'")
-        if bool(cfg.use_karras_sigmas) and bool(cfg.use_exponential_sigmas):
-            raise ValueError("DPMSolverMultistepScheduler: use_karras_sigmas and use_exponential_sigmas are exclusive")
+        super()._validate()
 
     def __init__(self, config: dict | None = None, **overrides):
         super().__init__(config, **overrides)
@@ -892,8 +886,7 @@ class UniPCMultistepScheduler(DPMSolverMultistepScheduler):
         cfg = self.config
         if cfg.solver_type in ("midpoint", "heun", "logrho"):  # diffusers maps these to bh2
             cfg.solver_type = "bh2"
-        if bool(cfg.use_karras_sigmas) and bool(cfg.use_exponential_sigmas):
-            raise ValueError("UniPCMultistepScheduler: use_karras_sigmas and use_exponential_sigmas are exclusive")
+        Scheduler._validate(self)  # not DPM-Solver's: its algorithm settings are not UniPC's
         # The DPM-Solver pieces reused: data (x0) or noise prediction, no learned variance.
         cfg.algorithm_type = "dpmsolver++" if cfg.predict_x0 else "dpmsolver"
         cfg.variance_type = None
