@@ -32,7 +32,7 @@ DIFFUSERS_CLASS = {
     "pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
     "dpmpp_2m_karras": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
-    "unipc": "UniPCMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler", "heun": "HeunDiscreteScheduler",
 }
 SHAPE = (1, 4, 8, 6)
 REL_TOL = 1e-5
@@ -91,9 +91,10 @@ def assert_same_run(ours, theirs, steps: int, seed: int = 19687):
     got, want = run_ours(ours, steps, seed), run_diffusers(theirs, steps, seed)
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
-        # float32 rounding happens at the scale of the step's input, which can be far larger than its
-        # output (zero-SNR schedules start at sigma 4096): measure against both.
-        scale = max(float(np.abs(b).max()), float(np.abs(want[max(i - 1, 0)]).max()), 1e-3)
+        # float32 rounding happens at the scale of the step's inputs, which can be far larger than its
+        # output (zero-SNR schedules start at sigma 4096; Heun's second half restarts from the sample two
+        # entries back): measure against them all.
+        scale = max(*(float(np.abs(w).max()) for w in want[max(i - 2, 0):i + 1]), 1e-3)
         err = float(np.abs(a - b).max()) / scale
         assert err <= REL_TOL, f"step {i}: relative error {err:.2e}"
 
@@ -142,6 +143,10 @@ EXTRA_CASES = [
     ("lms", {**SD15, "use_exponential_sigmas": True, "timestep_spacing": "trailing"}, [10]),
     ("lms", {**SD15, "prediction_type": "sample"}, [10]),
     ("lms", {**SD15, "beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": True}, [10]),  # ignored key
+    ("heun", {**SD15, "use_karras_sigmas": True}, [5, 20]),
+    ("heun", {**SD15, "use_exponential_sigmas": True, "prediction_type": "v_prediction"}, [10]),
+    ("heun", {**SD15, "clip_sample": True, "clip_sample_range": 2.0, "timestep_spacing": "trailing"}, [10]),
+    ("heun", {**SD15, "prediction_type": "sample"}, [10]),
     ("unipc", {**SD15, "solver_order": 3}, [5, 20]),
     ("unipc", {**SD15, "solver_order": 1}, [10]),
     # bh1 with a final sigma of 0: diffusers multiplies B(h) = -inf by its zero residual (nan); see below
@@ -194,7 +199,7 @@ def test_dpm_config_settings_by_class_name(variant):
 @pytest.mark.parametrize("class_name,expected", [
     ("PNDMScheduler", "pndm"), ("DDIMScheduler", "ddim"), ("EulerDiscreteScheduler", "euler"),
     ("EulerAncestralDiscreteScheduler", "euler_a"), ("DPMSolverMultistepScheduler", "dpmpp_2m"),
-    ("LMSDiscreteScheduler", "lms"), ("UniPCMultistepScheduler", "unipc"),
+    ("LMSDiscreteScheduler", "lms"), ("UniPCMultistepScheduler", "unipc"), ("HeunDiscreteScheduler", "heun"),
 ])
 def test_default_scheduler_from_class_name(class_name, expected):
     assert make_scheduler({**SD15, "_class_name": class_name}).name == expected
@@ -207,8 +212,8 @@ def test_karras_dpm_by_class_name():
 
 
 def test_names():
-    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "lms", "pndm",
-                               "unipc")
+    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "heun", "lms",
+                               "pndm", "unipc")
     for name in SCHEDULER_NAMES:
         assert make_scheduler(SD15, name).name == name
 
@@ -239,8 +244,8 @@ def test_set_timesteps_resets_state():
 def test_unknown_name_lists_known():
     with pytest.raises(ValueError) as err:
         make_scheduler(SD15, "foo")
-    assert str(err.value) == ("unknown scheduler 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, lms, "
-                              "pndm, unipc")
+    assert str(err.value) == ("unknown scheduler 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, "
+                              "lms, pndm, unipc")
 
 
 def test_unsupported_class_name():
@@ -257,6 +262,7 @@ def test_unsupported_class_name():
     ("euler_a", "prediction_type", "sample"),
     ("euler", "use_beta_sigmas", True),
     ("lms", "use_beta_sigmas", True),
+    ("heun", "use_beta_sigmas", True),
     ("unipc", "solver_order", 4),
     ("unipc", "use_flow_sigmas", True),
     ("unipc", "solver_type", "bh3"),
