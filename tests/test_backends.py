@@ -128,6 +128,23 @@ def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
     assert variants["vae_decoder"]["calibration"]["calls"] == 2  # one decode per generation
 
 
+def test_openvino_warms_up_int8_networks_only(int8_engines, monkeypatch):
+    """OpenVINO's f32 kernels pack weights per shape (a tiny warm-up call would pack layouts no real call uses);
+    its INT8 ones pack once: only those are warmed up at load."""
+    import runtime.openvino_engine as ov_engine
+    from runtime.fastmodes import variant_files
+    from runtime.manifest import load_manifest
+
+    calls = []
+    monkeypatch.setattr(ov_engine, "warm_up", lambda engine: calls.append(engine.contract.name))
+    manifest = load_manifest(int8_engines)
+    exact = EngineSet(int8_engines, backend_factory("openvino", cache=False), manifest)
+    fast = EngineSet(int8_engines, backend_factory("openvino", cache=False), manifest,
+                     files=variant_files(manifest, "openvino", "int8"))
+    assert not ov_engine.runs_quantized(exact["unet"].compiled) and calls == []
+    assert ov_engine.runs_quantized(fast["unet"].compiled) and calls == ["unet"]
+
+
 @pytest.mark.parametrize("networks, message", [
     ("unet,text_encoder", "'text_encoder' cannot be quantized; choose from unet, unet_capture, unet_shallow, "
                           "vae_decoder"),
