@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 from statistics import median
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -56,29 +57,54 @@ CONTENDERS = {
     "fashiongen-openvino": (None, "this runtime, OpenVINO f32, exact fp32"),
     "fashiongen-openvino-int8": (None, "this runtime, OpenVINO, --fast int8 (NNCF INT8 UNet and VAE decoder)"),
     "fashiongen-ort-deepcache": (None, "this runtime, ONNX Runtime, --fast deepcache (whole UNet every 3rd call)"),
+    "fashiongen-ort-deepcache-5": (None, "this runtime, ONNX Runtime, --fast deepcache --deepcache-interval 5"),
     "fashiongen-openvino-deepcache": (None, "this runtime, OpenVINO f32, --fast deepcache"),
     "fashiongen-openvino-deepcache-int8": (None, "this runtime, OpenVINO, --fast deepcache,int8 (INT8 capture part "
                                                  "and VAE decoder)"),
-    "fashiongen-shot": (None, "this runtime's fastest product shot: OpenVINO --fast deepcache,int8, then the "
-                              "SegFormer-B2 cutout on white"),
+    "fashiongen-shot": (None, "this runtime's fastest product shot on this CPU (see setup()), then the SegFormer-B2 "
+                              "cutout on white"),
     # Not a speed contender: the peak RSS of a whole 512 px product shot (txt2img + cutout), one round.
     "fashiongen-ort-512-cutout": (None, "this runtime, ORT exact, 512 px txt2img then SegFormer-B2 cutout"),
 }
 RSS_ONLY = ("fashiongen-ort-512-cutout",)
-# This runtime's contenders: name -> (backend, --fast value or None for the exact mode, size or None for
-# --size, cutout or None: see worker_fashiongen)
-FASHIONGEN = {"fashiongen-ort": ("ort", None, None, None), "fashiongen-openvino": ("openvino", None, None, None),
-              "fashiongen-openvino-int8": ("openvino", "int8", None, None),
-              "fashiongen-ort-deepcache": ("ort", "deepcache", None, None),
-              "fashiongen-openvino-deepcache": ("openvino", "deepcache", None, None),
-              "fashiongen-openvino-deepcache-int8": ("openvino", "deepcache,int8", None, None),
-              "fashiongen-shot": ("openvino", "deepcache,int8", None, "resident"),
-              "fashiongen-ort-512-cutout": ("ort", None, 512, "released")}
+
+
+class Setup(NamedTuple):
+    """How one of this runtime's contenders runs (see worker_fashiongen)."""
+    backend: str
+    fast: str | None = None        # --fast value; None: the exact mode
+    size: int | None = None        # None: --size
+    cutout: str | None = None      # None, "resident" or "released"
+    interval: int | None = None    # --deepcache-interval; None: the folder's
+
+
+FASHIONGEN = {"fashiongen-ort": Setup("ort"), "fashiongen-openvino": Setup("openvino"),
+              "fashiongen-openvino-int8": Setup("openvino", "int8"),
+              "fashiongen-ort-deepcache": Setup("ort", "deepcache"),
+              "fashiongen-ort-deepcache-5": Setup("ort", "deepcache", interval=5),
+              "fashiongen-openvino-deepcache": Setup("openvino", "deepcache"),
+              "fashiongen-openvino-deepcache-int8": Setup("openvino", "deepcache,int8"),
+              "fashiongen-shot": None,  # resolved per CPU by setup()
+              "fashiongen-ort-512-cutout": Setup("ort", size=512, cutout="released")}
+WIDE_INTERVAL = 5  # DeepCache's wider setting: the full UNet every 5th call
+
+
+def setup(name: str) -> Setup:
+    """A contender's setup; the product shot runs the fastest mode this CPU has: DeepCache on INT8 networks
+    (OpenVINO) with INT8 dot-product instructions (VNNI, AMX), else DeepCache at the wider interval on fp32
+    ONNX Runtime (INT8 without them ran slower than fp32)."""
+    if name != "fashiongen-shot":
+        return FASHIONGEN[name]
+    from runtime.fastmodes import has_int8_dot_product
+
+    if has_int8_dot_product():
+        return Setup("openvino", "deepcache,int8", cutout="resident")
+    return Setup("ort", "deepcache", cutout="resident", interval=WIDE_INTERVAL)
 CUTOUT_CLASSES = [4, 5, 6, 7]  # ATR upper-clothes, skirt, pants, dress
 
 
 def has_cutout(name: str) -> bool:
-    return name in FASHIONGEN and FASHIONGEN[name][3] is not None
+    return name in FASHIONGEN and setup(name).cutout is not None
 VENV_PACKAGES = {
     "venv-optimum-onnx": ["torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0", "diffusers==0.35.2", "pillow"],
     # transformers 4.57: diffusers 0.35 imports tokenizers that transformers 5 dropped; hub then resolves < 1.
@@ -136,7 +162,7 @@ def worker_diffusers(a, clock):
     return generate
 
 
-def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None):
+def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None, interval=None):
     """This runtime, every network opened before the clock starts. ``cutout``: then the garment cutout
     (SegFormer-B2 random weights, upper-body classes) on white, with its segmenter either ``"resident"``
     (opened up front, timed as the ``cutout`` stage) or opened after the txt2img networks are
@@ -150,7 +176,7 @@ def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None):
     manifest = load_manifest(a.engines)
     engines = EngineSet(a.engines, backend_factory(backend, a.threads), manifest,
                         files=variant_files(manifest, backend, fast))
-    interval = deepcache_interval(manifest, fast)
+    interval = deepcache_interval(manifest, fast, interval)
     pipeline = Txt2ImgPipeline(engines, deepcache=interval)
     unets = ("unet_capture", "unet_shallow") if interval else ("unet",)
     for name in ("text_encoder", *unets, "vae_decoder"):  # open every network: ready to run
@@ -226,7 +252,7 @@ def run_worker(a) -> int:
     elif a.worker.startswith("optimum"):
         generate = worker_optimum(a, clock, a.worker)
     else:
-        generate = worker_fashiongen(a, clock, *FASHIONGEN[a.worker])
+        generate = worker_fashiongen(a, clock, *setup(a.worker))
     if a.prepare:
         return 0
     ready = time.time()
@@ -462,7 +488,7 @@ def goals(report: dict) -> list[str]:
         share = flop["unet_gflop_per_step"] / exact["unet_step"] / report["peak_gflops"]
         out.append(f"UNet step at {100 * share:.0f}% of the fp32 peak (goal >= 85%): {'met' if share >= 0.85 else 'not met'}")
     for name, fast in rows.items():
-        if name not in FASHIONGEN or not FASHIONGEN[name][1] or has_cutout(name) or not fast.get("total"):
+        if name not in FASHIONGEN or not setup(name).fast or has_cutout(name) or not fast.get("total"):
             continue
         s = exact["total"] / fast["total"]
         p = fast.get("psnr_vs_exact")
@@ -558,10 +584,10 @@ def main(argv=None) -> int:
                                               and n not in RSS_ONLY]
     if a.cutout_rss and not a.tiny and "fashiongen-ort-512-cutout" not in names:
         names.append("fashiongen-ort-512-cutout")
-    manifest = prepare_fast_modes(ckpt, engines, {FASHIONGEN[n][1] for n in names if n in FASHIONGEN}, log)
+    manifest = prepare_fast_modes(ckpt, engines, {setup(n).fast for n in names if n in FASHIONGEN}, log)
     skipped = {}
     for name in [n for n in names if n in FASHIONGEN]:
-        backend, fast, _, _ = FASHIONGEN[name]
+        backend, fast = setup(name).backend, setup(name).fast
         try:
             variant_files(manifest, backend, fast, str(engines))
         except ValueError as exc:
@@ -638,7 +664,7 @@ def main(argv=None) -> int:
             continue
         contenders[name] = {k: med(runs[name], k) for k in keys}
         contenders[name]["runs"] = runs[name]
-        contenders[name]["description"] = CONTENDERS[name][1]
+        contenders[name]["description"] = CONTENDERS[name][1] + (f": {setup(name)}" if name in FASHIONGEN else "")
         if not has_cutout(name):  # a cutout on white is not comparable to the txt2img image
             contenders[name]["psnr_vs_exact"] = psnr(images.get(name), images.get(REFERENCE))
     flop = flop_floor(engines, manifest, a.size, peak)

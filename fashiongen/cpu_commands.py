@@ -12,8 +12,12 @@ def add_backend_arguments(p) -> None:
     p.add_argument("--fast", default=None, metavar="MODE[,MODE]",
                    help="fast mode(s), comma-separated: int8 (UNet and VAE decoder quantized by NNCF; --backend "
                    "openvino; written by `fashiongen quantize`), deepcache (deep UNet features reused across steps; "
-                   "any backend; written by `fashiongen deepcache`), or deepcache,int8 (both: the fastest). "
-                   "Default: the exact fp32 mode")
+                   "any backend; written by `fashiongen deepcache`), or deepcache,int8 (both: the fastest where "
+                   "the CPU has INT8 dot-product instructions, VNNI or AMX). Default: the exact fp32 mode")
+    p.add_argument("--deepcache-interval", type=int, default=None, metavar="N",
+                   help="with --fast deepcache: the whole UNet every N-th call, the shallow part in between "
+                   "(default: the interval `fashiongen deepcache` wrote, 3). Larger is faster and moves the image "
+                   "further from the exact one")
 
 
 def fast_files(args, manifest) -> dict[str, str]:
@@ -29,7 +33,7 @@ def fast_files(args, manifest) -> dict[str, str]:
 def deepcache_interval(args, manifest):
     from runtime.fastmodes import deepcache_interval as interval
 
-    return interval(manifest, getattr(args, "fast", None))
+    return interval(manifest, getattr(args, "fast", None), getattr(args, "deepcache_interval", None))
 
 
 def register(sub) -> None:

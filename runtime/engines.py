@@ -97,10 +97,8 @@ class OrtEngine:
         return dict(zip(self._output_names, values))
 
 
-def cpu_fingerprint() -> str:
-    """A short hash of the CPU's instruction-set flags: a saved optimized graph holds kernels laid out for them
-    (NCHWc blocks of 16 with AVX-512, 8 with AVX2), so a folder moved to another CPU must not reuse it."""
-    import hashlib
+def cpu_flags() -> str:
+    """The machine and its instruction-set flags line (x86 ``flags``, Arm ``Features``; empty where unknown)."""
     import platform
 
     flags = platform.machine()
@@ -109,7 +107,15 @@ def cpu_fingerprint() -> str:
             flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+    return flags
+
+
+def cpu_fingerprint() -> str:
+    """A short hash of the CPU's instruction-set flags: a saved optimized graph holds kernels laid out for them
+    (NCHWc blocks of 16 with AVX-512, 8 with AVX2), so a folder moved to another CPU must not reuse it."""
+    import hashlib
+
+    return hashlib.sha256(cpu_flags().encode()).hexdigest()[:8]
 
 
 def optimized_model_path(path: Path, level, version: str) -> Path | None:

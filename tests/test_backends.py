@@ -128,6 +128,24 @@ def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
     assert variants["vae_decoder"]["calibration"]["calls"] == 2  # one decode per generation
 
 
+def test_int8_warns_on_a_cpu_without_int8_dot_products(int8_engines, monkeypatch):
+    import warnings
+
+    import runtime.engines
+    from runtime.fastmodes import variant_files
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(int8_engines)
+    monkeypatch.setattr(runtime.engines, "cpu_flags", lambda: "x86_64flags\t: fpu sse avx avx2 fma")
+    with pytest.warns(UserWarning, match="no INT8 dot-product instructions"):
+        variant_files(manifest, "openvino", "int8")
+    for flags in ("x86_64flags\t: avx2 avx512f avx512_vnni", "x86_64flags\t: avx2 avx_vnni", "aarch64Features\t: asimd"):
+        monkeypatch.setattr(runtime.engines, "cpu_flags", lambda flags=flags: flags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            variant_files(manifest, "openvino", "int8")
+
+
 def test_openvino_warms_up_int8_networks_only(int8_engines, monkeypatch):
     """OpenVINO's f32 kernels pack weights per shape (a tiny warm-up call would pack layouts no real call uses);
     its INT8 ones pack once: only those are warmed up at load."""
@@ -304,6 +322,25 @@ def test_cli_generate_fast_deepcache(deepcache_engines, tmp_path):
     code = main(["generate", "--engines", str(deepcache_engines), "--prompt", PROMPT, "--steps", "6", "--height", "64",
                  "--width", "64", "--fast", "deepcache", "--out", str(out), "--no-progress"])
     assert code == 0 and np.asarray(Image.open(out)).shape == (64, 64, 3)
+
+
+def test_deepcache_interval_override(deepcache_engines, tmp_path, capsys):
+    """--deepcache-interval runs any interval on the same parts; it needs the deepcache mode and an N >= 2."""
+    from fashiongen.cli import main
+    from runtime.fastmodes import deepcache_interval
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(deepcache_engines)
+    assert deepcache_interval(manifest, "deepcache", 5) == 5
+    assert deepcache_interval(manifest, "deepcache") == manifest.variants["deepcache"]["interval"]
+    base = ["generate", "--engines", str(deepcache_engines), "--prompt", PROMPT, "--steps", "6", "--height", "64",
+            "--width", "64", "--out", str(tmp_path / "dc.png"), "--no-progress"]
+    assert main(base + ["--fast", "deepcache", "--deepcache-interval", "5"]) == 0
+    assert (tmp_path / "dc.png").is_file()
+    assert main(base + ["--deepcache-interval", "5"]) == 2
+    assert "--deepcache-interval needs --fast deepcache" in capsys.readouterr().err
+    assert main(base + ["--fast", "deepcache", "--deepcache-interval", "1"]) == 2
+    assert "--deepcache-interval must be an integer >= 2 (got 1)" in capsys.readouterr().err
 
 
 def test_deepcache_missing_from_the_folder(sd_engines, tmp_path, capsys):
