@@ -96,7 +96,8 @@ def generate(capsys, engines, out, *extra) -> str:
     (("--steps", "0"), "steps must be an integer >= 1"),
     (("--num-images", "0"), "num_images must be an integer >= 1"),
     (("--seed", "-1"), "seed must be an integer"),
-    (("--scheduler", "turbo"), "unknown scheduler 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, pndm"),
+    (("--scheduler", "turbo"), "unknown scheduler 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lms, "
+     "pndm, unipc"),
 ])
 def test_bad_generate_arguments(capsys, tmp_path, sd_engines, extra, expected):
     out = tmp_path / "x.png"
