@@ -118,7 +118,8 @@ def runs_quantized(compiled) -> bool:
     INT8 weights are packed once, whatever the shape (measured on the full SD 1.5 INT8 UNet: first real call
     0.6 s after a warm-up, 2.8 s without). The f32 kernels pack their weights per input shape, so a tiny call
     packs layouts the real call does not use (measured on the fp32 UNet at 256 px, 2 cores: the load took
-    2.5 s longer, the first real call was no faster, and the peak RSS grew by 1.8 GB)."""
+    2.5 s longer and the peak RSS grew by 1.8 GB, while the first real call still packed its own layouts). The
+    cost of skipping it: the first fp32 image pays each network's first-call setup (~3 s in all, in the bench)."""
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         if "layerType" in info and info["layerType"].astype(str) in _WEIGHTED_LAYERS \
