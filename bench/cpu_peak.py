@@ -46,8 +46,9 @@ int main(int argc, char **argv) {
 
 def _vector_shape() -> tuple[int, int]:
     """(floats per vector, accumulators): 16 x 24 on AVX-512 (32 registers), 8 x 12 on AVX2 (16)."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return (16, 24) if " avx512f" in flags else (8, 12)
+    from runtime.engines import cpu_flags
+
+    return (16, 24) if " avx512f" in cpu_flags() else (8, 12)
 
 
 def measure_peak_gflops(cores: int | None = None, seconds: float = 2.0) -> float | None:

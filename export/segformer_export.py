@@ -53,18 +53,24 @@ def check_segmenter_dir(segmenter_dir: Path) -> Path:
     return segmenter_dir
 
 
+def _resize_target(size) -> dict | None:
+    """The processor's ``size`` (a dict or transformers' ``SizeDict``) in one of the two forms the runtime
+    resizes to (``runtime.images.resized_shape``), or None."""
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    if get("height") and get("width"):
+        return {"height": int(get("height")), "width": int(get("width"))}
+    if get("shortest_edge"):
+        return {"shortest_edge": int(get("shortest_edge"))}
+    return None
+
+
 def preprocessing_settings(processor) -> dict:
     """The image processor's settings as plain JSON, in the form ``runtime.segmentation`` reads."""
-    size = {k: getattr(processor.size, k, None) if not isinstance(processor.size, dict) else processor.size.get(k)
-            for k in ("height", "width", "shortest_edge")}
-    if size["height"] and size["width"]:
-        size = {"height": int(size["height"]), "width": int(size["width"])}
-    elif size["shortest_edge"]:
-        size = {"shortest_edge": int(size["shortest_edge"])}
-    elif processor.do_resize:
-        raise SegmenterCheckpointError(
-            f"preprocessor_config.json: size {dict(processor.size) if hasattr(processor.size, 'keys') else processor.size} "
-            "is not supported; expected {'height': H, 'width': W} or {'shortest_edge': S}")
+    size = _resize_target(processor.size)
+    if processor.do_resize and size is None:
+        shown = dict(processor.size) if hasattr(processor.size, "keys") else processor.size
+        raise SegmenterCheckpointError(f"preprocessor_config.json: size {shown} is not supported; "
+                                       "expected {'height': H, 'width': W} or {'shortest_edge': S}")
     return {
         "do_resize": bool(processor.do_resize),
         "size": size if processor.do_resize else None,

@@ -47,7 +47,8 @@ class OrtEngine:
     Tuned for CPU serving: intra-op threads = physical cores, one inter-op thread, the memory arena on
     (``arena=False`` trades a little speed for a lower peak), and graph optimization done once: the first
     load (at export: the validation runs this engine) saves the optimized graph (with its weights) under
-    ``ENGINE_DIR/cache/ort/``, atomically, and later loads read it at the EXTENDED level, so start-up does not redo the expensive passes.
+    ``ENGINE_DIR/cache/ort/``, atomically, and later loads read it at the EXTENDED level, so start-up does not
+    redo the expensive passes.
     """
 
     backend = "ort"
