@@ -11,9 +11,9 @@ counted on the graph (Convolution, MatMul incl. attention's QK^T and AV), over t
 measured by bench/cpu_peak.py; each exact-mode goal also states the most it could reach with both networks
 at that peak.
 
-    python -m bench.cpu_compare --prepare-only --optimum --cutout-rss   # first time: build everything (~1 h)
-    python -m bench.cpu_compare --optimum --cutout-rss                  # the run: ~35 min on 2 cores (AVX2)
-    python -m bench.cpu_compare --only fashiongen-ort,fashiongen-shot   # a subset
+    python -m fashiongen.bench.cpu_compare --prepare-only --optimum --cutout-rss   # first time: build everything (~1 h)
+    python -m fashiongen.bench.cpu_compare --optimum --cutout-rss                  # the run: ~35 min on 2 cores (AVX2)
+    python -m fashiongen.bench.cpu_compare --only fashiongen-ort,fashiongen-shot   # a subset
 
 What the first run builds, once, under bench/.cache: the checkpoint, its engine folder, DeepCache's UNet parts
 and the INT8 networks (as ``fashiongen deepcache`` / ``fashiongen quantize`` make them), the SegFormer-B2
@@ -99,7 +99,7 @@ def setup(name: str) -> Setup:
     ONNX Runtime (INT8 without them ran slower than fp32)."""
     if name != "fashiongen-shot":
         return FASHIONGEN[name]
-    from runtime.fastmodes import has_int8_dot_product
+    from fashiongen.runtime.fastmodes import has_int8_dot_product
 
     if has_int8_dot_product():
         return Setup("openvino", "deepcache,int8", cutout="resident")
@@ -171,11 +171,11 @@ def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None, interval=
     (SegFormer-B2 random weights, upper-body classes) on white, with its segmenter either ``"resident"``
     (opened up front, timed as the ``cutout`` stage) or opened after the txt2img networks are
     ``"released"`` (a whole shot's peak RSS: networks a stage does not need are not resident)."""
-    from runtime.cutout import CutoutPipeline
-    from runtime.engines import EngineSet, backend_factory
-    from runtime.fastmodes import deepcache_interval, variant_files
-    from runtime.manifest import load_manifest
-    from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+    from fashiongen.runtime.cutout import CutoutPipeline
+    from fashiongen.runtime.engines import EngineSet, backend_factory
+    from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
+    from fashiongen.runtime.manifest import load_manifest
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     manifest = load_manifest(a.engines)
     engines = EngineSet(a.engines, backend_factory(backend, a.threads), manifest,
@@ -292,21 +292,21 @@ def prepare_fast_modes(ckpt: Path, engines: Path, modes: set, log):
     """Add what the fast modes asked for to the bench's engine folder, once: DeepCache's UNet parts
     (``fashiongen deepcache`` defaults) and INT8 copies of every quantizable network (``fashiongen quantize``
     defaults: fp32 trajectories of 4 prompts x 20 steps at 256 px). Returns the folder's manifest."""
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.manifest import load_manifest
 
     wanted = {part for mode in modes if mode for part in mode.split(",")}
     if "deepcache" in wanted and "deepcache" not in load_manifest(engines).variants:
-        from export.deepcache import export_deepcache
+        from fashiongen.export.deepcache import export_deepcache
 
         log("exporting the DeepCache UNet parts (once) ...")
         export_deepcache(ckpt, engines)
     manifest = load_manifest(engines)
     if "int8" in wanted:
-        from export.quantize import default_networks
+        from fashiongen.export.quantize import default_networks
 
         missing = [n for n in default_networks(manifest) if n not in manifest.variants.get("int8", {})]
         if missing:
-            from export.quantize import quantize_networks
+            from fashiongen.export.quantize import quantize_networks
 
             log(f"quantizing {', '.join(missing)} to INT8 (once) ...")
             try:
@@ -371,7 +371,7 @@ def _numel(shape) -> int:
 def flop_floor(engines: Path, manifest, size: int, peak: float) -> dict:
     """The UNet's (batch 2: guidance) and the VAE decoder's GFLOP at ``size`` px, and their shortest
     possible times at ``peak`` GFLOP/s."""
-    from runtime.contracts import UNET, VAE_DECODER
+    from fashiongen.runtime.contracts import UNET, VAE_DECODER
 
     latent = size // int(manifest.vae["downscale"])
     sizes = {"latent_height": latent, "latent_width": latent, "image_height": size, "image_width": size}
@@ -385,7 +385,7 @@ def peak_gflops(given: float | None, log) -> tuple[float, str]:
     """The fp32 peak: ``--peak-gflops`` when given, else measured (bench/cpu_peak.py)."""
     if given:
         return given, "given (--peak-gflops)"
-    from bench.cpu_peak import measure_peak_gflops
+    from fashiongen.bench.cpu_peak import measure_peak_gflops
 
     log("measuring the CPU's fp32 peak (FMA kernel on every core) ...")
     measured = measure_peak_gflops()
@@ -396,8 +396,8 @@ def peak_gflops(given: float | None, log) -> tuple[float, str]:
 
 def machine_name() -> str:
     """CPU model, vector ISA and core count (from /proc/cpuinfo where there is one)."""
-    from runtime.engines import cpu_flags
-    from runtime.fastmodes import has_int8_dot_product
+    from fashiongen.runtime.engines import cpu_flags
+    from fashiongen.runtime.fastmodes import has_int8_dot_product
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
@@ -582,14 +582,14 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from bench.txt2img import prepare
+    from fashiongen.bench.txt2img import prepare
 
     def log(msg):
         print(msg, flush=True)
 
     began = time.time()
     ckpt, engines, _ = prepare(not a.tiny)
-    from runtime.fastmodes import variant_files
+    from fashiongen.runtime.fastmodes import variant_files
 
     names = a.only.split(",") if a.only else [n for n in CONTENDERS if (a.optimum or CONTENDERS[n][0] is None)
                                               and n not in RSS_ONLY]
@@ -606,7 +606,7 @@ def main(argv=None) -> int:
             names.remove(name)
     segmenter = None
     if any(has_cutout(n) for n in names):
-        from bench.segmenter import prepare as prepare_segmenter
+        from fashiongen.bench.segmenter import prepare as prepare_segmenter
 
         segmenter = prepare_segmenter(not a.tiny)[1]
     pythons = {}
@@ -625,7 +625,7 @@ def main(argv=None) -> int:
         if name.startswith("optimum") and (CACHE / f"{ckpt.name}-{name}" / "model_index.json").exists():
             continue
         log(f"preparing {name} ...")
-        proc = subprocess.run([str(pythons[name]), "-m", "bench.cpu_compare", "--worker", name, "--prepare",
+        proc = subprocess.run([str(pythons[name]), "-m", "fashiongen.bench.cpu_compare", "--worker", name, "--prepare",
                                "--checkpoint", str(ckpt), "--engines", str(engines), "--segmenter", str(segmenter)],
                               cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if proc.returncode != 0:
@@ -647,7 +647,7 @@ def main(argv=None) -> int:
                 continue
             out, img = work / f"{name}.json", work / f"{name}.npy"
             out.unlink(missing_ok=True)
-            cmd = [str(pythons[name]), "-m", "bench.cpu_compare", "--worker", name, "--checkpoint", str(ckpt),
+            cmd = [str(pythons[name]), "-m", "fashiongen.bench.cpu_compare", "--worker", name, "--checkpoint", str(ckpt),
                    "--engines", str(engines), "--segmenter", str(segmenter), "--json-out", str(out),
                    "--image-out", str(img), "--size", str(a.size), "--steps", str(a.steps), "--seed", str(a.seed),
                    "--images", str(1 if name in RSS_ONLY else a.images),

@@ -6,7 +6,7 @@ the bench measures it: a C loop of independent fused multiply-adds on the widest
 (AVX-512 or AVX2), compiled here with ``-march=native``, one process per core, all at once. Nothing
 real runs faster than this number; a large SGEMM reaches ~90% of it.
 
-    python -m bench.cpu_peak          # prints GFLOP/s (needs a C compiler: cc / gcc)
+    python -m fashiongen.bench.cpu_peak          # prints GFLOP/s (needs a C compiler: cc / gcc)
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
 
 def _vector_shape() -> tuple[int, int]:
     """(floats per vector, accumulators): 16 x 24 on AVX-512 (32 registers), 8 x 12 on AVX2 (16)."""
-    from runtime.engines import cpu_flags
+    from fashiongen.runtime.engines import cpu_flags
 
     return (16, 24) if " avx512f" in cpu_flags() else (8, 12)
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.txt2img import CACHE
+from fashiongen.bench.txt2img import CACHE
 
 PERF_VENV = CACHE / "venv-perf-analyzer"
 REQUIREMENT = "tritonclient[all]==2.50.0"

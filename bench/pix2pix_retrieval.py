@@ -9,7 +9,7 @@ Query path: embedding a prompt (tokenizer + CLIP text tower: transformers' ``CLI
 ONNX tower), embedding a batch of catalog images (the indexing work per batch), and searching N catalog
 vectors for the top k (faiss exact ``IndexFlatIP`` vs a numpy brute-force cosine + argsort).
 
-    python -m bench.pix2pix_retrieval --full-size --size 256 --steps 10 --runs 3
+    python -m fashiongen.bench.pix2pix_retrieval --full-size --size 256 --steps 10 --runs 3
 
 (``--full-size``: SD 1.5's architecture with an 8-channel UNet, and CLIP ViT-B/32; else the tiny ones)
 writes ``bench/results/pix2pix_retrieval.{md,json}`` and prints the tables.
@@ -36,8 +36,8 @@ PROMPT = "black short sleeve crewneck crop top"
 
 # -- preparation (cached) -----------------------------------------------------------------------------------
 def prepare_pix2pix(full_size: bool) -> tuple[Path, Path]:
-    from export.demo_checkpoints import FULL_SD15, TINY, SDSize, write_sd_checkpoint
-    from export.sd_export import export_engine_folder
+    from fashiongen.random_checkpoints.sd import FULL_SD15, TINY, SDSize, write_sd_checkpoint
+    from fashiongen.export.sd_export import export_engine_folder
 
     name = "p2p-sd15-random" if full_size else "p2p-tiny-random"
     ckpt, engines = CACHE / name, CACHE / f"{name}-engines"
@@ -51,8 +51,8 @@ def prepare_pix2pix(full_size: bool) -> tuple[Path, Path]:
 
 
 def prepare_clip(full_size: bool) -> tuple[Path, Path]:
-    from export.clip_export import export_clip_folder
-    from export.demo_retrieval import CLIP_B32, TINY_CLIP, write_clip_checkpoint
+    from fashiongen.export.clip_export import export_clip_folder
+    from fashiongen.random_checkpoints.retrieval import CLIP_B32, TINY_CLIP, write_clip_checkpoint
 
     name = "clip-b32-random" if full_size else "clip-tiny-random"
     ckpt, engines = CACHE / name, CACHE / f"{name}-engines"
@@ -103,9 +103,9 @@ def bench_pix2pix(args) -> tuple[str, dict]:
     from diffusers import StableDiffusionInstructPix2PixPipeline
     from PIL import Image
 
-    from export.demo_retrieval import product_image
-    from runtime.engines import EngineSet
-    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+    from fashiongen.random_checkpoints.retrieval import product_image
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     ckpt, engines = prepare_pix2pix(args.full_size)
     image = product_image(0, args.size, args.size)
@@ -163,8 +163,8 @@ def bench_query(args) -> tuple[str, dict]:
     from PIL import Image
     from transformers import AutoImageProcessor, CLIPModel, CLIPTokenizerFast
 
-    from export.demo_retrieval import product_image
-    from runtime.retrieval import ClipEncoder, build_faiss, unit
+    from fashiongen.random_checkpoints.retrieval import product_image
+    from fashiongen.runtime.retrieval import ClipEncoder, build_faiss, unit
 
     ckpt, engines = prepare_clip(args.full_size)
     model = CLIPModel.from_pretrained(ckpt, local_files_only=True).eval()

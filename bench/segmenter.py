@@ -5,7 +5,7 @@ Same SegFormer checkpoint (random weights; speed does not depend on their values
 ``SegformerImageProcessor`` + ``SegformerForSemanticSegmentation`` + ``post_process_semantic_segmentation``
 against ``runtime.segmentation`` on ONNX Runtime.
 
-    python -m bench.segmenter --full-size --size 512 --runs 5
+    python -m fashiongen.bench.segmenter --full-size --size 512 --runs 5
 
 writes ``bench/results/segmenter.{md,json}`` and prints the table.
 """
@@ -31,8 +31,8 @@ STAGES = ("preprocess", "network", "postprocess", "total")
 
 def prepare(full_size: bool) -> tuple[Path, Path]:
     """A random SegFormer checkpoint and its engine folder, built once and reused."""
-    from export.demo_segmenter import FULL_B2, TINY_SEGFORMER, write_segformer_checkpoint
-    from export.sd_export import export_engine_folder
+    from fashiongen.random_checkpoints.segmenter import FULL_B2, TINY_SEGFORMER, write_segformer_checkpoint
+    from fashiongen.export.sd_export import export_engine_folder
 
     name = "segformer-b2-random" if full_size else "segformer-tiny-random"
     ckpt, engines = CACHE / name, CACHE / f"{name}-engines"
@@ -69,7 +69,7 @@ def run_transformers(processor, model, images) -> tuple[dict[str, float], list[n
 
 
 def run_runtime(segmenter, images) -> tuple[dict[str, float], list[np.ndarray]]:
-    from runtime.segmentation import class_map
+    from fashiongen.runtime.segmentation import class_map
 
     engine = segmenter.engines["segmenter"]
     t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.segmenter",
+        prog="python -m fashiongen.bench.segmenter",
         description="SegFormer clothes segmentation: the torch-free runtime (ONNX Runtime) vs transformers "
         "(SegformerImageProcessor + SegformerForSemanticSegmentation + post_process_semantic_segmentation), "
         "per stage and end to end, median over interleaved runs. Random weights, built and exported once "
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
     import transformers
     from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
-    from runtime.engines import EngineSet, ort_factory
-    from runtime.segmentation import Segmenter
+    from fashiongen.runtime.engines import EngineSet, ort_factory
+    from fashiongen.runtime.segmentation import Segmenter
 
     transformers.utils.logging.set_verbosity_error()
     if args.threads:

@@ -9,7 +9,7 @@
    memory, concurrency 1 and 4: throughput, p50/p95/p99 latency and the server's queue / compute times.
    If it cannot be set up or fails, one line says why and the rest of the bench goes on.
 
-    python -m bench.triton_serving [--full-size] [--requests-per-client 2] [--perf-analyzer]
+    python -m fashiongen.bench.triton_serving [--full-size] [--requests-per-client 2] [--perf-analyzer]
 
 writes ``bench/results/triton_serving.{md,json}``. Every loop is bounded in count and time.
 """
@@ -26,16 +26,16 @@ from statistics import median
 
 import numpy as np
 
-from bench.txt2img import CACHE, RESULTS, prepare
-from runtime.contracts import UNET
-from runtime.engines import OrtEngine
-from runtime.manifest import load_manifest
-from runtime.triton_engine import TritonEngine
-from runtime.txt2img import Txt2ImgRequest
-from bench import perf_analyzer
-from triton_repo.build import write_repository
-from triton_repo.client import request_pipeline
-from triton_repo.server import ServerOptions, TritonServer, free_port
+from fashiongen.bench.txt2img import CACHE, RESULTS, prepare
+from fashiongen.runtime.contracts import UNET
+from fashiongen.runtime.engines import OrtEngine
+from fashiongen.runtime.manifest import load_manifest
+from fashiongen.runtime.triton_engine import TritonEngine
+from fashiongen.runtime.txt2img import Txt2ImgRequest
+from fashiongen.bench import perf_analyzer
+from fashiongen.triton_repo.build import write_repository
+from fashiongen.triton_repo.client import request_pipeline
+from fashiongen.triton_repo.server import ServerOptions, TritonServer, free_port
 
 CONCURRENCY = (1, 2, 4, 8, 16)
 

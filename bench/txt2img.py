@@ -4,7 +4,7 @@ Same checkpoint (random weights; speed does not depend on their values), prompt,
 size. Per stage (text encoder, UNet per step, VAE decode) and end to end, median over runs; the
 runtime's own work is what remains of its total once the networks' time is taken out.
 
-    python -m bench.txt2img --full-size --size 256 --steps 20 --runs 3
+    python -m fashiongen.bench.txt2img --full-size --size 256 --steps 20 --runs 3
 
 writes ``bench/results/txt2img.{md,json}`` and prints the table.
 """
@@ -29,9 +29,9 @@ NEGATIVE = "<wrong>, blurry"
 
 def prepare(full_size: bool) -> tuple[Path, Path, dict[str, Path]]:
     """A random SD checkpoint with demo embeddings and its engine folder, built once and reused."""
-    from export.demo_checkpoints import FULL_SD15, TINY, write_demo_embeddings, write_sd_checkpoint
-    from export.embeddings import load_embedding
-    from export.sd_export import export_pipeline
+    from fashiongen.random_checkpoints.sd import FULL_SD15, TINY, write_demo_embeddings, write_sd_checkpoint
+    from fashiongen.export.embeddings import load_embedding
+    from fashiongen.export.sd_export import export_pipeline
 
     name = "sd15-random" if full_size else "tiny-random"
     ckpt, engines = CACHE / name, CACHE / f"{name}-engines"
@@ -91,7 +91,7 @@ def run_diffusers(pipe, timer, steps, size, seed) -> dict[str, float]:
 
 
 def run_runtime(pipeline, steps, size, seed) -> dict[str, float]:
-    from runtime.txt2img import Txt2ImgRequest
+    from fashiongen.runtime.txt2img import Txt2ImgRequest
 
     start = time.perf_counter()
     result = pipeline(Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=seed, steps=steps,
@@ -133,8 +133,8 @@ def main(argv=None) -> int:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from runtime.engines import EngineSet
-    from runtime.txt2img import Txt2ImgPipeline
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline
 
     ckpt, engines, tokens = prepare(args.full_size)
     pipe = StableDiffusionPipeline.from_pretrained(ckpt, safety_checker=None, local_files_only=True)

@@ -23,10 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from runtime.files import link_or_copy, staged_folder
-from runtime.images import load_rgb_image
-from runtime.manifest import sha256_file, write_json_atomic
-from runtime.retrieval import (CLIP_FOLDER, FAISS_FILES, IMAGE_SUFFIXES, INDEX_FORMAT, INDEX_META, CatalogIndexError,
+from fashiongen.runtime.files import link_or_copy, staged_folder
+from fashiongen.runtime.images import load_rgb_image
+from fashiongen.runtime.manifest import sha256_file, write_json_atomic
+from fashiongen.runtime.retrieval import (CLIP_FOLDER, FAISS_FILES, IMAGE_SUFFIXES, INDEX_FORMAT, INDEX_META, CatalogIndexError,
                                ClipEncoder, load_index_meta, read_faiss, stored_vectors, write_faiss_files)
 
 from .clip_export import check_clip_checkpoint, checkpoint_fingerprint, export_clip_folder

@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from runtime.contracts import CLIP_IMAGE, CLIP_TEXT
-from runtime.files import staged_folder
-from runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_json_atomic
+from fashiongen.runtime.contracts import CLIP_IMAGE, CLIP_TEXT
+from fashiongen.runtime.files import staged_folder
+from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_json_atomic
 
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .sd_export import CheckpointError, quiet_libraries, tokenizer_section, versions

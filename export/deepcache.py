@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.contracts import UNET_CAPTURE, UNET_SHALLOW
-from runtime.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
+from fashiongen.runtime.contracts import UNET_CAPTURE, UNET_SHALLOW
+from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
 
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .sd_export import load_checkpoint

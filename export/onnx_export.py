@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.contracts import NetworkContract
-from runtime.manifest import NetworkEntry, sha256_file
+from fashiongen.runtime.contracts import NetworkContract
+from fashiongen.runtime.manifest import NetworkEntry, sha256_file
 
 DEFAULT_OPSET = 17
 
@@ -53,7 +53,7 @@ def validate_onnx(module: torch.nn.Module, contract: NetworkContract, onnx_path:
     The engine is the one serving loads (same session settings, graph optimized at the ALL level), so what is
     validated is what runs, and loading it saves the optimized graph under ``cache/ort`` beside the file:
     start-up after export reads that copy instead of redoing graph optimization."""
-    from runtime.engines import OrtEngine
+    from fashiongen.runtime.engines import OrtEngine
 
     with torch.no_grad():
         reference = module.eval()(*_export_args(contract, feeds))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.engines import EngineSet
-from runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_json_atomic
+from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_json_atomic
 
 CALIBRATION_PROMPTS = [
     "a photo of a black short sleeve crewneck crop top",
@@ -65,7 +65,7 @@ def record_feeds(engine_dir: Path, factory, prompts: int, steps: int, size: int,
                  deepcache: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """``{network: feeds}`` of ``networks`` over ``prompts`` fp32 generations (``steps`` each) at ``size`` px,
     with DeepCache every ``deepcache`` steps or the whole UNet at each."""
-    from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     engines = EngineSet(engine_dir, factory)
     recorders = {name: RecordingEngine(engines[name]) for name in networks}
@@ -117,7 +117,7 @@ def quantize_networks(engine_dir: Path, networks=None, prompts: int = 4, steps: 
         import openvino  # noqa: F401
     except ImportError:
         raise ValueError("quantize: needs the openvino and nncf packages (pip install -e '.[cpu-fast]')") from None
-    from runtime.openvino_engine import core, openvino_factory
+    from fashiongen.runtime.openvino_engine import core, openvino_factory
 
     engine_dir = Path(engine_dir)
     manifest = load_manifest(engine_dir)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
-from runtime.files import staged_folder
-from runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
+from fashiongen.runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from fashiongen.runtime.files import staged_folder
+from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
 
 from .embeddings import LearnedEmbedding, bake_embeddings
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds

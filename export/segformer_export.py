@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # export never reaches for a model
 
 import torch
 
-from runtime.contracts import SEGMENTER
-from runtime.manifest import Manifest
+from fashiongen.runtime.contracts import SEGMENTER
+from fashiongen.runtime.manifest import Manifest
 
 from .onnx_export import export_network_entry, seeded_feeds
 

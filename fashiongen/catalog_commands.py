@@ -53,15 +53,15 @@ def _add_edit(sub) -> None:
 
 
 def _run_edit(args) -> int:
-    from runtime.engines import EngineSet, ort_factory
-    from runtime.images import check_writable, load_rgb_image
-    from runtime.manifest import load_manifest
-    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+    from fashiongen.runtime.engines import EngineSet, ort_factory
+    from fashiongen.runtime.images import check_writable, load_rgb_image
+    from fashiongen.runtime.manifest import load_manifest
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     check_writable(args.out)
     search = None
     if args.from_catalog is not None:  # the catalog is searched here, on its own CLIP engines
-        from runtime.retrieval import CatalogSearch
+        from fashiongen.runtime.retrieval import CatalogSearch
 
         search = CatalogSearch(args.from_catalog, ort_factory(args.providers.split(","), args.threads),
                                arg="--from-catalog")
@@ -95,7 +95,7 @@ def _run_edit(args) -> int:
 
 def _find_in_catalog(search, request, match) -> None:
     """With --from-catalog: the edit's input becomes the catalog image nearest the prompt (text → image)."""
-    from runtime.images import load_rgb_image
+    from fashiongen.runtime.images import load_rgb_image
 
     if search is None:
         return
@@ -132,7 +132,7 @@ def _add_index(sub) -> None:
 
 
 def _run_index(args) -> int:
-    from export.catalog_index import build_index
+    from fashiongen.export.catalog_index import build_index
 
     report = build_index(args.catalog, args.out, clip_dir=args.clip, captioner_dir=args.captioner,
                          batch_size=args.batch_size, approximate=args.approximate, rebuild=args.rebuild, progress=not args.no_progress)
@@ -160,8 +160,8 @@ def _add_search(sub) -> None:
 
 
 def _run_search(args) -> int:
-    from runtime.engines import ort_factory
-    from runtime.retrieval import CatalogSearch
+    from fashiongen.runtime.engines import ort_factory
+    from fashiongen.runtime.retrieval import CatalogSearch
 
     search = CatalogSearch(args.index, ort_factory(args.providers.split(","), args.threads),
                            clip_engines=args.clip_engines)

@@ -36,8 +36,8 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from export.embeddings import load_embedding, parse_embedding_arg
-    from export.sd_export import export_engine_folder
+    from fashiongen.export.embeddings import load_embedding, parse_embedding_arg
+    from fashiongen.export.sd_export import export_engine_folder
 
     embeddings = [load_embedding(*parse_embedding_arg(a)) for a in args.embedding]
     manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
@@ -68,10 +68,10 @@ def _add_generate(sub) -> None:
 
 
 def _run_generate(args) -> int:
-    from runtime.engines import EngineSet
-    from runtime.images import check_writable
-    from runtime.manifest import load_manifest
-    from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.images import check_writable
+    from fashiongen.runtime.manifest import load_manifest
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     check_writable(args.out)
     request = Txt2ImgRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,

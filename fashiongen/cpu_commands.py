@@ -22,7 +22,7 @@ def add_backend_arguments(p) -> None:
 
 def fast_files(args, manifest) -> dict[str, str]:
     """``{network: file}`` of the fast mode asked for (``{}`` for the exact mode); clear errors otherwise."""
-    from runtime.fastmodes import variant_files
+    from fashiongen.runtime.fastmodes import variant_files
 
     fast = getattr(args, "fast", None)
     if fast and getattr(args, "triton", None):
@@ -31,7 +31,7 @@ def fast_files(args, manifest) -> dict[str, str]:
 
 
 def deepcache_interval(args, manifest):
-    from runtime.fastmodes import deepcache_interval as interval
+    from fashiongen.runtime.fastmodes import deepcache_interval as interval
 
     return interval(manifest, getattr(args, "fast", None), getattr(args, "deepcache_interval", None))
 
@@ -70,8 +70,8 @@ def register(sub) -> None:
 
 
 def _run_quantize(args) -> int:
-    from export.quantize import quantize_networks
-    from runtime.denoise import check_positive_int, check_size
+    from fashiongen.export.quantize import quantize_networks
+    from fashiongen.runtime.denoise import check_positive_int, check_size
 
     check_positive_int("--prompts", args.prompts)
     check_positive_int("--steps", args.steps)
@@ -85,7 +85,7 @@ def _run_quantize(args) -> int:
 
 
 def _run_deepcache(args) -> int:
-    from export.deepcache import export_deepcache
+    from fashiongen.export.deepcache import export_deepcache
 
     entry = export_deepcache(args.model, args.engines, args.interval, args.shallow_layers)
     print(f"wrote {args.engines}/unet_capture.onnx, unet_shallow.onnx (interval {entry['interval']}, shallow layers "

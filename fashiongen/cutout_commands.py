@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.compositing import CompositeOptions, mask_image
-from runtime.cutout import CutoutBatch, CutoutPipeline
-from runtime.engines import EngineSet, ort_factory
-from runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
+from fashiongen.runtime.compositing import CompositeOptions, mask_image
+from fashiongen.runtime.cutout import CutoutBatch, CutoutPipeline
+from fashiongen.runtime.engines import EngineSet, ort_factory
+from fashiongen.runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
 
 
 class EmptyCutoutError(ValueError):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def add_sampling_arguments(p, steps: int, images_help: str) -> None:
-    from runtime.schedulers import SCHEDULER_NAMES
+    from fashiongen.runtime.schedulers import SCHEDULER_NAMES
 
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
     p.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
@@ -25,7 +25,7 @@ def add_session_arguments(p) -> None:
 
 def write_images(images, out: Path) -> None:
     """Each image to ``out`` (one) or ``out-0.png``, ``out-1.png``... (several), atomically; say where."""
-    from runtime.images import numbered_paths, save_png_atomic
+    from fashiongen.runtime.images import numbered_paths, save_png_atomic
 
     for image, path in zip(images, numbered_paths(out, len(images))):
         save_png_atomic(image, path)

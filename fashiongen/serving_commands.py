@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 
 def _run_triton_repo(args) -> int:
-    from triton_repo.build import write_repository
+    from fashiongen.triton_repo.build import write_repository
 
     models = write_repository(args.engines, args.out, args.target, args.max_batch_size, args.instances,
                               args.pipeline_instances, args.max_steps)
@@ -48,7 +48,7 @@ def _run_triton_repo(args) -> int:
 
 
 def _run_serve(args) -> int:
-    from triton_repo.server import ServerOptions, serve_forever
+    from fashiongen.triton_repo.server import ServerOptions, serve_forever
 
     return serve_forever(ServerOptions(repo=args.repo, host=args.host, http_port=args.http_port,
                                        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
@@ -68,13 +68,13 @@ def add_triton_arguments(p, service: str) -> None:
 def engine_factory(args, kind: str):
     """The backend for ``generate``: ONNX Runtime or OpenVINO in-process (``--backend``), or the Triton
     server's network models (``--triton``)."""
-    from runtime.engines import backend_factory
+    from fashiongen.runtime.engines import backend_factory
 
     backend = getattr(args, "backend", "ort")
     if args.triton:
         if backend != "ort":
             raise ValueError(f"--backend {backend} runs in-process; drop it with --triton")
-        from runtime.triton_engine import triton_factory
+        from fashiongen.runtime.triton_engine import triton_factory
         return triton_factory(args.triton, kind, shared_memory=not args.no_shm)
     if backend == "openvino":
         return backend_factory("openvino", args.threads)
@@ -83,7 +83,7 @@ def engine_factory(args, kind: str):
 
 def request_server_side(args, service: str, request):
     """One request to the server's ``service`` model (with its cutout when asked); N x H x W x 3 uint8 images."""
-    from triton_repo.client import request_pipeline
+    from fashiongen.triton_repo.client import request_pipeline
 
     if not args.triton:
         raise ValueError("--server-side needs --triton URL")

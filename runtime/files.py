@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import InputError
+
 
 @contextmanager
 def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "--out"):
@@ -18,7 +20,7 @@ def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "--out"):
     """
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / marker).exists())):
-        raise ValueError(f"{arg}: '{out_dir}' exists and is not {what}; refusing to overwrite it")
+        raise InputError(f"{arg}: '{out_dir}' exists and is not {what}; refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
@@ -41,3 +43,29 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_file(path: Path):
+    """Yield a temporary path beside ``path``; when the block succeeds it is renamed onto ``path``.
+
+    The one way this project writes a file: a reader (or a crash) never sees half of one, and a failed write
+    leaves the previous file as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .manifest import publish
+from .files import atomic_file
 
 
 def decoded_to_uint8(images: np.ndarray) -> np.ndarray:
@@ -43,16 +42,9 @@ def save_png_atomic(image: np.ndarray, path: Path) -> Path:
     """Write an HWC uint8 RGB/RGBA/L image to ``path`` through a temporary file and a rename."""
     from PIL import Image
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def numbered_paths(path: Path, count: int) -> list[Path]:

@@ -7,7 +7,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 FG=.venv/bin/fashiongen
 if [ ! -f demo/checkpoint/model_index.json ]; then
-  .venv/bin/python -m export.demo_checkpoints --out demo/checkpoint --with-embeddings
+  .venv/bin/python -m fashiongen.random_checkpoints.sd --out demo/checkpoint --with-embeddings
 fi
 if [ ! -f engines/demo/manifest.json ]; then
   "$FG" export --model demo/checkpoint --out engines/demo \

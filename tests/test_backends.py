@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.engines import EngineSet, backend_factory
-from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from fashiongen.runtime.engines import EngineSet, backend_factory
+from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 from test_txt2img_parity import HEIGHT, NEGATIVE, PROMPT, SEED, STEPS, WIDTH, assert_close_images, reference_images
 
 pytest.importorskip("openvino")
@@ -54,10 +54,10 @@ def test_ort_optimized_graph_is_cached_and_equal(sd_engines, tmp_path):
 def test_export_saves_the_optimized_graphs(sd_checkpoint, tmp_path, monkeypatch):
     """Export validates through the runtime's engine, which leaves each network's optimized graph in cache/ort:
     the first load after export reads it and optimizes nothing again."""
-    import runtime.engines as engines_module
-    from export.sd_export import export_pipeline
-    from runtime.contracts import CONTRACTS
-    from runtime.manifest import load_manifest
+    import fashiongen.runtime.engines as engines_module
+    from fashiongen.export.sd_export import export_pipeline
+    from fashiongen.runtime.contracts import CONTRACTS
+    from fashiongen.runtime.manifest import load_manifest
 
     folder = tmp_path / "engines"
     export_pipeline(sd_checkpoint, folder, [], progress=False)
@@ -116,7 +116,7 @@ def int8_engines(sd_engines, tmp_path_factory):
 
 
 def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.manifest import load_manifest
 
     variants = load_manifest(int8_engines).variants["int8"]
     assert sorted(variants) == ["unet", "vae_decoder"]  # no DeepCache parts in this folder
@@ -131,16 +131,16 @@ def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
 def test_int8_warns_on_a_cpu_without_int8_dot_products(int8_engines, monkeypatch):
     import warnings
 
-    import runtime.engines
-    from runtime.fastmodes import variant_files
-    from runtime.manifest import load_manifest
+    import fashiongen.runtime.engines as engines_module
+    from fashiongen.runtime.fastmodes import variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(int8_engines)
-    monkeypatch.setattr(runtime.engines, "cpu_flags", lambda: "x86_64flags\t: fpu sse avx avx2 fma")
+    monkeypatch.setattr(engines_module, "cpu_flags", lambda: "x86_64flags\t: fpu sse avx avx2 fma")
     with pytest.warns(UserWarning, match="no INT8 dot-product instructions"):
         variant_files(manifest, "openvino", "int8")
     for flags in ("x86_64flags\t: avx2 avx512f avx512_vnni", "x86_64flags\t: avx2 avx_vnni", "aarch64Features\t: asimd"):
-        monkeypatch.setattr(runtime.engines, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(engines_module, "cpu_flags", lambda flags=flags: flags)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             variant_files(manifest, "openvino", "int8")
@@ -149,9 +149,9 @@ def test_int8_warns_on_a_cpu_without_int8_dot_products(int8_engines, monkeypatch
 def test_openvino_warms_up_int8_networks_only(int8_engines, monkeypatch):
     """OpenVINO's f32 kernels pack weights per shape (a tiny warm-up call would pack layouts no real call uses);
     its INT8 ones pack once: only those are warmed up at load."""
-    import runtime.openvino_engine as ov_engine
-    from runtime.fastmodes import variant_files
-    from runtime.manifest import load_manifest
+    import fashiongen.runtime.openvino_engine as ov_engine
+    from fashiongen.runtime.fastmodes import variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     calls = []
     monkeypatch.setattr(ov_engine, "warm_up", lambda engine: calls.append(engine.contract.name))
@@ -177,8 +177,8 @@ def test_quantize_refuses_networks_it_cannot_do(sd_engines, networks, message, c
 
 
 def test_int8_runs_through_the_same_pipeline(int8_engines):
-    from runtime.fastmodes import variant_files
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(int8_engines)
     exact = Txt2ImgPipeline(EngineSet(int8_engines, backend_factory("openvino")))(request(), progress=False).images
@@ -252,7 +252,7 @@ def deepcache_engines(sd_checkpoint, sd_engines, tmp_path_factory):
 
 
 def test_deepcache_parts_are_exact_splits(deepcache_engines):
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(deepcache_engines)
     assert manifest.variants["deepcache"]["split_max_abs_diff"] <= 1e-4
@@ -263,8 +263,8 @@ def test_deepcache_parts_are_exact_splits(deepcache_engines):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_deepcache_runs_through_the_same_pipeline(deepcache_engines, backend):
-    from runtime.fastmodes import deepcache_interval, variant_files
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(deepcache_engines)
     exact = Txt2ImgPipeline(EngineSet(deepcache_engines, backend_factory(backend)))(request(), progress=False).images
@@ -281,8 +281,8 @@ def test_deepcache_with_more_shallow_layers(sd_checkpoint, deepcache_engines, tm
     """A deeper split (the tiny UNet's up blocks have 2 layers: recompute both, not the default 1): still an
     exact split, and the pipeline takes it without a change."""
     from fashiongen.cli import main
-    from runtime.fastmodes import deepcache_interval, variant_files
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     folder = tmp_path / "engines"
     shutil.copytree(deepcache_engines, folder, ignore=shutil.ignore_patterns("cache"))
@@ -327,8 +327,8 @@ def test_cli_generate_fast_deepcache(deepcache_engines, tmp_path):
 def test_deepcache_interval_override(deepcache_engines, tmp_path, capsys):
     """--deepcache-interval runs any interval on the same parts; it needs the deepcache mode and an N >= 2."""
     from fashiongen.cli import main
-    from runtime.fastmodes import deepcache_interval
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import deepcache_interval
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(deepcache_engines)
     assert deepcache_interval(manifest, "deepcache", 5) == 5
@@ -366,8 +366,8 @@ def deepcache_int8_engines(deepcache_engines, tmp_path_factory):
 
 
 def test_deepcache_and_int8_combine(deepcache_int8_engines):
-    from runtime.fastmodes import deepcache_interval, variant_files
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(deepcache_int8_engines)
     files = variant_files(manifest, "openvino", "int8,deepcache")
@@ -401,8 +401,8 @@ def test_cli_generate_fast_deepcache_int8(deepcache_int8_engines, tmp_path):
 
 def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engines):
     """A folder quantized before its DeepCache parts were added has no INT8 capture part: say how to fix it."""
-    from runtime.fastmodes import variant_files
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(deepcache_engines)
     manifest.variants["int8"] = load_manifest(int8_engines).variants["int8"]  # unet and vae_decoder only
@@ -415,7 +415,7 @@ def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engin
 
 def test_deepcache_export_again_forgets_its_old_int8_parts(sd_checkpoint, deepcache_int8_engines, tmp_path):
     from fashiongen.cli import main
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.manifest import load_manifest
 
     folder = tmp_path / "engines"
     shutil.copytree(deepcache_int8_engines, folder, ignore=shutil.ignore_patterns("cache"))
@@ -426,8 +426,8 @@ def test_deepcache_export_again_forgets_its_old_int8_parts(sd_checkpoint, deepca
 
 @pytest.mark.parametrize("fast", ["int4", "deepcache,turbo", "int8,,deepcache"])
 def test_unknown_fast_modes_are_refused(sd_engines, fast):
-    from runtime.fastmodes import variant_files
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.fastmodes import variant_files
+    from fashiongen.runtime.manifest import load_manifest
 
     with pytest.raises(ValueError, match="--fast must be one or more of deepcache, int8, comma-separated"):
         variant_files(load_manifest(sd_engines), "openvino", fast)

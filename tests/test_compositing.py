@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.compositing import (CompositeOptions, composite, cutout_rgba, flatten_on_white, frame_square,
+from fashiongen.runtime.compositing import (CompositeOptions, composite, cutout_rgba, flatten_on_white, frame_square,
                                  mask_bbox, mask_image)
-from runtime.images import as_rgb, load_rgb_image
+from fashiongen.runtime.images import as_rgb, load_rgb_image
 
 
 def garment(height=90, width=120, seed=0):

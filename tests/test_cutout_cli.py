@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from fashiongen.cli import main
-from runtime.compositing import CompositeOptions, composite
-from runtime.engines import EngineSet
-from runtime.segmentation import Segmenter
+from fashiongen.runtime.compositing import CompositeOptions, composite
+from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.segmentation import Segmenter
 
 
 def photo(path, height, width, seed, mode="RGB"):
@@ -149,7 +149,7 @@ def test_generate_cutout_needs_a_segmenter(capsys, tmp_path, sd_engines):
 
 def test_one_engine_folder_with_sd_and_segmenter(capsys, tmp_path, sd_checkpoint, segformer_checkpoint,
                                                  segmenter_engines, raw_generated):
-    from runtime.manifest import load_manifest
+    from fashiongen.runtime.manifest import load_manifest
 
     both = tmp_path / "both"
     assert main(["export", "--model", str(sd_checkpoint), "--segmenter", str(segformer_checkpoint),

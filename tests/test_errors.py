@@ -47,7 +47,7 @@ def test_checkpoint_missing_a_file(capsys, tmp_path, sd_checkpoint):
 
 
 def test_embedding_of_the_wrong_width(capsys, tmp_path, sd_checkpoint):
-    from export.demo_checkpoints import random_embedding, write_textual_inversion
+    from fashiongen.random_checkpoints.sd import random_embedding, write_textual_inversion
 
     emb = write_textual_inversion(tmp_path / "wide.safetensors", random_embedding(40, 2, seed=0), "<wide>", "civitai")
     line = run_cli(capsys, "export", "--model", sd_checkpoint, "--out", tmp_path / "e",
@@ -68,7 +68,7 @@ def test_pickle_with_code_is_refused_and_not_run(capsys, tmp_path, sd_checkpoint
 
 @pytest.mark.parametrize("token", ["<|endoftext|>", "dress"])
 def test_token_already_in_the_vocabulary(capsys, tmp_path, sd_checkpoint, token):
-    from export.demo_checkpoints import random_embedding, write_textual_inversion
+    from fashiongen.random_checkpoints.sd import random_embedding, write_textual_inversion
 
     emb = write_textual_inversion(tmp_path / "e.safetensors", random_embedding(32, 1, seed=0), token, "civitai")
     line = run_cli(capsys, "export", "--model", sd_checkpoint, "--out", tmp_path / "e",
@@ -141,8 +141,8 @@ def test_missing_or_corrupt_onnx(capsys, tmp_path, sd_engines, damage):
 
 
 def test_long_prompt_is_truncated_with_a_warning(sd_engines):
-    from runtime.manifest import load_manifest
-    from runtime.tokenizer import PromptTokenizer
+    from fashiongen.runtime.manifest import load_manifest
+    from fashiongen.runtime.tokenizer import PromptTokenizer
 
     tok = PromptTokenizer.from_manifest_section(sd_engines, load_manifest(sd_engines).tokenizer)
     prompt = " ".join(["red"] * 80) + " zebra stripes"

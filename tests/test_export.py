@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
-from runtime.contracts import CONTRACTS
-from runtime.manifest import load_manifest, sha256_file
+from fashiongen.runtime.contracts import CONTRACTS
+from fashiongen.runtime.manifest import load_manifest, sha256_file
 
 SD_NETWORKS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
@@ -39,8 +39,8 @@ def test_onnx_text_encoder_uses_the_learned_rows(sd_engines, diffusers_pipe):
     """Token ids and hidden states equal transformers' for a prompt with both learned tokens."""
     import torch
 
-    from runtime.engines import EngineSet
-    from runtime.tokenizer import PromptTokenizer
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.tokenizer import PromptTokenizer
 
     manifest = load_manifest(sd_engines)
     tok = PromptTokenizer.from_manifest_section(sd_engines, manifest.tokenizer)
@@ -57,8 +57,8 @@ def test_onnx_text_encoder_uses_the_learned_rows(sd_engines, diffusers_pipe):
 
 @pytest.mark.parametrize("fmt", ["a1111", "civitai", "diffusers", "diffusers-bin"])
 def test_every_embedding_format_loads(tmp_path, fmt):
-    from export.demo_checkpoints import random_embedding, write_textual_inversion
-    from export.embeddings import load_embedding
+    from fashiongen.random_checkpoints.sd import random_embedding, write_textual_inversion
+    from fashiongen.export.embeddings import load_embedding
 
     n = 1 if fmt.startswith("diffusers") else 2
     vectors = random_embedding(32, n, seed=5)
@@ -71,9 +71,9 @@ def test_every_embedding_format_loads(tmp_path, fmt):
 
 
 def test_runtime_imports_no_torch():
-    code = ("import sys, runtime.txt2img, runtime.engines, runtime.schedulers, runtime.rng, runtime.tokenizer, "
-            "runtime.images, runtime.manifest; "
-            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'export') if m in sys.modules]; "
+    code = ("import sys, fashiongen.runtime.txt2img, fashiongen.runtime.engines, fashiongen.runtime.schedulers, fashiongen.runtime.rng, fashiongen.runtime.tokenizer, "
+            "fashiongen.runtime.images, fashiongen.runtime.manifest; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'fashiongen.export') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.engines import EngineSet
-from runtime.manifest import EngineFolderError
-from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.manifest import EngineFolderError
+from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
 PROMPT = "make it a black short sleeve crewneck crop top"
 NEGATIVE = "blurry"
@@ -107,7 +107,7 @@ def test_image_guidance_matters(pipeline):
 
 
 def test_grayscale_and_rgba_inputs(pipeline):
-    from runtime.images import as_rgb as to_rgb_uint8
+    from fashiongen.runtime.images import as_rgb as to_rgb_uint8
 
     gray = INPUT[..., 0]
     assert to_rgb_uint8(gray).shape == (77, 53, 3)
@@ -205,8 +205,8 @@ def test_runtime_modules_stay_torch_free():
     import subprocess
     import sys
 
-    code = ("import sys, runtime.pix2pix, runtime.retrieval; "
-            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'export') if m in sys.modules]; "
+    code = ("import sys, fashiongen.runtime.pix2pix, fashiongen.runtime.retrieval; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'fashiongen.export') if m in sys.modules]; "
             "print(*bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, f"runtime imports {done.stdout.strip()}"

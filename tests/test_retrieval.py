@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.retrieval import CatalogIndexError, CatalogSearch, ClipEncoder
+from fashiongen.runtime.retrieval import CatalogIndexError, CatalogSearch, ClipEncoder
 
 PROMPTS = ["black short sleeve crewneck crop top", "a red midi dress", "blue denim jeans, slim fit",
            "white cotton t-shirt with a printed logo", "grey hooded sweater", "navy striped linen shirt"]
@@ -18,28 +18,28 @@ PROMPTS = ["black short sleeve crewneck crop top", "a red midi dress", "blue den
 
 @pytest.fixture(scope="session")
 def clip_checkpoint(tmp_path_factory):
-    from export.demo_retrieval import write_clip_checkpoint
+    from fashiongen.random_checkpoints.retrieval import write_clip_checkpoint
 
     return write_clip_checkpoint(tmp_path_factory.mktemp("clip") / "tiny-clip", seed=0)
 
 
 @pytest.fixture(scope="session")
 def other_clip_checkpoint(tmp_path_factory):
-    from export.demo_retrieval import write_clip_checkpoint
+    from fashiongen.random_checkpoints.retrieval import write_clip_checkpoint
 
     return write_clip_checkpoint(tmp_path_factory.mktemp("clip2") / "other-clip", seed=1)
 
 
 @pytest.fixture(scope="session")
 def blip_checkpoint(tmp_path_factory):
-    from export.demo_retrieval import write_blip_checkpoint
+    from fashiongen.random_checkpoints.retrieval import write_blip_checkpoint
 
     return write_blip_checkpoint(tmp_path_factory.mktemp("blip") / "tiny-blip", seed=0)
 
 
 @pytest.fixture(scope="session")
 def clip_engines(tmp_path_factory, clip_checkpoint):
-    from export.clip_export import export_clip_folder
+    from fashiongen.export.clip_export import export_clip_folder
 
     out = tmp_path_factory.mktemp("clip-engines") / "clip"
     export_clip_folder(clip_checkpoint, out)
@@ -48,7 +48,7 @@ def clip_engines(tmp_path_factory, clip_checkpoint):
 
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory):
-    from export.demo_retrieval import product_image, write_catalog
+    from fashiongen.random_checkpoints.retrieval import product_image, write_catalog
 
     folder = tmp_path_factory.mktemp("catalog") / "catalog"
     write_catalog(folder, 8, seed=0)
@@ -62,7 +62,7 @@ def catalog(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def index_dir(tmp_path_factory, catalog, clip_checkpoint, blip_checkpoint):
-    from export.catalog_index import build_index
+    from fashiongen.export.catalog_index import build_index
 
     out = tmp_path_factory.mktemp("index") / "index"
     report = build_index(catalog, out, clip_dir=clip_checkpoint, captioner_dir=blip_checkpoint, batch_size=4,
@@ -73,8 +73,8 @@ def index_dir(tmp_path_factory, catalog, clip_checkpoint, blip_checkpoint):
 
 def brute_force(clip_dir, catalog_dir, meta, prompt, match):
     """Cosine scores of every catalog item, all embeddings from transformers' CLIPModel."""
-    from export.clip_export import reference_embeddings
-    from runtime.images import load_rgb_image
+    from fashiongen.export.clip_export import reference_embeddings
+    from fashiongen.runtime.images import load_rgb_image
 
     images = [load_rgb_image(catalog_dir / item["path"]) for item in meta["items"]]
     captions = [item["caption"] for item in meta["items"]]
@@ -86,8 +86,8 @@ def brute_force(clip_dir, catalog_dir, meta, prompt, match):
 
 # -- CLIP export ------------------------------------------------------------------------------------------
 def test_clip_towers_match_transformers(clip_engines, clip_checkpoint):
-    from export.clip_export import reference_embeddings
-    from export.demo_retrieval import product_image
+    from fashiongen.export.clip_export import reference_embeddings
+    from fashiongen.random_checkpoints.retrieval import product_image
 
     encoder = ClipEncoder.open(clip_engines)
     # portrait, landscape, and smaller than the crop (transformers pads it)
@@ -105,7 +105,7 @@ def test_clip_towers_match_transformers(clip_engines, clip_checkpoint):
 def test_clip_preprocessing_matches_transformers(clip_checkpoint, clip_engines):
     from transformers import AutoImageProcessor
 
-    from export.demo_retrieval import product_image
+    from fashiongen.random_checkpoints.retrieval import product_image
 
     encoder = ClipEncoder.open(clip_engines)
     processor = AutoImageProcessor.from_pretrained(clip_checkpoint, local_files_only=True)
@@ -115,7 +115,7 @@ def test_clip_preprocessing_matches_transformers(clip_checkpoint, clip_engines):
 
 
 def test_clip_manifest(clip_engines, clip_checkpoint):
-    from export.clip_export import checkpoint_fingerprint
+    from fashiongen.export.clip_export import checkpoint_fingerprint
 
     manifest = json.loads((clip_engines / "manifest.json").read_text())
     assert manifest["kind"] == "clip" and set(manifest["networks"]) == {"clip_text", "clip_image"}
@@ -173,9 +173,9 @@ def test_cli_search_prints_ranked_hits(index_dir, capsys):
 
 # -- incremental re-indexing ------------------------------------------------------------------------------
 def test_reindex_adds_only_new_images(tmp_path, catalog, clip_checkpoint, blip_checkpoint, index_dir):
-    from export.catalog_index import build_index
-    from export.demo_retrieval import product_image
-    from runtime.retrieval import read_faiss, stored_vectors
+    from fashiongen.export.catalog_index import build_index
+    from fashiongen.random_checkpoints.retrieval import product_image
+    from fashiongen.runtime.retrieval import read_faiss, stored_vectors
 
     grown = tmp_path / "catalog"
     shutil.copytree(catalog, grown)
@@ -259,7 +259,7 @@ def test_new_index_needs_clip(tmp_path, catalog, capsys):
 
 
 def test_query_with_another_clip_is_refused(tmp_path, index_dir, other_clip_checkpoint, capsys):
-    from export.clip_export import export_clip_folder
+    from fashiongen.export.clip_export import export_clip_folder
 
     other = tmp_path / "other-clip-engines"
     export_clip_folder(other_clip_checkpoint, other)
@@ -291,8 +291,8 @@ def test_bad_k_and_not_an_index(tmp_path, index_dir, capsys):
 
 
 def test_failed_update_leaves_the_index_whole(tmp_path, catalog, index_dir, monkeypatch):
-    import export.catalog_index as catalog_index
-    from export.demo_retrieval import product_image
+    import fashiongen.export.catalog_index as catalog_index
+    from fashiongen.random_checkpoints.retrieval import product_image
 
     copy, grown = tmp_path / "index", tmp_path / "catalog"
     shutil.copytree(index_dir, copy)
@@ -313,9 +313,9 @@ def test_failed_update_leaves_the_index_whole(tmp_path, catalog, index_dir, monk
 # -- retrieval -> edit ------------------------------------------------------------------------------------
 def test_edit_from_catalog(index_dir, p2p_engines, tmp_path, capsys):
     from fashiongen.cli import main
-    from runtime.engines import EngineSet
-    from runtime.images import load_rgb_image
-    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.images import load_rgb_image
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     out = tmp_path / "shot.png"
     code = main(["edit", "--engines", str(p2p_engines), "--from-catalog", str(index_dir), "--prompt", PROMPTS[0],
@@ -341,7 +341,7 @@ def test_edit_from_catalog_checks_before_compute(index_dir, p2p_engines, tmp_pat
 
 def test_approximate_index_finds_the_same(tmp_path, catalog, clip_checkpoint, index_dir):
     """--approximate (HNSW): on a small catalog it returns the exact top-k."""
-    from export.catalog_index import build_index
+    from fashiongen.export.catalog_index import build_index
 
     out = tmp_path / "hnsw"
     build_index(catalog, out, clip_dir=clip_checkpoint, approximate=True, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.rng import TorchGenerator
+from fashiongen.runtime.rng import TorchGenerator
 
 torch = pytest.importorskip("torch")
 
@@ -108,7 +108,7 @@ def test_fast():
 
 
 def test_runtime_rng_is_torch_free():
-    code = ("import sys, runtime.rng; bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules];"
+    code = ("import sys, fashiongen.runtime.rng; bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules];"
             "print(*bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(Path(__file__).resolve().parents[1]))

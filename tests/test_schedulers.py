@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.rng import TorchGenerator
-from runtime.schedulers import SCHEDULER_NAMES, make_scheduler, torch_linspace_f32
+from fashiongen.runtime.rng import TorchGenerator
+from fashiongen.runtime.schedulers import SCHEDULER_NAMES, make_scheduler, torch_linspace_f32
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -314,7 +314,7 @@ def test_bad_steps_and_order_of_calls():
 
 
 def test_runtime_schedulers_is_torch_free():
-    code = ("import sys, runtime.schedulers; bad = [m for m in ('torch', 'diffusers', 'transformers') "
+    code = ("import sys, fashiongen.runtime.schedulers; bad = [m for m in ('torch', 'diffusers', 'transformers') "
             "if m in sys.modules]; print(*bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(Path(__file__).resolve().parents[1]))

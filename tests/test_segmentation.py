@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.engines import EngineSet, ort_factory
-from runtime.manifest import EngineFolderError, Manifest, load_manifest, write_json_atomic
-from runtime.segmentation import (GARMENT_WORDS, SegPreprocess, Segmenter, UnknownClassError, class_map,
+from fashiongen.runtime.engines import EngineSet, ort_factory
+from fashiongen.runtime.manifest import EngineFolderError, Manifest, load_manifest, write_json_atomic
+from fashiongen.runtime.segmentation import (GARMENT_WORDS, SegPreprocess, Segmenter, UnknownClassError, class_map,
                                   resolve_classes, upsample_bilinear)
 
 LABELS = dict(enumerate([
@@ -57,8 +57,8 @@ def test_export_writes_network_labels_and_preprocessing(segmenter_engines, segfo
 
 
 def test_export_errors_name_the_folder_and_file(tmp_path, segformer_checkpoint):
-    from export.sd_export import export_engine_folder
-    from export.segformer_export import SegmenterCheckpointError
+    from fashiongen.export.sd_export import export_engine_folder
+    from fashiongen.export.segformer_export import SegmenterCheckpointError
 
     with pytest.raises(SegmenterCheckpointError, match="is not a folder"):
         export_engine_folder(tmp_path / "e1", segmenter_dir=tmp_path / "nowhere", progress=False)
@@ -104,7 +104,7 @@ def test_shortest_edge_segmenter_matches_transformers(tmp_path, segformer_checkp
 
     from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
-    from export.sd_export import export_engine_folder
+    from fashiongen.export.sd_export import export_engine_folder
 
     checkpoint = tmp_path / "segformer"
     shutil.copytree(segformer_checkpoint, checkpoint)
@@ -216,14 +216,14 @@ def test_garment_table_names_only_real_labels():
 
 
 def test_new_runtime_modules_import_no_torch():
-    code = ("import sys, runtime.segmentation, runtime.compositing, runtime.cutout, fashiongen.cutout_commands; "
-            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'export') if m in sys.modules]; "
+    code = ("import sys, fashiongen.runtime.segmentation, fashiongen.runtime.compositing, fashiongen.runtime.cutout, fashiongen.cutout_commands; "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'fashiongen.export') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_demo_segmenter_cli_is_deterministic(tmp_path):
-    from export.demo_segmenter import main
+    from fashiongen.random_checkpoints.segmenter import main
 
     assert main(["--out", str(tmp_path / "a"), "--seed", "3"]) == 0
     assert main(["--out", str(tmp_path / "b"), "--seed", "3"]) == 0
@@ -233,5 +233,5 @@ def test_demo_segmenter_cli_is_deterministic(tmp_path):
 
 
 def test_bench_script_has_help():
-    out = subprocess.run([sys.executable, "-m", "bench.segmenter", "--help"], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "fashiongen.bench.segmenter", "--help"], check=True, capture_output=True, text=True)
     assert "--full-size" in out.stdout and "--runs" in out.stdout

@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 
 from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
-from runtime.contracts import CONTRACTS
-from runtime.engines import EngineSet
-from runtime.manifest import load_manifest
-from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from fashiongen.runtime.contracts import CONTRACTS
+from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.manifest import load_manifest
+from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
 pytest.importorskip("pytriton", reason="the serve extra is part of the test set-up")
 pytest.importorskip("tritonclient.grpc")
 
-from triton_repo import configs  # noqa: E402
-from triton_repo.build import write_repository  # noqa: E402
-from triton_repo.client import request_pipeline  # noqa: E402
-from triton_repo.server import ServerOptions, TritonServer, free_port, port_is_free  # noqa: E402
-from runtime.triton_engine import triton_factory  # noqa: E402
+from fashiongen.triton_repo import configs  # noqa: E402
+from fashiongen.triton_repo.build import write_repository  # noqa: E402
+from fashiongen.triton_repo.client import request_pipeline  # noqa: E402
+from fashiongen.triton_repo.server import ServerOptions, TritonServer, free_port, port_is_free  # noqa: E402
+from fashiongen.runtime.triton_engine import triton_factory  # noqa: E402
 
 PROMPT = f"a {POSITIVE_TOKEN} black short sleeve crewneck crop top"
 REQUEST = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE_TOKEN, seed=19687, steps=4, scheduler="euler_a",
@@ -194,8 +194,8 @@ def test_bad_request_is_refused_and_server_stays_up(server, in_process, protocol
 
 # -- edit and cutout on the server --------------------------------------------------------------------
 def test_server_side_edit_with_cutout_matches_in_process(server, p2p_engines, segmenter_engines):
-    from runtime.cutout import CutoutPipeline
-    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+    from fashiongen.runtime.cutout import CutoutPipeline
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     image = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     request = Pix2PixRequest(image=image, prompt="make it black", seed=7, steps=3, image_guidance=1.5)
@@ -214,7 +214,7 @@ def test_cli_edit_over_triton_matches_in_process(server, p2p_engines, tmp_path, 
     from PIL import Image
 
     from fashiongen.cli import main
-    from runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     image = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     source, out = tmp_path / "in.png", tmp_path / "edited.png"
@@ -228,8 +228,8 @@ def test_cli_edit_over_triton_matches_in_process(server, p2p_engines, tmp_path, 
 
 
 def test_server_side_cutout_and_its_errors(server, segmenter_engines):
-    from runtime.cutout import CutoutPipeline
-    from triton_repo.services import CutoutRequest
+    from fashiongen.runtime.cutout import CutoutPipeline
+    from fashiongen.triton_repo.services import CutoutRequest
 
     image = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     cutout = CutoutPipeline(EngineSet(segmenter_engines))
@@ -248,7 +248,7 @@ def test_server_side_cutout_and_its_errors(server, segmenter_engines):
 
 
 def test_server_side_txt2img_cutout_auto(server, in_process, segmenter_engines):
-    from runtime.cutout import CutoutPipeline
+    from fashiongen.runtime.cutout import CutoutPipeline
 
     cutout = CutoutPipeline(EngineSet(segmenter_engines))
     raw = in_process(REQUEST, progress=False).images

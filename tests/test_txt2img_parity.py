@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
-from runtime.engines import EngineSet
-from runtime.schedulers import SCHEDULER_NAMES
-from runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.schedulers import SCHEDULER_NAMES
+from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 from test_schedulers import diffusers_scheduler
 
 PROMPT = f"a {POSITIVE_TOKEN} photo of a black short sleeve crewneck crop top"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.triton_engine import client_module, parse_url
+from fashiongen.runtime.triton_engine import client_module, parse_url
 
 from .services import SERVICES, to_tensors
 

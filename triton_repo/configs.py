@@ -12,7 +12,7 @@ import json
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime.contracts import NetworkContract, TensorSpec
+from fashiongen.runtime.contracts import NetworkContract, TensorSpec
 
 DATA_TYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64,
               "uint8": mc.TYPE_UINT8, "uint64": mc.TYPE_UINT64, "bytes": mc.TYPE_STRING}

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from runtime.contracts import CONTRACTS, NetworkContract
-from runtime.engines import EngineSet, OrtEngine
+from fashiongen.runtime.contracts import CONTRACTS, NetworkContract
+from fashiongen.runtime.engines import EngineSet, OrtEngine
 
-from runtime.cutout import CutoutPipeline
-from runtime.images import as_rgb
+from fashiongen.runtime.cutout import CutoutPipeline
+from fashiongen.runtime.images import as_rgb
 
 from .services import SEGMENTER_DIR, SERVICES, from_tensors
 
@@ -169,7 +169,7 @@ def _bls_factory(prefix: str):
 
 
 def pipeline_for(service: str, engines: EngineSet):
-    from runtime.pix2pix import Pix2PixPipeline
-    from runtime.txt2img import Txt2ImgPipeline
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline
 
     return {"txt2img": Txt2ImgPipeline, "edit": Pix2PixPipeline}[service](engines)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from runtime.contracts import NetworkContract, TensorSpec
-from runtime.pix2pix import Pix2PixRequest
-from runtime.txt2img import Txt2ImgRequest
+from fashiongen.runtime.contracts import NetworkContract, TensorSpec
+from fashiongen.runtime.pix2pix import Pix2PixRequest
+from fashiongen.runtime.txt2img import Txt2ImgRequest
 
 
 @dataclass(frozen=True)

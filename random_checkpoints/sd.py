@@ -19,7 +19,7 @@ Civitai ``.safetensors``, diffusers ``learned_embeds``), see :func:`write_textua
 
 Command line::
 
-    python -m export.demo_checkpoints --out DIR [--full-size] [--seed N] [--with-embeddings]
+    python -m fashiongen.random_checkpoints.sd --out DIR [--full-size] [--seed N] [--with-embeddings]
 """
 from __future__ import annotations
 
@@ -509,7 +509,7 @@ def write_demo_embeddings(out_dir: str | os.PathLike, dim: int, seed: int = 0) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export.demo_checkpoints",
+        prog="python -m fashiongen.random_checkpoints.sd",
         description="Write a Stable Diffusion 1.x checkpoint with seeded random weights in the diffusers "
                     "folder format (unet, vae, text_encoder, tokenizer with the real CLIP vocabulary, "
                     "scheduler, model_index.json), loadable by StableDiffusionPipeline.from_pretrained.")

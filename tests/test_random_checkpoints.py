@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from export.demo_checkpoints import (  # noqa: E402
+from fashiongen.random_checkpoints.sd import (  # noqa: E402
     FULL_SD15,
     SD15_SCHEDULER_CONFIG,
     TINY,

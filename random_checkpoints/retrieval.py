@@ -20,7 +20,7 @@ which ships in no wheel here), so random captions read as words. The same seed w
 
 Command line::
 
-    python -m export.demo_retrieval --out DIR [--full-size] [--seed N] [--catalog N]
+    python -m fashiongen.random_checkpoints.retrieval --out DIR [--full-size] [--seed N] [--catalog N]
 
 writes ``DIR/clip``, ``DIR/blip`` and, with ``--catalog N``, ``DIR/catalog`` with N synthetic product images.
 """
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.files import staged_folder
+from fashiongen.runtime.files import staged_folder
 
-from .demo_checkpoints import CLIP_VOCAB_SIZE, TEXT_MAX_LENGTH, write_clip_tokenizer
+from .sd import CLIP_VOCAB_SIZE, TEXT_MAX_LENGTH, write_clip_tokenizer
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -209,7 +209,7 @@ def write_catalog(out_dir, count: int, seed: int = 0) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export.demo_retrieval",
+        prog="python -m fashiongen.random_checkpoints.retrieval",
         description="Write CLIP (openai/clip-vit-base-patch32 layout) and BLIP captioning "
                     "(Salesforce/blip-image-captioning-base layout) checkpoints with seeded random weights, and "
                     "optionally a synthetic catalog of product images.")

@@ -13,7 +13,7 @@ preprocessing) is what runs. The same seed writes byte-identical weight files.
 
 Command line::
 
-    python -m export.demo_segmenter --out DIR [--full-size] [--seed N]
+    python -m fashiongen.random_checkpoints.segmenter --out DIR [--full-size] [--seed N]
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def write_segformer_checkpoint(out_dir: str | os.PathLike, size: SegformerSize =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export.demo_segmenter",
+        prog="python -m fashiongen.random_checkpoints.segmenter",
         description="Write a SegFormer clothes segmenter (the mattmdjaga/segformer_b2_clothes layout: "
                     "SegformerForSemanticSegmentation, 18 classes, preprocessor_config.json) with seeded "
                     "random weights, loadable by SegformerForSemanticSegmentation.from_pretrained.")

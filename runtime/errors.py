@@ -1,0 +1,13 @@
+"""The one error type for input a user got wrong.
+
+Whatever refuses a user's input (an argument, a file, a folder, a request field) raises :class:`InputError`
+with a message that names the field or file and says what was expected. Front ends add their own wording:
+the command line prints exactly these as one line and exits 2, the Triton models answer INVALID_ARGUMENT.
+Anything else is a bug and keeps its traceback. It subclasses ``ValueError`` so that callers that already
+catch ``ValueError`` keep working.
+"""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Input refused: the message names the field or file and what was expected (one line)."""
