@@ -1,7 +1,9 @@
 """Export one network to ONNX from its contract, and prove it against PyTorch.
 
 Names, dtypes and dynamic axes come from ``runtime.contracts``; weights go to one external-data file
-next to the graph (``NAME.onnx.data``), which keeps every file under protobuf's 2 GB limit.
+next to the graph (``NAME.onnx.data``), which keeps every file under protobuf's 2 GB limit. Weights that are
+exactly representable in fp16 (a checkpoint stored in fp16) are stored in fp16 and cast back at load, which
+is lossless and halves the files; ONNX Runtime folds the casts when it optimizes the graph.
 """
 from __future__ import annotations
 
@@ -39,11 +41,38 @@ def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict
                               dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
                               dynamo=False)
         model = onnx.load(str(raw), load_external_data=True)
+        store_exact_fp16(model)
         data_name = out_path.name + ".data"
         for stale in (out_path, out_path.with_name(data_name)):
             stale.unlink(missing_ok=True)
         onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
+
+
+def store_exact_fp16(model, min_elements: int = 256) -> int:
+    """Store each float32 initializer whose every value is exactly an fp16 value as fp16 plus a Cast node back
+    to float32 under its old name: the graph computes the same numbers from half the bytes. Returns how many."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    casts, kept = [], []
+    for init in graph.initializer:
+        value = numpy_helper.to_array(init) if init.data_type == onnx.TensorProto.FLOAT else None
+        if value is None or value.size < min_elements or not np.array_equal(
+                value.astype(np.float16).astype(np.float32), value):
+            kept.append(init)
+            continue
+        kept.append(numpy_helper.from_array(value.astype(np.float16), init.name + "_fp16"))
+        casts.append(onnx.helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=onnx.TensorProto.FLOAT,
+                                           name=init.name + "_to_fp32"))
+    if casts:
+        graph.ClearField("initializer")
+        graph.initializer.extend(kept)
+        nodes = casts + list(graph.node)
+        graph.ClearField("node")
+        graph.node.extend(nodes)
+    return len(casts)
 
 
 def validate_onnx(module: torch.nn.Module, contract: NetworkContract, onnx_path: Path,

@@ -87,3 +87,25 @@ def test_runtime_sources_name_no_torch_side_module():
                 top = words[1].split(".")[0]
                 assert top not in {"torch", "diffusers", "transformers", "export", "bench", "fashiongen"}, \
                     f"{path.name}: {line.strip()}"
+
+
+def test_weights_exact_in_fp16_are_stored_in_fp16_with_the_same_outputs(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from fashiongen.export.onnx_export import store_exact_fp16
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(net[0].weight.half().float())  # as loaded from an fp16 checkpoint
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(2, 64),), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    model = onnx.load(str(path))
+    assert store_exact_fp16(model) == 1  # the fp32 weights of the second layer stay fp32
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+    full = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    half = ort.InferenceSession(str(tmp_path / "half.onnx")).run(None, {"x": x})[0]
+    assert np.array_equal(full, half)
+    assert (tmp_path / "half.onnx").stat().st_size < 0.7 * path.stat().st_size
