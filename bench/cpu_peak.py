@@ -10,6 +10,7 @@ real runs faster than this number; a large SGEMM reaches ~90% of it.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -73,8 +74,17 @@ def measure_peak_gflops(cores: int | None = None, seconds: float = 2.0) -> float
     return best
 
 
-if __name__ == "__main__":
-    peak = measure_peak_gflops()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cores", type=int, default=None, help="processes run at once (default: every core)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each timed run (default 2)")
+    args = parser.parse_args(argv)
+    peak = measure_peak_gflops(args.cores, args.seconds)
     if peak is None:
         sys.exit("no C compiler (cc / gcc) found: pass the peak by hand (cpu_compare --peak-gflops)")
-    print(f"{peak:.1f} GFLOP/s fp32 on {os.cpu_count()} cores")
+    print(f"{peak:.1f} GFLOP/s fp32 on {args.cores or os.cpu_count()} cores")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import link_or_copy, staged_folder
 from fashiongen.runtime.images import load_rgb_image
 from fashiongen.runtime.manifest import sha256_file, write_json_atomic
@@ -153,7 +154,7 @@ def _resolve_captioner(old: dict | None, captioner_dir: Path | None) -> Captione
 def _read(catalog: Path, rel: str) -> tuple[np.ndarray | None, str | None]:
     try:
         return load_rgb_image(catalog / rel, "CATALOG_DIR"), None
-    except ValueError as exc:
+    except InputError as exc:
         return None, str(exc).split(f"'{catalog / rel}' ", 1)[-1]
 
 
@@ -165,7 +166,7 @@ def build_index(catalog_dir: Path, out_dir: Path, clip_dir: Path | None = None, 
 
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be an integer >= 1 (got {batch_size!r})")
+        raise InputError(f"--batch-size must be an integer >= 1 (got {batch_size!r})")
     catalog = Path(catalog_dir).absolute()
     files = scan_catalog(catalog)
     out_dir = Path(out_dir).absolute()

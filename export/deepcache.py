@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from fashiongen.runtime.contracts import UNET_CAPTURE, UNET_SHALLOW
-from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
+from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, require_kind, write_json_atomic
 
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .sd_export import load_checkpoint
@@ -28,7 +29,8 @@ from .sd_export import load_checkpoint
 def _check_layout(unet) -> None:
     names = [type(b).__name__ for b in unet.down_blocks], [type(b).__name__ for b in unet.up_blocks]
     if names[0][0] != "CrossAttnDownBlock2D" or names[1][-1] != "CrossAttnUpBlock2D" or len(unet.up_blocks) < 2:
-        raise ValueError(f"deepcache: expects an SD 1.x UNet (cross-attention first down / last up block), got {names}")
+        raise InputError(f"--model: deepcache expects an SD 1.x UNet (cross-attention first down / last up block), "
+                         f"got {names}")
 
 
 def up_layers(unet) -> int:
@@ -113,17 +115,16 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shall
     is 0.14 s a shallow step at 39.0 dB from the exact image, 2 layers 0.39 s at 41.6 dB, all 3 0.65 s at
     43.9 dB, against 1.9 s for a whole UNet call)."""
     if not isinstance(interval, int) or interval < 2:
-        raise ValueError(f"--interval must be an integer >= 2 (got {interval!r})")
+        raise InputError(f"--interval must be an integer >= 2 (got {interval!r})")
     engine_dir = Path(engine_dir)
-    manifest = load_manifest(engine_dir)
-    if manifest.kind != "txt2img":
-        raise ValueError(f"--engines: deepcache supports txt2img folders (this one is {manifest.kind})")
+    manifest = load_manifest(engine_dir, "--engines")
+    require_kind(manifest, engine_dir, "txt2img", "--engines")
     parts = load_checkpoint(model_dir)
     unet = parts["unet"]
     _check_layout(unet)
     layers = up_layers(unet)
     if isinstance(shallow_layers, bool) or not isinstance(shallow_layers, int) or not 1 <= shallow_layers <= layers:
-        raise ValueError(f"--shallow-layers must be an integer from 1 to {layers}, the layers of this UNet's last "
+        raise InputError(f"--shallow-layers must be an integer from 1 to {layers}, the layers of this UNet's last "
                          f"up block (got {shallow_layers!r})")
     first = layers - shallow_layers
     capture = UNetCaptureNet(unet, first).eval()

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from fashiongen.runtime.errors import InputError
 
-class EmbeddingError(ValueError):
+
+class EmbeddingError(InputError):
     """An embedding file that cannot be used; the message names the file."""
 
 

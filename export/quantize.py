@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from fashiongen.runtime.engines import EngineSet
-from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_json_atomic
+from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, require_kind, sha256_file, write_json_atomic
 
 CALIBRATION_PROMPTS = [
     "a photo of a black short sleeve crewneck crop top",
@@ -91,10 +92,10 @@ def check_networks(manifest, networks, engine_dir) -> list[str]:
     networks = list(networks) if networks else default_networks(manifest)
     for name in networks:
         if name not in QUANTIZABLE:
-            raise ValueError(f"--networks: {name!r} cannot be quantized; choose from {', '.join(QUANTIZABLE)}")
+            raise InputError(f"--networks: {name!r} cannot be quantized; choose from {', '.join(QUANTIZABLE)}")
         if name not in manifest.networks:
             hint = " (add it with `fashiongen deepcache`)" if name.startswith("unet_") else ""
-            raise ValueError(f"--networks: {engine_dir} has no {name}{hint}")
+            raise InputError(f"--networks: {engine_dir} has no {name}{hint}")
     return networks
 
 
@@ -116,13 +117,12 @@ def quantize_networks(engine_dir: Path, networks=None, prompts: int = 4, steps: 
         import nncf
         import openvino  # noqa: F401
     except ImportError:
-        raise ValueError("quantize: needs the openvino and nncf packages (pip install -e '.[cpu-fast]')") from None
+        raise InputError("quantize: needs the openvino and nncf packages (pip install -e '.[cpu-fast]')") from None
     from fashiongen.runtime.openvino_engine import core, openvino_factory
 
     engine_dir = Path(engine_dir)
-    manifest = load_manifest(engine_dir)
-    if manifest.kind != "txt2img":
-        raise ValueError(f"--engines: quantize supports txt2img folders (this one is {manifest.kind})")
+    manifest = load_manifest(engine_dir, "--engines")
+    require_kind(manifest, engine_dir, "txt2img", "--engines")
     networks = check_networks(manifest, networks, engine_dir)
     started = time.perf_counter()
     log(f"recording calibration: {prompts} prompt(s) x {steps} steps at {size} px ...")

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fashiongen.runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import staged_folder
 from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
 
@@ -31,7 +32,7 @@ REQUIRED = ("model_index.json", "unet/config.json", "vae/config.json", "text_enc
             "tokenizer", "scheduler/scheduler_config.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint folder that is missing or lacks a part; the message names the path."""
 
 
@@ -225,9 +226,9 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
                          progress: bool = True) -> Manifest:
     """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest."""
     if model_dir is None and segmenter_dir is None:
-        raise ValueError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
+        raise InputError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
     if model_dir is None and embeddings:
-        raise ValueError("--embedding needs --model: learned tokens belong to a text encoder")
+        raise InputError("--embedding needs --model: learned tokens belong to a text encoder")
     total = (SD_STAGES if model_dir else 0) + (SEGMENTER_STAGES if segmenter_dir else 0)
     bar = tqdm(total=total, unit="stage", disable=not progress)
     with staged_folder(out_dir, MANIFEST_NAME, "an engine folder") as stage:

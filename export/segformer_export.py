@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # export never reaches for a model
 import torch
 
 from fashiongen.runtime.contracts import SEGMENTER
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.manifest import Manifest
 
 from .onnx_export import export_network_entry, seeded_feeds
@@ -26,7 +27,7 @@ ONNX_NAME = "segformer.onnx"
 REQUIRED = ("config.json", "preprocessor_config.json")
 
 
-class SegmenterCheckpointError(ValueError):
+class SegmenterCheckpointError(InputError):
     """A segmenter folder that is missing, lacks a file or cannot be loaded; the message names it."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fashiongen import cutout_commands, options, serving_commands
+from fashiongen.runtime.errors import InputError
 
 
 def register(sub) -> None:
@@ -76,12 +77,12 @@ def _run_edit(args) -> int:
         options.write_images(serving_commands.request_server_side(args, "edit", request), args.out)
         return 0
     if args.engines is None:
-        raise ValueError("--engines is required (except with --triton URL --server-side)")
+        raise InputError("--engines is required (except with --triton URL --server-side)")
     manifest = load_manifest(args.engines)
     pipeline = Pix2PixPipeline(EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest))
     if request.image is None:  # found after every other check: a white placeholder stands in till then
         request.image = np.full((pipeline.downscale, pipeline.downscale, 3), 255, np.uint8)
-    pipeline.resolve(request)  # every field checked before any network is loaded
+    request = pipeline.resolve(request)  # every field checked (the image fitted) before any network is loaded
     cutout = cutout_commands.plan_cutout(args, request.num_images, args.prompt, pipeline.engines)  # None without --cutout
     _find_in_catalog(search, request, args.match)
     result = pipeline(request, progress=not args.no_progress)
@@ -164,7 +165,7 @@ def _run_search(args) -> int:
     from fashiongen.runtime.retrieval import CatalogSearch
 
     search = CatalogSearch(args.index, ort_factory(args.providers.split(","), args.threads),
-                           clip_engines=args.clip_engines)
+                           clip_engines=args.clip_engines, arg="INDEX_DIR")
     hits = search.search(args.prompt, k=args.k, match=args.match)
     if args.k > len(hits):
         print(f"(the catalog holds {len(hits)} images; showing all of them)")

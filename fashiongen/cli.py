@@ -1,7 +1,8 @@
 """The ``fashiongen`` command: export commands (torch side) and runtime commands side by side.
 
 Runtime commands import only ``runtime``; export commands import ``export`` (and so torch) only when run.
-Every error a user can cause ends as one line on stderr and exit status 2.
+Every error a user can cause (an ``InputError``) ends as one line on stderr and exit status 2; any other
+exception is a bug and shows its traceback.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from fashiongen import catalog_commands, cpu_commands, cutout_commands, options, serving_commands
+from fashiongen.runtime.errors import InputError
 
 
 def _add_export(sub) -> None:
@@ -80,7 +82,7 @@ def _run_generate(args) -> int:
     if args.server_side:
         return _run_generate_server_side(args, request)
     if args.engines is None:
-        raise ValueError("--engines is required (except with --triton URL --server-side)")
+        raise InputError("--engines is required (except with --triton URL --server-side)")
     manifest = load_manifest(args.engines)
     engines = EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest,
                         files=cpu_commands.fast_files(args, manifest))
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"fashiongen: warning: {msg}\n"
     try:
         return args.run(args)
-    except (ValueError, OSError) as exc:
-        print(f"fashiongen: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # the user's mistake: one line; anything else is a bug and shows its traceback
+        print(f"fashiongen: error: {options.flag_wording(str(exc), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fashiongen: interrupted", file=sys.stderr)

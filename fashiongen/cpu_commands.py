@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fashiongen.runtime.errors import InputError
+
 
 def add_backend_arguments(p) -> None:
     p.add_argument("--backend", default="ort", choices=("ort", "openvino"),
@@ -26,7 +28,7 @@ def fast_files(args, manifest) -> dict[str, str]:
 
     fast = getattr(args, "fast", None)
     if fast and getattr(args, "triton", None):
-        raise ValueError(f"--fast {fast} runs in-process only (drop --triton, or drop --fast)")
+        raise InputError(f"--fast {fast} runs in-process only (drop --triton, or drop --fast)")
     return variant_files(manifest, getattr(args, "backend", "ort"), fast, f"'{args.engines}'")
 
 

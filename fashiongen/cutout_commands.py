@@ -15,13 +15,15 @@ from typing import Sequence
 import numpy as np
 
 from fashiongen.runtime.compositing import CompositeOptions, mask_image
-from fashiongen.runtime.cutout import CutoutBatch, CutoutPipeline
+from fashiongen.runtime.cutout import MIN_AREA, CutoutBatch, CutoutPipeline, check_min_area
 from fashiongen.runtime.engines import EngineSet, ort_factory
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
+from fashiongen.runtime.manifest import load_manifest
 
 
-class EmptyCutoutError(ValueError):
-    """The chosen classes cover no pixel of an image: no product shot is written for it."""
+class EmptyCutoutError(InputError):
+    """The chosen classes cover no pixel of an image, or less than --min-area of it: no product shot for it."""
 
 
 CLASS_HELP = ("'auto' reads the garment from the prompt (crop top, shirt, t-shirt, blouse, jacket... -> "
@@ -52,6 +54,9 @@ def add_cutout_arguments(parser: argparse.ArgumentParser, standalone: bool = Fal
                    help="with --frame: empty border on each side, as a fraction of SIZE (default 0.05)")
     g.add_argument("--mask-out", type=Path, default=None, metavar="FILE.png",
                    help="also write the garment mask (255 garment, 0 elsewhere) at the source image's size")
+    g.add_argument("--min-area", type=float, default=None, metavar="FRAC",
+                   help=f"the least share of the image the garment must cover (default {MIN_AREA}, i.e. "
+                   f"{MIN_AREA:.1%}); below it the image gets no product shot, as when the class is absent")
 
 
 def _options(args) -> CompositeOptions:
@@ -71,6 +76,7 @@ class CutoutPlan:
     pipeline: CutoutPipeline
     class_ids: list[int]
     options: CompositeOptions
+    min_area: float
     out_paths: list[Path]
     raw_paths: list[Path] | None      # where generated images go uncut (--keep-raw, and on an empty mask)
     mask_paths: list[Path] | None
@@ -81,13 +87,14 @@ class CutoutPlan:
         return [self.pipeline.id2label[i] for i in self.class_ids]
 
     def run(self, images: Sequence[np.ndarray]) -> CutoutBatch:
-        return self.pipeline(images, self.class_ids, self.options)
+        return self.pipeline(images, self.class_ids, self.options, self.min_area)
 
     def apply(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> tuple[list[str], CutoutBatch]:
         """Segment ``images`` (one segmenter call), write product shots, masks, raw images; the lines to print.
 
-        An image whose mask is empty gets no product shot; after writing everything else this raises
-        :class:`EmptyCutoutError` naming it (with ``raw_paths``, its uncut image is kept, so nothing is lost).
+        An image whose mask is empty (or under ``min_area``) gets no product shot; after writing everything else
+        this raises :class:`EmptyCutoutError` naming it (with ``raw_paths``, its uncut image is kept, so nothing
+        is lost).
         """
         batch = self.run(images)
         lines, empty = [], []
@@ -101,7 +108,8 @@ class CutoutPlan:
             if result.empty:
                 name = sources[i] if sources else f"image {i}"
                 kept = f"; the uncut image is at {self.raw_paths[i]}" if self.raw_paths is not None else ""
-                empty.append(f"{name}{kept}")
+                found = f"{result.coverage:.2%}" if result.coverage else "no pixel"
+                empty.append(f"{name} ({found}{kept})")
                 continue
             save_png_atomic(result.image, self.out_paths[i])
             lines.append(f"wrote {self.out_paths[i]} ({'+'.join(result.labels)}, "
@@ -110,8 +118,9 @@ class CutoutPlan:
             for line in lines:
                 print(line)
             what = " or ".join(f"{label} ({i})" for label, i in zip(self.labels, self.class_ids))
-            raise EmptyCutoutError(f"no pixel of {what} found in {'; '.join(empty)}: no product shot written "
-                                   "for it (try another class, or see --mask-out)")
+            raise EmptyCutoutError(f"{what} covers less than --min-area {self.min_area:g} of {'; '.join(empty)}: "
+                                   "no product shot written for it (try another class, a lower --min-area, or see "
+                                   "--mask-out)")
         return lines, batch
 
 
@@ -129,28 +138,35 @@ def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet 
         used = [flag for flag, on in (("--keep-raw", getattr(args, "keep_raw", False)),
                                       ("--transparent", args.transparent), ("--feather", args.feather),
                                       ("--frame", args.frame is not None), ("--mask-out", args.mask_out is not None),
+                                      ("--min-area", args.min_area is not None),
                                       ("--segmenter-engines", getattr(args, "segmenter_engines", None) is not None))
                 if on]
         if used:
-            raise ValueError(f"{', '.join(used)} need(s) --cutout auto|CLASS")
+            raise InputError(f"{', '.join(used)} need(s) --cutout auto|CLASS")
         return None
     options = _options(args)
+    min_area = check_min_area(MIN_AREA if args.min_area is None else args.min_area)
     out_paths = [check_writable(p, "--out") for p in numbered_paths(args.out, count)]
     raw_paths = [check_writable(raw_path(p), "--keep-raw") for p in out_paths] if raw else None
     mask_paths = ([check_writable(p, "--mask-out") for p in numbered_paths(args.mask_out, count)]
                   if args.mask_out is not None else None)
     clash = {str(p.absolute()) for p in out_paths} & {str(p.absolute()) for p in (mask_paths or [])}
     if clash:
-        raise ValueError(f"--mask-out: '{args.mask_out}' is also the product shot's --out path")
+        raise InputError(f"--mask-out: '{args.mask_out}' is also the product shot's --out path")
     folder = getattr(args, "segmenter_engines", None)
+    if engines is not None and folder is None and not engines.has("segmenter"):
+        raise InputError(f"{class_arg}: '{engines.engine_dir}' (--engines) has no segmenter to cut out with; give "
+                         "--segmenter-engines DIR, a folder written by `fashiongen export --segmenter SEGFORMER_DIR`")
+    folder_arg = "--segmenter-engines" if folder is not None else "--engines"
     if engines is None or (folder is not None and Path(folder).absolute() != engines.engine_dir.absolute()):
         providers = getattr(args, "providers", "CPUExecutionProvider").split(",")
-        engines = EngineSet(folder or args.engines, ort_factory(providers, getattr(args, "threads", None)))
-    pipeline = CutoutPipeline(engines)
+        engines = EngineSet(folder or args.engines, ort_factory(providers, getattr(args, "threads", None)),
+                            load_manifest(folder or args.engines, folder_arg))
+    pipeline = CutoutPipeline(engines, arg=folder_arg)
     class_ids = pipeline.resolve_classes(spec, prompt, class_arg)
     pipeline.segmenter.open()
     keep = bool(getattr(args, "keep_raw", False)) if keep_raw is None else keep_raw
-    return CutoutPlan(pipeline, class_ids, options, out_paths, raw_paths, mask_paths, keep_raw=keep)
+    return CutoutPlan(pipeline, class_ids, options, min_area, out_paths, raw_paths, mask_paths, keep_raw=keep)
 
 
 def apply_cutout(plan: CutoutPlan, images: Sequence[np.ndarray], timings: bool = False) -> int:
@@ -195,7 +211,7 @@ def run_cutout_command(args) -> int:
     sources = [str(p) for p in args.images]
     inputs = {str(p.absolute()) for p in args.images}
     if any(str(p.absolute()) in inputs for p in plan_paths):
-        raise ValueError("--out: would overwrite an input image; choose another path")
+        raise InputError("--out: would overwrite an input image; choose another path")
     images = [load_rgb_image(p, "IMAGE") for p in args.images]
     plan = plan_cutout(args, len(images), prompt=args.prompt, class_spec=args.class_name, class_arg="--class",
                        keep_raw=False, raw=False)

@@ -30,3 +30,13 @@ def write_images(images, out: Path) -> None:
     for image, path in zip(images, numbered_paths(out, len(images))):
         save_png_atomic(image, path)
         print(f"wrote {path}")
+
+
+def flag_wording(message: str, args) -> str:
+    """The command line's wording of an :class:`~fashiongen.runtime.errors.InputError`: the runtime names the
+    field first (``steps: must be ...``); where the command has an option for that field (the same name, ``-``
+    for ``_``), the user reads its flag there instead (``--steps: must be ...``)."""
+    field, sep, rest = message.partition(": ")
+    if not sep or not field.isidentifier() or field not in vars(args):
+        return message
+    return f"{'-' if len(field) == 1 else '--'}{field.replace('_', '-')}: {rest}"

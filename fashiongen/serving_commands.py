@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fashiongen.runtime.denoise import MAX_STEPS
+from fashiongen.runtime.errors import InputError
+
 
 def register(sub) -> None:
     p = sub.add_parser("triton-repo", help="write a Triton model repository from engine folders",
@@ -21,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--instances", type=int, default=1, help="instances per network model (default 1)")
     p.add_argument("--pipeline-instances", type=int, default=4,
                    help="concurrent server-side pipelines per pipeline model (default 4)")
-    p.add_argument("--max-steps", type=int, default=150, help="largest `steps` a pipeline request may ask (default 150)")
+    p.add_argument("--max-steps", type=int, default=MAX_STEPS,
+                   help=f"largest `steps` a pipeline request may ask (default {MAX_STEPS}, as in-process)")
     p.set_defaults(run=_run_triton_repo)
 
     p = sub.add_parser("serve", help="run the bundled tritonserver on a model repository",
@@ -73,9 +77,9 @@ def engine_factory(args, kind: str):
     backend = getattr(args, "backend", "ort")
     if args.triton:
         if backend != "ort":
-            raise ValueError(f"--backend {backend} runs in-process; drop it with --triton")
+            raise InputError(f"--backend {backend} runs in-process; drop it with --triton")
         from fashiongen.runtime.triton_engine import triton_factory
-        return triton_factory(args.triton, kind, shared_memory=not args.no_shm)
+        return triton_factory(args.triton, kind, shared_memory=not args.no_shm, arg="--triton")
     if backend == "openvino":
         return backend_factory("openvino", args.threads)
     return backend_factory("ort", args.threads, args.providers.split(","))
@@ -83,13 +87,16 @@ def engine_factory(args, kind: str):
 
 def request_server_side(args, service: str, request):
     """One request to the server's ``service`` model (with its cutout when asked); N x H x W x 3 uint8 images."""
+    from fashiongen.runtime.triton_engine import require_server
     from fashiongen.triton_repo.client import request_pipeline
 
     if not args.triton:
-        raise ValueError("--server-side needs --triton URL")
+        raise InputError("--server-side needs --triton URL")
     local_only = [flag for flag, value in (("--keep-raw", args.keep_raw), ("--transparent", args.transparent),
                                            ("--feather", args.feather), ("--frame", args.frame),
-                                           ("--mask-out", args.mask_out)) if value]
+                                           ("--mask-out", args.mask_out), ("--min-area", args.min_area is not None))
+                  if value]
     if local_only:
-        raise ValueError(f"{local_only[0]} is not available with --server-side (the server returns the shot on white)")
+        raise InputError(f"{local_only[0]} is not available with --server-side (the server returns the shot on white)")
+    require_server(args.triton, "--triton")
     return request_pipeline(args.triton, service, request, cutout=args.cutout)["image"]

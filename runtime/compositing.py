@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 WHITE = 255
 
 
@@ -24,11 +26,11 @@ class CompositeOptions:
 
     def check(self) -> "CompositeOptions":
         if not (isinstance(self.feather, (int, float)) and np.isfinite(self.feather) and self.feather >= 0):
-            raise ValueError(f"--feather must be a non-negative number of pixels, got {self.feather!r}")
+            raise InputError(f"feather: must be a non-negative number of pixels (got {self.feather!r})")
         if self.frame is not None and (not isinstance(self.frame, (int, np.integer)) or not 8 <= self.frame <= 8192):
-            raise ValueError(f"--frame must be a canvas side between 8 and 8192 pixels, got {self.frame!r}")
+            raise InputError(f"frame: must be a canvas side between 8 and 8192 pixels (got {self.frame!r})")
         if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < 0.5):
-            raise ValueError(f"--margin must be a fraction in [0, 0.5), got {self.margin!r}")
+            raise InputError(f"margin: must be a fraction in [0, 0.5) (got {self.margin!r})")
         return self
 
 
@@ -81,13 +83,14 @@ def flatten_on_white(rgba: np.ndarray) -> np.ndarray:
 def frame_square(rgba: np.ndarray, size: int, margin: float = 0.05) -> np.ndarray:
     """Crop to the visible garment, scale it to fit ``size`` minus the margins (aspect kept), centre it.
 
-    Raises ValueError when nothing is visible. PIL resamples RGBA with premultiplied alpha.
+    Raises InputError when nothing is visible (a feather wider than the garment leaves no opaque pixel). PIL
+    resamples RGBA with premultiplied alpha.
     """
     from PIL import Image
 
     box = mask_bbox(rgba[..., 3] > 0)
     if box is None:
-        raise ValueError("nothing to frame: the cutout is empty")
+        raise InputError("frame: nothing to frame, the cutout is empty (is feather wider than the garment?)")
     top, left, bottom, right = box
     crop = rgba[top:bottom, left:right]
     height, width = crop.shape[:2]

@@ -2,8 +2,8 @@
 
 Stages, each timed: ``segmenter`` (preprocessing and one batched network call for all images),
 ``class_map`` (upsample to each image's size, argmax, mask), ``composite`` (paste onto white or
-transparency, feather, frame). An image in which the chosen classes cover no pixel gives a result that
-says so (``empty``), never a blank white square.
+transparency, feather, frame). An image in which the chosen classes cover less than ``min_area`` of the
+pixels (none at all, or a speck) gives a result that says so (``empty``), never an almost blank white square.
 """
 from __future__ import annotations
 
@@ -14,14 +14,25 @@ import numpy as np
 
 from .compositing import CompositeOptions, composite
 from .engines import EngineSet
+from .errors import InputError
 from .images import as_rgb
 from .segmentation import Segmenter, class_map
 from .timings import StageTimings
 
+# The smallest share of an image the garment may cover and still make a product shot: below it the mask is
+# a speck (stray pixels of a class the image does not show), and the shot would be a white square with it.
+MIN_AREA = 0.005
+
+
+def check_min_area(min_area: float) -> float:
+    if isinstance(min_area, bool) or not isinstance(min_area, (int, float)) or not 0 <= min_area < 1:
+        raise InputError(f"min_area: must be a fraction of the image in [0, 1) (got {min_area!r})")
+    return float(min_area)
+
 
 @dataclass
 class CutoutResult:
-    image: np.ndarray | None     # the product shot (HxWx3, HxWx4 when transparent); None when empty
+    image: np.ndarray | None     # the product shot (HxWx3, HxWx4 when transparent); None when empty (too small)
     mask: np.ndarray             # [H, W] bool at the source image's size
     class_ids: list[int]
     labels: list[str]
@@ -42,21 +53,23 @@ class CutoutBatch:
 
 
 class CutoutPipeline:
-    def __init__(self, engines: EngineSet, max_batch: int = 8):
-        self.segmenter = Segmenter(engines, max_batch=max_batch)
+    def __init__(self, engines: EngineSet, max_batch: int = 8, arg: str = "engines"):
+        self.segmenter = Segmenter(engines, max_batch=max_batch, arg=arg)
         self.id2label = self.segmenter.id2label
 
-    def resolve_classes(self, spec, prompt: str | None = None, arg: str = "--cutout") -> list[int]:
+    def resolve_classes(self, spec, prompt: str | None = None, arg: str = "cutout") -> list[int]:
         return self.segmenter.resolve_classes(spec, prompt, arg)
 
     def __call__(self, images: Sequence[np.ndarray], class_ids: Sequence[int],
-                 options: CompositeOptions = CompositeOptions()) -> CutoutBatch:
+                 options: CompositeOptions = CompositeOptions(), min_area: float = MIN_AREA) -> CutoutBatch:
+        """Cut ``class_ids`` out of every image; one whose mask covers less than ``min_area`` of it is empty."""
         options.check()
+        min_area = check_min_area(min_area)
         if not class_ids:
-            raise ValueError("no class to cut out")
+            raise InputError("class_ids: no class to cut out")
         unknown = [i for i in class_ids if i not in self.id2label]
         if unknown:
-            raise ValueError(f"class ids {unknown} are not the segmenter's ({sorted(self.id2label)})")
+            raise InputError(f"class_ids: {unknown} are not the segmenter's ({sorted(self.id2label)})")
         images = [as_rgb(im, f"image {i}") for i, im in enumerate(images)]
         timings = StageTimings()
         with timings.measure("segmenter"):
@@ -68,6 +81,6 @@ class CutoutPipeline:
             with timings.measure("class_map"):
                 mask = np.isin(class_map(lg, image.shape[:2]), ids)
             with timings.measure("composite"):
-                shot = composite(image, mask, options) if mask.any() else None
+                shot = composite(image, mask, options) if mask.any() and mask.mean() >= min_area else None
             results.append(CutoutResult(image=shot, mask=mask, class_ids=list(class_ids), labels=labels))
         return CutoutBatch(results=results, timings=timings)

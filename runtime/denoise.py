@@ -10,11 +10,17 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .rng import TorchGenerator
 from .schedulers import Scheduler
 from .timings import StageTimings
 
 Predictor = Callable[[np.ndarray, float], np.ndarray]
+
+# The most denoising steps one request may ask for, in-process and on a server alike (the pipelines' default
+# bound; a server's repository may set another). Each step is a UNet call, so the bound keeps one request
+# from holding a worker for minutes; samplers are used at 20-50 steps.
+MAX_STEPS = 150
 
 
 def initial_latents(generator: TorchGenerator, shape: tuple[int, ...], scheduler: Scheduler) -> np.ndarray:
@@ -43,19 +49,26 @@ def unet_timestep(t: float, batch: int) -> np.ndarray:
 
 def check_positive_int(name: str, value: int, low: int = 1) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+        raise InputError(f"{name}: must be an integer >= {low} (got {value!r})")
+
+
+def check_steps(steps: int, max_steps: int, scheduler: Scheduler) -> None:
+    """``steps`` within ``1..max_steps``, and no more than the timesteps the checkpoint was trained on."""
+    limit = min(max_steps, scheduler.config.num_train_timesteps)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= limit:
+        raise InputError(f"steps: must be an integer from 1 to {limit} (got {steps!r})")
 
 
 def check_size(name: str, value: int, multiple: int) -> None:
     if not isinstance(value, (int, np.integer)) or value <= 0 or value % multiple:
-        raise ValueError(f"{name} must be a positive multiple of {multiple} (got {value!r})")
+        raise InputError(f"{name}: must be a positive multiple of {multiple} (got {value!r})")
 
 
 def check_seed(seed: int) -> None:
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
+        raise InputError(f"seed: must be an integer in [0, 2**64) (got {seed!r})")
 
 
 def check_guidance(name: str, value: float) -> None:
     if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (got {value!r})")
+        raise InputError(f"{name}: must be a finite number >= 0 (got {value!r})")

@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .contracts import CONTRACTS, NetworkContract
+from .errors import InputError
 from .manifest import EngineFolderError, Manifest, load_manifest
 
 
@@ -186,7 +187,7 @@ def backend_factory(backend: str = "ort", threads: int | None = None, providers:
     if backend == "openvino":
         from .openvino_engine import openvino_factory
         return openvino_factory(threads, **options)
-    raise ValueError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    raise InputError(f"backend: must be one of {', '.join(BACKENDS)} (got {backend!r})")
 
 
 class EngineSet:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import warnings
 
+from .errors import InputError
 from .manifest import Manifest
 
 FAST_MODES = {  # in the order they are applied: a later mode's file for a network replaces an earlier one's
     "deepcache": "DeepCache: the UNet's deep features computed every N-th step only (any backend)",
     "int8": "UNet, DeepCache parts and VAE decoder quantized to INT8 (NNCF post-training, calibrated "
-            "on recorded denoising trajectories; --backend openvino)",
+            "on recorded denoising trajectories; backend openvino)",
 }
 
 # What writes each fast mode into an engine folder, for error messages.
@@ -37,40 +38,39 @@ def parse_fast(fast: str | None) -> tuple[str, ...]:
     modes = [m.strip() for m in fast.split(",")]
     for mode in modes:
         if mode not in FAST_MODES:
-            raise ValueError(f"--fast must be one or more of {', '.join(FAST_MODES)}, comma-separated (got {fast!r})")
+            raise InputError(f"fast: must be one or more of {', '.join(FAST_MODES)}, comma-separated (got {fast!r})")
     return tuple(m for m in FAST_MODES if m in modes)
 
 
 def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir: str = "the engine folder") -> dict:
-    """``{network: file}`` for ``fast`` on ``backend``; ``{}`` for the exact mode. ValueError, naming the mode,
+    """``{network: file}`` for ``fast`` on ``backend``; ``{}`` for the exact mode. InputError, naming the mode,
     the backend and the fix, when the folder lacks the mode or the backend cannot run it."""
     modes = parse_fast(fast)
     files = {}
     for mode in modes:
         networks = manifest.variants.get(mode)
         if not networks:
-            raise ValueError(f"--fast {mode}: {engine_dir} has no {mode} networks; write them with "
-                             f"`{HOW_TO_MAKE[mode]}`")
+            raise InputError(f"fast: {engine_dir} has no {mode} networks; write them with `{HOW_TO_MAKE[mode]}`")
         for network, entry in networks.items():
             if not isinstance(entry, dict):  # a setting of the mode (e.g. deepcache's interval), not a network
                 continue
             if entry.get("backend") not in (None, backend):
-                raise ValueError(f"--fast {mode} is not available on --backend {backend}: its {network} is "
-                                 f"{entry.get('format', 'a model')} that runs on --backend {entry['backend']} "
-                                 f"only (use --backend {entry['backend']}, or drop --fast for the exact fp32 mode)")
+                raise InputError(f"fast: {mode} is not available on backend {backend}: its {network} is "
+                                 f"{entry.get('format', 'a model')} that runs on backend {entry['backend']} only "
+                                 f"(choose backend {entry['backend']}, or no fast mode for the exact fp32 one)")
             files[network] = entry["file"]
     if "int8" not in modes:
         return files
     if not has_int8_dot_product():
-        warnings.warn("--fast int8: this CPU has no INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX): "
+        warnings.warn("fast int8: this CPU has no INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX): "
                       "INT8 networks may run slower than fp32 and less accurately here (measured on an AVX2-only AMD "
                       "EPYC: the INT8 UNet step 3.1 s against 2.4 s in fp32, the image 26 dB from the exact one "
-                      "against 36 dB on a VNNI CPU); --fast deepcache alone is the fast mode for it")
+                      "against 36 dB on a VNNI CPU); fast mode deepcache alone is the one for it")
     # The UNet networks this run uses must all be INT8, not silently fp32.
     needed = ("unet_capture", "unet_shallow") if "deepcache" in modes else ("unet",)
     missing = [n for n in needed if n not in manifest.variants["int8"]]
     if missing:
-        raise ValueError(f"--fast {fast}: {engine_dir} has no INT8 {' and '.join(missing)}; run "
+        raise InputError(f"fast: {fast}: {engine_dir} has no INT8 {' and '.join(missing)}; run "
                          f"`{HOW_TO_MAKE['int8']} --networks {','.join(missing)}`")
     return files
 
@@ -92,10 +92,10 @@ def deepcache_interval(manifest: Manifest, fast: str | None, override: int | Non
     so any interval runs on them: larger is faster and further from the exact image."""
     if "deepcache" not in parse_fast(fast):
         if override is not None:
-            raise ValueError("--deepcache-interval needs --fast deepcache")
+            raise InputError("deepcache_interval: needs the deepcache fast mode")
         return None
     if override is None:
         return int(manifest.variants["deepcache"]["interval"])
     if isinstance(override, bool) or not isinstance(override, int) or override < 2:
-        raise ValueError(f"--deepcache-interval must be an integer >= 2 (got {override!r})")
+        raise InputError(f"deepcache_interval: must be an integer >= 2 (got {override!r})")
     return override

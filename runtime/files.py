@@ -12,17 +12,21 @@ from .errors import InputError
 
 
 @contextmanager
-def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "--out"):
+def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "out"):
     """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir`` in one rename.
 
     An existing ``out_dir`` is replaced only if it is one of ours (it holds ``marker``) or empty; anything
-    else is refused, so a mistyped path never costs a user their folder.
+    else is refused, so a mistyped path never costs a user their folder. A place where no folder can be made
+    (a read-only parent, a file in the way) is refused naming ``arg``, before anything is built.
     """
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / marker).exists())):
         raise InputError(f"{arg}: '{out_dir}' exists and is not {what}; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    except OSError as exc:
+        raise InputError(f"{arg}: cannot write a folder at '{out_dir}' ({exc.strerror or exc})") from None
     try:
         yield stage
         if out_dir.exists():

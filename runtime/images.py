@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .files import atomic_file
 
 
@@ -21,20 +22,20 @@ def uint8_to_model_input(image: np.ndarray) -> np.ndarray:
     return (2.0 * x - 1.0).transpose(2, 0, 1)[None]
 
 
-def check_writable(path: Path, arg: str = "--out") -> Path:
+def check_writable(path: Path, arg: str = "out") -> Path:
     """Fail before any compute if ``path`` cannot be written (missing folder, not writable, a folder)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise ValueError(f"{arg}: '{path}' is a folder; expected a file path such as out.png")
+        raise InputError(f"{arg}: '{path}' is a folder; expected a file path such as out.png")
     if not parent.is_dir():
-        raise ValueError(f"{arg}: folder '{parent}' does not exist")
+        raise InputError(f"{arg}: folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK):
-        raise ValueError(f"{arg}: folder '{parent}' is not writable")
+        raise InputError(f"{arg}: folder '{parent}' is not writable")
     if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{arg}: '{path}' exists and is not writable")
+        raise InputError(f"{arg}: '{path}' exists and is not writable")
     if path.suffix.lower() != ".png":
-        raise ValueError(f"{arg}: '{path}' must end in .png")
+        raise InputError(f"{arg}: '{path}' must end in .png")
     return path
 
 
@@ -55,29 +56,29 @@ def numbered_paths(path: Path, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
 
 
-def load_rgb_image(path: Path, arg: str = "IMAGE") -> np.ndarray:
+def load_rgb_image(path: Path, arg: str = "image") -> np.ndarray:
     """Read an image file as HWC uint8 RGB; grayscale, palette, 16-bit and alpha inputs are converted.
 
-    Transparency is composited onto white (as transformers' ``convert_rgb`` does). Raises ValueError
+    Transparency is composited onto white (as transformers' ``convert_rgb`` does). Raises InputError
     naming the file when it is missing, not an image, unreadable or has no pixels.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{arg}: '{path}' does not exist")
+        raise InputError(f"{arg}: '{path}' does not exist")
     if path.is_dir():
-        raise ValueError(f"{arg}: '{path}' is a folder; expected an image file")
+        raise InputError(f"{arg}: '{path}' is a folder; expected an image file")
     if path.stat().st_size == 0:
-        raise ValueError(f"{arg}: '{path}' is empty (0 bytes), not an image")
+        raise InputError(f"{arg}: '{path}' is empty (0 bytes), not an image")
     try:
         with Image.open(path) as im:
             im.load()
             return as_rgb(im, f"{arg}: '{path}'")
     except UnidentifiedImageError:
-        raise ValueError(f"{arg}: '{path}' is not an image file (PIL cannot identify it)") from None
+        raise InputError(f"{arg}: '{path}' is not an image file (PIL cannot identify it)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{arg}: '{path}' cannot be read as an image ({exc})") from None
+        raise InputError(f"{arg}: '{path}' cannot be read as an image ({exc})") from None
 
 
 def as_rgb(image, what: str = "image") -> np.ndarray:
@@ -88,16 +89,16 @@ def as_rgb(image, what: str = "image") -> np.ndarray:
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
-            raise ValueError(f"{what}: expected an HxW or HxWx3/4 image array, got shape {list(image.shape)}")
+            raise InputError(f"{what}: expected an HxW or HxWx3/4 image array, got shape {list(image.shape)}")
         if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"{what}: image has no pixels (size {image.shape[1]}x{image.shape[0]})")
+            raise InputError(f"{what}: image has no pixels (size {image.shape[1]}x{image.shape[0]})")
         if image.dtype != np.uint8:
-            raise ValueError(f"{what}: expected a uint8 image array, got {image.dtype}")
+            raise InputError(f"{what}: expected a uint8 image array, got {image.dtype}")
         if image.ndim == 3 and image.shape[-1] == 3:
             return np.ascontiguousarray(image)
         image = Image.fromarray(image)
     if image.width == 0 or image.height == 0:
-        raise ValueError(f"{what}: image has no pixels (size {image.width}x{image.height})")
+        raise InputError(f"{what}: image has no pixels (size {image.width}x{image.height})")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
     elif image.mode == "F":

@@ -12,14 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
 from .files import atomic_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class EngineFolderError(ValueError):
-    """An engine folder is missing, incomplete or inconsistent."""
+class EngineFolderError(InputError):
+    """An engine folder is missing, incomplete, inconsistent, or of another kind than the command takes."""
+
+
+# What each kind of engine folder holds and the command that takes it: a folder given to the wrong command is
+# refused with both, not with whatever its first missing piece would raise.
+KINDS = {"txt2img": ("a text-to-image pipeline", "fashiongen generate"),
+         "pix2pix": ("an InstructPix2Pix pipeline", "fashiongen edit"),
+         "segmenter": ("a clothes segmenter only", "fashiongen cutout"),
+         "clip": ("a CLIP model (a catalog index's)", "fashiongen search --clip-engines")}
 
 
 @dataclass
@@ -76,14 +85,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def load_manifest(engine_dir: Path) -> Manifest:
-    """Read and sanity-check ``ENGINE_DIR/manifest.json``; errors name the folder and what is wrong."""
+def load_manifest(engine_dir: Path, arg: str = "engines") -> Manifest:
+    """Read and sanity-check ``ENGINE_DIR/manifest.json``; errors name ``arg``, the folder and what is wrong."""
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
-        raise EngineFolderError(f"--engines: '{engine_dir}' is not a folder (run `fashiongen export` first)")
+        raise EngineFolderError(f"{arg}: '{engine_dir}' is not a folder (run `fashiongen export` first)")
     path = engine_dir / MANIFEST_NAME
     if not path.is_file():
-        raise EngineFolderError(f"--engines: '{engine_dir}' has no {MANIFEST_NAME} (not an exported engine folder)")
+        raise EngineFolderError(f"{arg}: '{engine_dir}' has no {MANIFEST_NAME} (not an exported engine folder)")
     try:
         data = json.loads(path.read_text())
         manifest = Manifest.from_json(data)
@@ -92,3 +101,12 @@ def load_manifest(engine_dir: Path) -> Manifest:
     if manifest.format != FORMAT_VERSION:
         raise EngineFolderError(f"{path}: manifest format {manifest.format}, this runtime reads {FORMAT_VERSION}")
     return manifest
+
+
+def require_kind(manifest: Manifest, engine_dir: Path, kind: str, arg: str = "engines") -> None:
+    """Refuse a folder of another kind than ``kind``, saying what it holds and which command takes it."""
+    if manifest.kind == kind:
+        return
+    holds, command = KINDS.get(manifest.kind, (f"a '{manifest.kind}' folder", None))
+    takes = f"; `{command}` takes it" if command else ""
+    raise EngineFolderError(f"{arg}: '{engine_dir}' holds {holds}, not {KINDS[kind][0]}{takes}")

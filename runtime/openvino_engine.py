@@ -20,6 +20,7 @@ import numpy as np
 
 from .contracts import NetworkContract
 from .engines import EngineFactory, default_threads, warm_up
+from .errors import InputError
 from .manifest import EngineFolderError
 
 PRECISIONS = ("f32", "bf16")
@@ -37,7 +38,7 @@ def _import_openvino():
     try:
         import openvino as ov
     except ImportError:
-        raise ValueError("--backend openvino: the openvino package is not installed "
+        raise InputError("backend: openvino needs the openvino package, which is not installed "
                          "(pip install -e '.[cpu-fast]')") from None
     return ov
 
@@ -65,7 +66,7 @@ def cache_dir_for(path: Path) -> str | None:
 
 def compile_config(threads: int | None = None, precision: str = "f32", cache_dir: str | None = None) -> dict:
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        raise InputError(f"precision: must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     config = {
         "INFERENCE_PRECISION_HINT": precision,
         "PERFORMANCE_HINT": "LATENCY",

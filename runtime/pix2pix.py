@@ -12,19 +12,22 @@ Guidance is three-way, in one batched UNet call per step: rows ``[text, image, u
 ``guidance > 1`` and ``image_guidance >= 1``; otherwise one unguided call with the prompt and the image.
 
 The input image is uint8 RGB (grayscale is expanded, RGBA is composited onto white); the edit happens at
-its size rounded down to a multiple of the VAE's downscale (Lanczos resize when that changes it), which is
-what diffusers' ``VaeImageProcessor`` does, and the result has that size.
+its size rounded down to a multiple of the VAE's downscale (Lanczos resize when that changes it, with a
+warning naming both sizes), which is what diffusers' ``VaeImageProcessor`` does, and the result has that size.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .denoise import check_guidance, check_positive_int, check_seed, denoise, initial_latents, unet_timestep
+from .denoise import (MAX_STEPS, check_guidance, check_positive_int, check_seed, check_steps, denoise,
+                      initial_latents, unet_timestep)
 from .engines import EngineSet
+from .errors import InputError
 from .images import as_rgb, uint8_to_model_input
-from .manifest import EngineFolderError
+from .manifest import require_kind
 from .rng import TorchGenerator
 from .schedulers import make_scheduler
 from .timings import StageTimings
@@ -51,41 +54,45 @@ class Pix2PixResult:
 
 
 def fit_to_grid(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Round the size down to ``multiple`` and resize with Lanczos if needed (diffusers' VaeImageProcessor)."""
+    """Round the size down to ``multiple`` and resize with Lanczos if needed (diffusers' VaeImageProcessor);
+    a warning names both sizes, since the result has the smaller one."""
     from PIL import Image
 
     height, width = image.shape[:2]
     h, w = height - height % multiple, width - width % multiple
     if h == 0 or w == 0:
-        raise ValueError(f"image is {width}x{height}; each side must be at least {multiple} pixels")
+        raise InputError(f"image: {width}x{height} is too small; each side must be at least {multiple} pixels")
     if (h, w) == (height, width):
         return image
+    warnings.warn(f"image: {width}x{height} is not a multiple of {multiple} on each side; it is edited, and the "
+                  f"result written, at {w}x{h}", stacklevel=3)
     return np.asarray(Image.fromarray(image).resize((w, h), resample=Image.LANCZOS))
 
 
 class Pix2PixPipeline:
-    def __init__(self, engines: EngineSet):
+    def __init__(self, engines: EngineSet, max_steps: int = MAX_STEPS, arg: str = "engines"):
+        """``max_steps``: the most steps a request may ask for; ``arg`` names the folder in errors."""
         manifest = engines.manifest
-        if manifest.kind != "pix2pix":
-            raise EngineFolderError(f"--engines: '{engines.engine_dir}' holds a '{manifest.kind}' pipeline, not an "
-                                    "InstructPix2Pix one (export a checkpoint whose UNet has 8 input channels)")
+        require_kind(manifest, engines.engine_dir, "pix2pix", arg)
         self.engines = engines
-        self.text = Txt2ImgPipeline(engines)  # prompt encoding and decoding are the text pipeline's own
+        self.max_steps = max_steps
+        # prompt encoding and decoding are the text pipeline's own
+        self.text = Txt2ImgPipeline(engines, max_steps=max_steps, arg=arg, kind="pix2pix")
         self.dims = manifest.dims
         self.downscale = self.text.downscale
 
     # -- request checks, before any compute ---------------------------------------------------------
     def resolve(self, request: Pix2PixRequest) -> Pix2PixRequest:
-        """Check every field and bring the image to RGB on the VAE grid; raises ValueError naming the field."""
+        """Check every field and bring the image to RGB on the VAE grid; raises InputError naming the field."""
         if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise ValueError("prompt must be a non-empty string")
+            raise InputError("prompt: must be a non-empty string")
         image = fit_to_grid(as_rgb(request.image), self.downscale)
-        check_positive_int("steps", request.steps)
         check_positive_int("num_images", request.num_images)
         check_seed(request.seed)
         check_guidance("guidance", request.guidance)
         check_guidance("image_guidance", request.image_guidance)
-        make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail here
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail
+        check_steps(request.steps, self.max_steps, scheduler)
         return Pix2PixRequest(**{**request.__dict__, "image": image})
 
     # -- stages -------------------------------------------------------------------------------------

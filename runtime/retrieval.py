@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from .engines import EngineFactory, EngineSet
+from .errors import InputError
 from .images import as_rgb, resized_shape
-from .manifest import EngineFolderError
+from .manifest import KINDS, EngineFolderError, load_manifest
 from .tokenizer import PromptTokenizer
 
 INDEX_FORMAT = 1
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss", "both": "both.faiss"}
 
 
-class CatalogIndexError(ValueError):
+class CatalogIndexError(InputError):
     """An index folder that is missing, damaged, or does not fit the request; the message says which."""
 
 
@@ -50,11 +51,13 @@ def unit(x: np.ndarray) -> np.ndarray:
 class ClipEncoder:
     """CLIP's two towers from a CLIP engine folder: unit text and image embeddings in the joint space."""
 
-    def __init__(self, engines: EngineSet):
+    def __init__(self, engines: EngineSet, arg: str = "clip_engines"):
         manifest = engines.manifest
         missing = [n for n in ("clip_text", "clip_image") if n not in manifest.networks]
         if missing or not manifest.clip.get("fingerprint"):
-            raise EngineFolderError(f"'{engines.engine_dir}' is not a CLIP engine folder (no {', '.join(missing) or 'clip section'})")
+            holds = KINDS.get(manifest.kind, (f"a '{manifest.kind}' folder",))[0]
+            raise EngineFolderError(f"{arg}: '{engines.engine_dir}' is not a CLIP engine folder (it holds {holds}; "
+                                    f"no {', '.join(missing) or 'clip section'})")
         self.engines = engines
         self.tokenizer = PromptTokenizer.from_manifest_section(engines.engine_dir, manifest.tokenizer)
         self.fingerprint: str = manifest.clip["fingerprint"]
@@ -63,8 +66,8 @@ class ClipEncoder:
         self.dim = int(manifest.dims["clip_projection"])
 
     @classmethod
-    def open(cls, engine_dir: Path, factory: EngineFactory | None = None) -> "ClipEncoder":
-        return cls(EngineSet(engine_dir, factory))
+    def open(cls, engine_dir: Path, factory: EngineFactory | None = None, arg: str = "clip_engines") -> "ClipEncoder":
+        return cls(EngineSet(engine_dir, factory, load_manifest(engine_dir, arg)), arg)
 
     def encode_text(self, prompts: list[str]) -> np.ndarray:
         ids = self.tokenizer.encode_batch(list(prompts))
@@ -154,7 +157,7 @@ def stored_vectors(index) -> np.ndarray:
 
 
 # -- index folders ----------------------------------------------------------------------------------------
-def load_index_meta(index_dir: Path, arg: str = "INDEX_DIR") -> dict:
+def load_index_meta(index_dir: Path, arg: str = "index_dir") -> dict:
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
         raise CatalogIndexError(f"{arg}: '{index_dir}' is not a folder (run `fashiongen index` first)")
@@ -183,15 +186,15 @@ class CatalogSearch:
     """Text → nearest catalog images, over an index folder."""
 
     def __init__(self, index_dir: Path, factory: EngineFactory | None = None, clip_engines: Path | None = None,
-                 arg: str = "INDEX_DIR"):
+                 arg: str = "index_dir"):
         self.index_dir = Path(index_dir)
         self.meta = load_index_meta(self.index_dir, arg)
         self.items: list[dict] = self.meta["items"]
         own = self.index_dir / CLIP_FOLDER
-        self.clip = ClipEncoder.open(clip_engines or own, factory)
+        self.clip = ClipEncoder.open(clip_engines or own, factory, "clip_engines" if clip_engines else arg)
         want = self.meta["clip"]["fingerprint"]
         if self.clip.fingerprint != want:
-            where = f"--clip-engines '{clip_engines}'" if clip_engines else f"its own copy '{own}'"
+            where = f"clip_engines '{clip_engines}'" if clip_engines else f"its own copy '{own}'"
             raise CatalogIndexError(
                 f"{arg}: '{self.index_dir}' was built with CLIP {want[:12]} (from {self.meta['clip'].get('source')}) "
                 f"but {where} is CLIP {self.clip.fingerprint[:12]} (from {self.clip.source}); their vectors are not "
@@ -214,18 +217,18 @@ class CatalogSearch:
         if match is None:
             return "both" if self.captioned else "image"
         if match not in MATCHES:
-            raise ValueError(f"--match must be one of {', '.join(MATCHES)} (got {match!r})")
+            raise InputError(f"match: must be one of {', '.join(MATCHES)} (got {match!r})")
         if match != "image" and not self.captioned:
-            raise CatalogIndexError(f"--match {match}: '{self.index_dir}' has no captions (indexed without "
-                                    "--captioner); use --match image")
+            raise CatalogIndexError(f"match: {match} needs captions, but '{self.index_dir}' has no captions (indexed "
+                                    "without a captioner); match image works on it")
         return match
 
     def search(self, prompt: str, k: int = 5, match: str | None = None) -> list[Hit]:
         """The ``min(k, catalog size)`` nearest items, best first."""
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("--prompt must be a non-empty string")
+            raise InputError("prompt: must be a non-empty string")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"-k must be an integer >= 1 (got {k!r})")
+            raise InputError(f"k: must be an integer >= 1 (got {k!r})")
         match = self.resolve_match(match)
         index = self._index(match)
         query = self.clip.encode_text([prompt])

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import InputError
 from .rng import TorchGenerator
 
 __all__ = [
@@ -1063,10 +1064,11 @@ def make_scheduler(config: dict, name: str | None = None) -> Scheduler:
     if name is None:
         class_name = config.get("_class_name")
         if class_name not in _BY_CLASS_NAME:
-            raise ValueError(f"scheduler config _class_name={class_name!r} is not supported; "
-                             f"known: {', '.join(sorted(_BY_CLASS_NAME))}")
+            raise InputError(f"scheduler: the checkpoint's scheduler config _class_name={class_name!r} is not "
+                             f"supported (known: {', '.join(sorted(_BY_CLASS_NAME))}); name one of "
+                             f"{', '.join(SCHEDULER_NAMES)}")
         return _BY_CLASS_NAME[class_name](config)
     if name not in _BY_NAME:
-        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULER_NAMES)}")
+        raise InputError(f"scheduler: unknown {name!r}; known: {', '.join(SCHEDULER_NAMES)}")
     cls, overrides = _BY_NAME[name]
     return cls(config, **overrides)

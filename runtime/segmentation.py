@@ -18,8 +18,9 @@ from typing import Sequence
 import numpy as np
 
 from .engines import EngineSet
+from .errors import InputError
 from .images import as_rgb, resized_shape
-from .manifest import EngineFolderError
+from .manifest import KINDS, EngineFolderError
 
 # Garment words in a prompt -> the label (by name) of the class that holds that garment. Longer phrases
 # win over the words inside them ("dress shirt" is a shirt, "shirt dress" a dress); plurals match too.
@@ -34,7 +35,7 @@ GARMENT_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(InputError):
     """A class name or id that the segmenter does not have; the message lists its labels."""
 
 
@@ -173,7 +174,7 @@ def describe_labels(id2label: dict[int, str]) -> str:
     return ", ".join(f"{i} {name}" for i, name in sorted(id2label.items()))
 
 
-def label_id(name_or_id: str | int, id2label: dict[int, str], arg: str = "--cutout") -> int:
+def label_id(name_or_id: str | int, id2label: dict[int, str], arg: str = "cutout") -> int:
     """One class by id or by name (case, spaces, '-' and '_' ignored); a garment word names its class."""
     text = str(name_or_id).strip()
     if re.fullmatch(r"\d+", text):
@@ -190,7 +191,7 @@ def label_id(name_or_id: str | int, id2label: dict[int, str], arg: str = "--cuto
 
 
 def resolve_classes(spec: str | Sequence[str | int], id2label: dict[int, str], prompt: str | None = None,
-                    arg: str = "--cutout") -> list[int]:
+                    arg: str = "cutout") -> list[int]:
     """Class ids from ``auto`` (garments named in ``prompt``), ``CLASS[,CLASS...]`` or a list of names/ids."""
     if isinstance(spec, str):
         if spec.strip().lower() == "auto":
@@ -208,20 +209,20 @@ def resolve_classes(spec: str | Sequence[str | int], id2label: dict[int, str], p
     return ids
 
 
-def classes_from_prompt(prompt: str | None, id2label: dict[int, str], arg: str = "--cutout") -> list[int]:
+def classes_from_prompt(prompt: str | None, id2label: dict[int, str], arg: str = "cutout") -> list[int]:
     """The classes of every garment the prompt names (``auto``); an error when it names none."""
     if not prompt or not prompt.strip():
-        raise ValueError(f"{arg} auto needs a prompt to read the garment from; name the class instead "
+        raise InputError(f"{arg}: auto needs a prompt to read the garment from; name the class instead "
                          f"({describe_labels(id2label)})")
     labels = garment_labels_in(prompt)
     if not labels:
         words = ", ".join(w for ws in GARMENT_WORDS.values() for w in ws)
-        raise ValueError(f"{arg} auto: no garment word in the prompt {prompt!r} (known: {words}); "
+        raise InputError(f"{arg}: auto found no garment word in the prompt {prompt!r} (known: {words}); "
                          f"name the class instead: {describe_labels(id2label)}")
     by_name = {_norm(name): i for i, name in id2label.items()}
     missing = [label for label in labels if _norm(label) not in by_name]
     if missing:
-        raise UnknownClassError(f"{arg} auto: the prompt asks for {missing}, which this segmenter does not have; "
+        raise UnknownClassError(f"{arg}: auto reads {missing} in the prompt, which this segmenter does not have; "
                                 f"its labels are: {describe_labels(id2label)}")
     return [by_name[_norm(label)] for label in labels]
 
@@ -230,11 +231,13 @@ def classes_from_prompt(prompt: str | None, id2label: dict[int, str], arg: str =
 class Segmenter:
     """An exported SegFormer: images (HWC uint8, any size) -> logits, class maps, masks."""
 
-    def __init__(self, engines: EngineSet, max_batch: int = 8):
+    def __init__(self, engines: EngineSet, max_batch: int = 8, arg: str = "engines"):
+        """``arg``: what the caller calls the engine folder, for the error when it holds no segmenter."""
         manifest = engines.manifest
         if not engines.has("segmenter") or not manifest.segmenter:
-            raise EngineFolderError(f"--engines: '{engines.engine_dir}' has no segmenter (export one with "
-                                    "`fashiongen export --segmenter SEGFORMER_DIR --out ...`)")
+            holds = KINDS.get(manifest.kind, (f"a '{manifest.kind}' folder",))[0]
+            raise EngineFolderError(f"{arg}: '{engines.engine_dir}' has no segmenter (it holds {holds}); export "
+                                    "one with `fashiongen export --segmenter SEGFORMER_DIR --out ...`")
         self.engines = engines
         self.id2label = {int(k): str(v) for k, v in manifest.segmenter["id2label"].items()}
         self.preprocess = SegPreprocess.from_manifest(manifest.segmenter["preprocess"])
@@ -244,7 +247,7 @@ class Segmenter:
         """Load the network now (so a broken file fails before any other compute)."""
         self.engines["segmenter"]
 
-    def resolve_classes(self, spec, prompt: str | None = None, arg: str = "--cutout") -> list[int]:
+    def resolve_classes(self, spec, prompt: str | None = None, arg: str = "cutout") -> list[int]:
         return resolve_classes(spec, self.id2label, prompt, arg)
 
     def logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

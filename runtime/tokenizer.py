@@ -2,7 +2,7 @@
 
 Behaves like diffusers' prompt handling: a multi-vector learned token ``<tok>`` in a prompt is expanded
 to ``<tok> <tok>_1 ...`` (one token per vector), ids are framed by BOS/EOS, truncated to the model's
-length (with a warning saying what was dropped) and padded with the pad id.
+length (with a warning that shows where the dropped text starts) and padded with the pad id.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+DROPPED_WORDS_SHOWN = 8  # an over-long prompt's warning shows this many words of the dropped text
 
 
 class PromptTokenizer:
@@ -43,8 +45,10 @@ class PromptTokenizer:
         ids = self._tok.encode(self.expand_learned_tokens(prompt), add_special_tokens=False).ids
         room = self.max_length - 2
         if len(ids) > room:
-            dropped = self.decode(ids[room:])
-            warnings.warn(f"prompt is longer than {room} tokens; dropped: {dropped!r}", stacklevel=3)
+            words = self.decode(ids[room:]).split()
+            shown = " ".join(words[:DROPPED_WORDS_SHOWN]) + (" ..." if len(words) > DROPPED_WORDS_SHOWN else "")
+            warnings.warn(f"prompt longer than {room} tokens: its last {len(ids) - room} tokens are dropped, "
+                          f"from {shown!r}", stacklevel=3)
             ids = ids[:room]
         ids = [self.bos, *ids, self.eos]
         ids += [self.pad] * (self.max_length - len(ids))

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .contracts import NetworkContract
+from .errors import InputError
 
 # Where several engine folders share one repository, networks of a pix2pix folder carry a prefix.
 MODEL_PREFIX = {"txt2img": "", "segmenter": "", "pix2pix": "pix2pix_"}
@@ -22,11 +23,11 @@ def model_prefix(kind: str) -> str:
     return MODEL_PREFIX.get(kind, f"{kind}_")
 
 
-def parse_url(url: str) -> tuple[str, str]:
+def parse_url(url: str, arg: str = "url") -> tuple[str, str]:
     """``grpc://host:port`` or ``http://host:port`` (a bare ``host:port`` means gRPC)."""
     parsed = urlparse(url if "://" in url else f"grpc://{url}")
     if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
-        raise ValueError(f"--triton: expected grpc://HOST:PORT or http://HOST:PORT (got {url!r})")
+        raise InputError(f"{arg}: expected grpc://HOST:PORT or http://HOST:PORT (got {url!r})")
     return parsed.scheme, f"{parsed.hostname}:{parsed.port}"
 
 
@@ -37,8 +38,24 @@ def client_module(protocol: str):
         else:
             import tritonclient.http as module
     except ImportError:
-        raise ValueError("the Triton client is not installed (pip install -e '.[serve]')") from None
+        raise InputError("the Triton client is not installed (pip install -e '.[serve]')") from None
     return module
+
+
+def require_server(url: str, arg: str = "url") -> None:
+    """Refuse ``url`` at once when no server answers there: a refused connection is the user's address (or a
+    server not started), not a request the server turned down."""
+    protocol, address = parse_url(url, arg)
+    module = client_module(protocol)
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        live = module.InferenceServerClient(address).is_server_live()
+    except (OSError, InferenceServerException):  # HTTP: connection refused; gRPC: UNAVAILABLE
+        live = False
+    if not live:
+        raise InputError(f"{arg}: nothing answered at {url} (no Triton server there; `fashiongen serve --repo DIR` "
+                         "starts one)")
 
 
 class _Region:
@@ -138,8 +155,10 @@ class TritonEngine:
             pass
 
 
-def triton_factory(url: str, kind: str, shared_memory: bool = True):
-    """An EngineSet factory whose engines are the server's models for an engine folder of ``kind``."""
+def triton_factory(url: str, kind: str, shared_memory: bool = True, arg: str = "url"):
+    """An EngineSet factory whose engines are the server's models for an engine folder of ``kind``; the server
+    must answer at ``url`` now (``arg`` names it in the error)."""
+    require_server(url, arg)
     prefix = model_prefix(kind)
 
     def make(name, _path, contract, dims):

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .denoise import (check_guidance, check_positive_int, check_seed, check_size, denoise, initial_latents,
-                      unet_timestep)
+from .denoise import (MAX_STEPS, check_guidance, check_positive_int, check_seed, check_size, check_steps, denoise,
+                      initial_latents, unet_timestep)
 from .engines import EngineSet
+from .errors import InputError
 from .images import decoded_to_uint8
+from .manifest import require_kind
 from .rng import TorchGenerator
 from .schedulers import make_scheduler
 from .timings import StageTimings
@@ -39,11 +41,16 @@ class Txt2ImgResult:
 
 
 class Txt2ImgPipeline:
-    def __init__(self, engines: EngineSet, deepcache: int | None = None):
+    def __init__(self, engines: EngineSet, deepcache: int | None = None, max_steps: int = MAX_STEPS,
+                 arg: str = "engines", kind: str = "txt2img"):
         """``deepcache=N``: the DeepCache fast mode (``unet_capture`` every N-th UNet call, ``unet_shallow``
-        on its cached deep features in between); None: the exact UNet every step."""
+        on its cached deep features in between); None: the exact UNet every step. ``max_steps``: the most steps
+        a request may ask for. A folder of another kind than ``kind`` is refused, naming it as ``arg`` (kind
+        ``pix2pix`` when the InstructPix2Pix pipeline borrows this one's prompt encoding and decoding)."""
+        require_kind(engines.manifest, engines.engine_dir, kind, arg)
         self.engines = engines
         self.deepcache = deepcache
+        self.max_steps = max_steps
         manifest = engines.manifest
         self.tokenizer = PromptTokenizer.from_manifest_section(engines.engine_dir, manifest.tokenizer)
         self.dims = manifest.dims
@@ -52,18 +59,18 @@ class Txt2ImgPipeline:
 
     # -- request checks, before any compute ---------------------------------------------------------
     def resolve(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
-        """Fill defaults and check every field; raises ValueError naming the field."""
+        """Fill defaults and check every field; raises InputError naming the field."""
         if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise ValueError("prompt must be a non-empty string")
+            raise InputError("prompt: must be a non-empty string")
         height = self.native_size if request.height is None else request.height
         width = self.native_size if request.width is None else request.width
         check_size("height", height, self.downscale)
         check_size("width", width, self.downscale)
-        check_positive_int("steps", request.steps)
         check_positive_int("num_images", request.num_images)
         check_seed(request.seed)
         check_guidance("guidance", request.guidance)
-        make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail here
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail
+        check_steps(request.steps, self.max_steps, scheduler)
         return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width})
 
     # -- stages -------------------------------------------------------------------------------------

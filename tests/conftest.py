@@ -17,7 +17,7 @@ NEGATIVE_TOKEN = "<wrong>"
 
 @pytest.fixture(scope="session")
 def sd_checkpoint(tmp_path_factory) -> Path:
-    from export.demo_checkpoints import TINY, write_sd_checkpoint
+    from fashiongen.random_checkpoints.sd import TINY, write_sd_checkpoint
 
     return write_sd_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-sd", TINY, seed=0)
 
@@ -25,7 +25,7 @@ def sd_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embeddings(tmp_path_factory, sd_checkpoint) -> dict[str, Path]:
     """A 3-vector A1111 positive style token and a 2-vector civitai negative token."""
-    from export.demo_checkpoints import TINY, random_embedding, write_textual_inversion
+    from fashiongen.random_checkpoints.sd import TINY, random_embedding, write_textual_inversion
 
     folder = tmp_path_factory.mktemp("embeddings")
     dim = TINY.cross_attention_dim
@@ -39,8 +39,8 @@ def embeddings(tmp_path_factory, sd_checkpoint) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def sd_engines(tmp_path_factory, sd_checkpoint, embeddings) -> Path:
-    from export.embeddings import load_embedding
-    from export.sd_export import export_pipeline
+    from fashiongen.export.embeddings import load_embedding
+    from fashiongen.export.sd_export import export_pipeline
 
     out = tmp_path_factory.mktemp("engines") / "tiny-sd"
     loaded = [load_embedding(path, token) for token, path in embeddings.items()]
@@ -63,7 +63,7 @@ def diffusers_pipe(sd_checkpoint, embeddings):
 # -- clothes segmenter (SegFormer, 18 classes) -------------------------------------------------------------
 @pytest.fixture(scope="session")
 def segformer_checkpoint(tmp_path_factory) -> Path:
-    from export.demo_segmenter import TINY_SEGFORMER, write_segformer_checkpoint
+    from fashiongen.random_checkpoints.segmenter import TINY_SEGFORMER, write_segformer_checkpoint
 
     return write_segformer_checkpoint(tmp_path_factory.mktemp("segformer") / "tiny-segformer", TINY_SEGFORMER, seed=0)
 
@@ -71,7 +71,7 @@ def segformer_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def segmenter_engines(tmp_path_factory, segformer_checkpoint) -> Path:
     """An engine folder holding only the segmenter (manifest kind "segmenter")."""
-    from export.sd_export import export_engine_folder
+    from fashiongen.export.sd_export import export_engine_folder
 
     out = tmp_path_factory.mktemp("seg-engines") / "tiny-segmenter"
     export_engine_folder(out, segmenter_dir=segformer_checkpoint, progress=False)
@@ -81,7 +81,7 @@ def segmenter_engines(tmp_path_factory, segformer_checkpoint) -> Path:
 # -- InstructPix2Pix (8-channel UNet) ------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def p2p_checkpoint(tmp_path_factory) -> Path:
-    from export.demo_checkpoints import SDSize, write_sd_checkpoint
+    from fashiongen.random_checkpoints.sd import SDSize, write_sd_checkpoint
 
     return write_sd_checkpoint(tmp_path_factory.mktemp("p2p") / "tiny-pix2pix", SDSize(unet_in_channels=8), seed=3)
 
@@ -89,7 +89,7 @@ def p2p_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def p2p_engines(tmp_path_factory, p2p_checkpoint) -> Path:
     """An engine folder with the pix2pix pipeline (manifest kind "pix2pix")."""
-    from export.sd_export import export_engine_folder
+    from fashiongen.export.sd_export import export_engine_folder
 
     out = tmp_path_factory.mktemp("p2p-engines") / "tiny-pix2pix"
     export_engine_folder(out, p2p_checkpoint, progress=False)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from fashiongen.runtime.engines import EngineSet, backend_factory
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 from test_txt2img_parity import HEIGHT, NEGATIVE, PROMPT, SEED, STEPS, WIDTH, assert_close_images, reference_images
 
@@ -99,7 +100,7 @@ def test_release_all_drops_every_session_and_reopens_on_use(sd_engines):
 
 
 def test_unknown_backend_is_a_clear_error():
-    with pytest.raises(ValueError, match="--backend must be one of ort, openvino"):
+    with pytest.raises(InputError, match="backend: must be one of ort, openvino"):
         backend_factory("tensorflow")
 
 
@@ -207,7 +208,7 @@ def test_fast_mode_on_a_backend_that_cannot_run_it(int8_engines, tmp_path, capsy
     code = main(["generate", "--engines", str(int8_engines), "--prompt", "a top", "--steps", "2", "--fast", "int8",
                  "--backend", "ort", "--out", str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "--fast int8 is not available on --backend ort" in err and "--backend openvino" in err
+    assert code == 2 and "--fast: int8 is not available on backend ort" in err and "backend openvino" in err
     assert not (tmp_path / "x.png").exists()
 
 
@@ -225,7 +226,7 @@ def test_unknown_fast_mode(sd_engines, tmp_path, capsys):
 
     code = main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--fast", "int4",
                  "--out", str(tmp_path / "x.png"), "--no-progress"])
-    assert code == 2 and "--fast must be one or more of deepcache, int8" in capsys.readouterr().err
+    assert code == 2 and "--fast: must be one or more of deepcache, int8" in capsys.readouterr().err
 
 
 def test_cli_generate_openvino_matches_diffusers(sd_engines, diffusers_pipe, tmp_path):
@@ -338,9 +339,9 @@ def test_deepcache_interval_override(deepcache_engines, tmp_path, capsys):
     assert main(base + ["--fast", "deepcache", "--deepcache-interval", "5"]) == 0
     assert (tmp_path / "dc.png").is_file()
     assert main(base + ["--deepcache-interval", "5"]) == 2
-    assert "--deepcache-interval needs --fast deepcache" in capsys.readouterr().err
+    assert "--deepcache-interval: needs the deepcache fast mode" in capsys.readouterr().err
     assert main(base + ["--fast", "deepcache", "--deepcache-interval", "1"]) == 2
-    assert "--deepcache-interval must be an integer >= 2 (got 1)" in capsys.readouterr().err
+    assert "--deepcache-interval: must be an integer >= 2 (got 1)" in capsys.readouterr().err
 
 
 def test_deepcache_missing_from_the_folder(sd_engines, tmp_path, capsys):
@@ -406,10 +407,10 @@ def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engin
 
     manifest = load_manifest(deepcache_engines)
     manifest.variants["int8"] = load_manifest(int8_engines).variants["int8"]  # unet and vae_decoder only
-    with pytest.raises(ValueError, match=r"no INT8 unet_capture and unet_shallow; .* --networks unet_capture,unet_shallow"):
+    with pytest.raises(InputError, match=r"no INT8 unet_capture and unet_shallow; .* --networks unet_capture,unet_shallow"):
         variant_files(manifest, "openvino", "deepcache,int8")
     manifest.variants["int8"] = {"vae_decoder": manifest.variants["int8"]["vae_decoder"]}
-    with pytest.raises(ValueError, match=r"--fast int8: .* has no INT8 unet; .* --networks unet`"):
+    with pytest.raises(InputError, match=r"fast: int8: .* has no INT8 unet; .* --networks unet`"):
         variant_files(manifest, "openvino", "int8")
 
 
@@ -429,5 +430,5 @@ def test_unknown_fast_modes_are_refused(sd_engines, fast):
     from fashiongen.runtime.fastmodes import variant_files
     from fashiongen.runtime.manifest import load_manifest
 
-    with pytest.raises(ValueError, match="--fast must be one or more of deepcache, int8, comma-separated"):
+    with pytest.raises(InputError, match="fast: must be one or more of deepcache, int8, comma-separated"):
         variant_files(load_manifest(sd_engines), "openvino", fast)

@@ -91,9 +91,9 @@ def test_framing_nothing_is_an_error():
         frame_square(np.zeros((8, 8, 4), np.uint8), 32)
 
 
-@pytest.mark.parametrize("options, word", [(CompositeOptions(feather=-1), "--feather"),
-                                           (CompositeOptions(frame=0), "--frame"),
-                                           (CompositeOptions(frame=64, margin=0.6), "--margin")])
+@pytest.mark.parametrize("options, word", [(CompositeOptions(feather=-1), "feather: "),
+                                           (CompositeOptions(frame=0), "frame: "),
+                                           (CompositeOptions(frame=64, margin=0.6), "margin: ")])
 def test_bad_options(options, word):
     image, mask = garment()
     with pytest.raises(ValueError, match=word):

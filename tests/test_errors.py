@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,12 +93,13 @@ def generate(capsys, engines, out, *extra) -> str:
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (("--height", "100"), "height must be a positive multiple of 8"),
-    (("--width", "0"), "width must be a positive multiple of 8"),
-    (("--steps", "0"), "steps must be an integer >= 1"),
-    (("--num-images", "0"), "num_images must be an integer >= 1"),
-    (("--seed", "-1"), "seed must be an integer"),
-    (("--scheduler", "turbo"), "unknown scheduler 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lms, "
+    (("--height", "100"), "--height: must be a positive multiple of 8"),
+    (("--width", "0"), "--width: must be a positive multiple of 8"),
+    (("--steps", "0"), "--steps: must be an integer from 1 to 150 (got 0)"),
+    (("--steps", "151"), "--steps: must be an integer from 1 to 150 (got 151)"),
+    (("--num-images", "0"), "--num-images: must be an integer >= 1"),
+    (("--seed", "-1"), "--seed: must be an integer"),
+    (("--scheduler", "turbo"), "--scheduler: unknown 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lms, "
      "pndm, unipc"),
 ])
 def test_bad_generate_arguments(capsys, tmp_path, sd_engines, extra, expected):
@@ -107,7 +110,7 @@ def test_bad_generate_arguments(capsys, tmp_path, sd_engines, extra, expected):
 
 def test_empty_prompt(capsys, tmp_path, sd_engines):
     line = run_cli(capsys, "generate", "--engines", sd_engines, "--prompt", "  ", "--out", tmp_path / "x.png")
-    assert "prompt must be a non-empty string" in line
+    assert "--prompt: must be a non-empty string" in line
 
 
 def test_unwritable_output_is_found_before_any_compute(capsys, tmp_path):
@@ -146,6 +149,33 @@ def test_long_prompt_is_truncated_with_a_warning(sd_engines):
 
     tok = PromptTokenizer.from_manifest_section(sd_engines, load_manifest(sd_engines).tokenizer)
     prompt = " ".join(["red"] * 80) + " zebra stripes"
-    with pytest.warns(UserWarning, match="dropped: .*zebra stripes"):
+    with pytest.warns(UserWarning, match="its last 7 tokens are dropped, from 'red red red red red zebra stripes'"):
         ids = tok.encode(prompt)
     assert len(ids) == 77 and ids[-1] == tok.eos and ids[0] == tok.bos
+
+
+# -- the user's mistake against a bug ----------------------------------------------------------------------
+@pytest.mark.parametrize("bug", [ZeroDivisionError("division by zero"), ValueError("operands could not be broadcast")])
+def test_an_internal_error_is_not_reported_as_the_users(capsys, tmp_path, sd_engines, monkeypatch, bug):
+    """Only InputError is the user's mistake; any other exception (a numpy ValueError too) escapes main()."""
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline
+
+    def broken(self, request):
+        raise bug
+    monkeypatch.setattr(Txt2ImgPipeline, "resolve", broken)
+    with pytest.raises(type(bug), match=str(bug)):
+        main(["generate", "--engines", str(sd_engines), "--prompt", "a top", "--out", str(tmp_path / "x.png")])
+    assert "fashiongen: error" not in capsys.readouterr().err
+
+
+def test_the_command_shows_a_traceback_for_a_bug_and_one_line_for_a_mistake(tmp_path, sd_engines):
+    code = ("import sys; from fashiongen.runtime.txt2img import Txt2ImgPipeline; from fashiongen.cli import main; "
+            "Txt2ImgPipeline.resolve = lambda self, request: 1 / 0; sys.exit(main(sys.argv[1:]))")
+    argv = ["generate", "--engines", str(sd_engines), "--prompt", "a top", "--out", str(tmp_path / "x.png")]
+    bug = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert bug.returncode == 1 and "Traceback (most recent call last)" in bug.stderr
+    assert "ZeroDivisionError" in bug.stderr and "fashiongen: error" not in bug.stderr
+    mistake = subprocess.run([sys.executable, "-c", code, *argv[:-1], str(tmp_path / "x.jpg")], capture_output=True,
+                             text=True, timeout=120)
+    assert mistake.returncode == 2 and mistake.stderr.splitlines() == [
+        f"fashiongen: error: --out: '{tmp_path / 'x.jpg'}' must end in .png"]

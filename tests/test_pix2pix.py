@@ -118,11 +118,12 @@ def test_grayscale_and_rgba_inputs(pipeline):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("prompt", "  ", "prompt must be a non-empty string"),
-    ("steps", 0, "steps must be an integer >= 1"),
-    ("image_guidance", float("nan"), "image_guidance must be a finite number"),
-    ("seed", -1, "seed must be an integer"),
-    ("scheduler", "nope", "unknown scheduler 'nope'"),
+    ("prompt", "  ", "prompt: must be a non-empty string"),
+    ("steps", 0, "steps: must be an integer from 1 to 150"),
+    ("steps", 151, "steps: must be an integer from 1 to 150"),
+    ("image_guidance", float("nan"), "image_guidance: must be a finite number"),
+    ("seed", -1, "seed: must be an integer"),
+    ("scheduler", "nope", "scheduler: unknown 'nope'"),
     ("image", np.zeros((5, 40, 3), np.uint8), "each side must be at least 8 pixels"),
     ("image", np.zeros((16, 16, 2), np.uint8), "expected an HxW or HxWx3/4 image array"),
     ("image", np.zeros((16, 16, 3), np.float32), "expected a uint8 image array"),

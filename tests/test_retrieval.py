@@ -283,11 +283,11 @@ def test_reindex_with_another_clip_is_refused(tmp_path, catalog, index_dir, othe
 
 def test_bad_k_and_not_an_index(tmp_path, index_dir, capsys):
     err = run_cli(capsys, "search", index_dir, "--prompt", PROMPTS[0], "-k", "0")
-    assert "-k must be an integer >= 1" in err
+    assert "-k: must be an integer >= 1" in err
     err = run_cli(capsys, "search", tmp_path, "--prompt", PROMPTS[0])
     assert "no index.json" in err
     err = run_cli(capsys, "search", index_dir, "--prompt", "  ")
-    assert "--prompt must be a non-empty string" in err
+    assert "--prompt: must be a non-empty string" in err
 
 
 def test_failed_update_leaves_the_index_whole(tmp_path, catalog, index_dir, monkeypatch):
@@ -336,7 +336,7 @@ def test_edit_from_catalog_checks_before_compute(index_dir, p2p_engines, tmp_pat
     assert "--from-catalog" in err and "no index.json" in err
     err = run_cli(capsys, "edit", "--engines", p2p_engines, "--from-catalog", index_dir, "--prompt", "x",
                   "--steps", "0", "--out", tmp_path / "o.png")
-    assert "steps must be an integer >= 1" in err
+    assert "--steps: must be an integer from 1 to 150" in err
 
 
 def test_approximate_index_finds_the_same(tmp_path, catalog, clip_checkpoint, index_dir):

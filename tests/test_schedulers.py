@@ -244,7 +244,7 @@ def test_set_timesteps_resets_state():
 def test_unknown_name_lists_known():
     with pytest.raises(ValueError) as err:
         make_scheduler(SD15, "foo")
-    assert str(err.value) == ("unknown scheduler 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, "
+    assert str(err.value) == ("scheduler: unknown 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, "
                               "lms, pndm, unipc")
 
 

@@ -180,7 +180,7 @@ def _text(s: str) -> np.ndarray:
     ({"steps": np.array([0], np.int32)}, "steps"),
     ({"steps": np.array([51], np.int32)}, "steps must be at most 50"),
     ({"height": np.array([100], np.int32)}, "height"),
-    ({"scheduler": _text("turbo")}, "unknown scheduler 'turbo'"),
+    ({"scheduler": _text("turbo")}, "unknown 'turbo'"),
     ({"steps": np.array([2.0], np.float32)}, "steps"),  # wrong dtype: refused by Triton itself
     ({"seed": np.array([1, 2], np.uint64)}, "seed"),    # wrong shape
 ])

@@ -20,10 +20,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashiongen.runtime.errors import InputError
+
 CACHE = Path(os.environ.get("FASHIONGEN_TRITON_HOME", Path(sys.prefix) / "fashiongen-tritonserver"))
 
 
-class ServeError(ValueError):
+class ServeError(InputError):
     """The server cannot start (port taken, broken model, missing wheel); the message says which."""
 
 
