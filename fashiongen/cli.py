@@ -11,7 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from fashiongen import catalog_commands, cpu_commands, cutout_commands, options, serving_commands
+from fashiongen import (catalog_commands, cpu_commands, cutout_commands, options, serving_commands,
+                        training_commands)
 from fashiongen.runtime.errors import InputError
 
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving_commands.register(sub)  # triton-repo, serve
     catalog_commands.register(sub)  # edit, index, search
     cpu_commands.register(sub)  # quantize
+    training_commands.register(sub)  # dataset, train-vae, train, train-embedding, train-segmenter
     return parser
 
 

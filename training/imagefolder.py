@@ -42,7 +42,8 @@ def read_rows(folder: Path, arg: str, require: tuple[str, ...] = ("text",), file
         raise InputError(f"{arg}: '{folder}' is not a folder")
     meta = folder / METADATA
     if not meta.is_file():
-        raise InputError(f"{arg}: '{folder}' has no {METADATA} (an imagefolder: rows with file_name and text)")
+        raise InputError(f"{arg}: '{folder}' has no {METADATA} (an imagefolder: rows with "
+                         f"{' and '.join(('file_name',) + tuple(require))})")
     rows = []
     for number, line in enumerate(meta.read_text().splitlines(), 1):
         if not line.strip():

@@ -62,9 +62,20 @@ class RunFolder:
     out: Path
     identity: dict
     losses: list[float] = field(default_factory=list)
+    begun: bool = False
 
     def begin(self, resume: bool) -> Path | None:
-        """Check the folder for a new run or a resume; return the checkpoint to resume from (or None)."""
+        """Check the folder for a new run or a resume; return the checkpoint to resume from (or None).
+
+        A trainer may call it before :func:`train` (which calls it again, then only returning the checkpoint),
+        so that a wrong ``--out`` or ``--resume`` fails before a slow preparation such as caching latents.
+        """
+        if not self.begun:
+            self._prepare(resume)
+            self.begun = True
+        return self.latest()
+
+    def _prepare(self, resume: bool) -> None:
         self.out = Path(self.out)
         run_file = self.out / RUN_FILE
         identity = json.loads(json.dumps(self.identity, default=str))
@@ -76,14 +87,13 @@ class RunFolder:
                 if saved.get(key) != identity.get(key):
                     raise InputError(f"--resume: '{self.out}' is another run: {key} was {saved.get(key)!r}, "
                                      f"now {identity.get(key)!r}")
-            return self.latest()
+            return
         if self.out.exists() and any(self.out.iterdir()):
             hint = " (add --resume to continue it)" if run_file.is_file() else ""
             raise InputError(f"--out: '{self.out}' exists and is not empty{hint}")
         self.out.mkdir(parents=True, exist_ok=True)
         with atomic_file(run_file) as tmp:
             tmp.write_text(json.dumps(identity, indent=2, sort_keys=True))
-        return None
 
     def latest(self) -> Path | None:
         found = sorted((self.out / CHECKPOINTS).glob("step-*[0-9]"))

@@ -1,0 +1,215 @@
+"""``fashiongen train`` and ``train-vae`` on tiny SD checkpoints (64 px images, a few steps).
+
+The loss falls on a fixed batch; an interrupted run resumes to the same losses and weights; the model folder
+loads in diffusers and exports, and the engines draw what diffusers draws from it; --config starts from random
+weights; bad input is refused in one line, before any run folder is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from fashiongen.runtime.errors import InputError
+from fashiongen.training import autoencoder, runs
+from fashiongen.training import text_to_image as t2i
+from test_txt2img_parity import assert_close_images
+
+SIZE = 64
+#: A size for --config: the TINY checkpoint's, as JSON a user would write.
+CONFIG = {"unet_channels": [32, 64], "cross_attention_dim": 32, "text_intermediate": 64,
+          "vae_channels": [32, 32, 32, 32]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread on this shared machine (see test_train_embedding)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Four worn shots of the procedural data set, 64 px, with captions."""
+    from fashiongen.training.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("t2i-data") / "set"
+    write_dataset(root, count=4, size=SIZE, test_fraction=0.0, unseen_count=0, progress=False)
+    return root / "worn" / "train"
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("t2i-config") / "size.json"
+    path.write_text(json.dumps(CONFIG))
+    return path
+
+
+def parse(module, argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def train(base: list, data, out, *extra) -> dict:
+    """Run ``train``; return its training.json."""
+    args = parse(t2i, [*base, "--data", data, "--out", out, "--resolution", SIZE, "--batch-size", 2,
+                       "--learning-rate", 1e-3, "--steps", 4, "--checkpoint-every", 2, "--no-progress", *extra])
+    assert t2i.run(args) == 0
+    return json.loads((Path(out) / t2i.MODEL / t2i.RECORD).read_text())
+
+
+def unet_weights(run: Path) -> dict:
+    return load_file(str(run / t2i.MODEL / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def overfit(sd_checkpoint, data, tmp_path_factory) -> Path:
+    """Fine-tuned with the step generator pinned (the same noise and timesteps every step): an overfit whose
+    loss must fall. With fresh noise each step the tiny UNet's loss varies more between draws than it learns."""
+    out = tmp_path_factory.mktemp("t2i-overfit") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "step_generator", lambda seed, step, micro=0: torch.Generator().manual_seed(3))
+        train(["--model", sd_checkpoint], data, out, "--steps", 6, "--batch-size", 4)
+    return out
+
+
+def test_loss_falls_and_only_the_unet_moves(overfit, sd_checkpoint):
+    from fashiongen.export.sd_export import load_checkpoint
+
+    record = json.loads((overfit / t2i.MODEL / t2i.RECORD).read_text())
+    losses = record["step_losses"]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
+    assert record["final_loss"] == losses[-1] and record["prediction_type"] == "epsilon"
+    assert record["train_text_encoder"] is False and record["caption_dropout"] == 0.0  # --model's defaults
+    base = load_checkpoint(sd_checkpoint)
+    trained = unet_weights(overfit)
+    assert any(not torch.equal(trained[k], w) for k, w in base["unet"].state_dict().items())
+    for part in ("vae", "text_encoder", "tokenizer"):  # untrained parts are the base's files
+        for source in (Path(sd_checkpoint) / part).iterdir():
+            assert (overfit / t2i.MODEL / part / source.name).read_bytes() == source.read_bytes(), source
+
+
+def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, tmp_path, monkeypatch):
+    whole = train(["--model", sd_checkpoint], data, tmp_path / "whole", "--ema-decay", 0.9)
+    save = runs.RunFolder.save
+
+    def save_then_stop(self, step, *args):
+        path = save(self, step, *args)
+        if step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runs.RunFolder, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(["--model", sd_checkpoint], data, tmp_path / "cut", "--ema-decay", 0.9)
+    assert not (tmp_path / "cut" / t2i.MODEL).exists()
+    resumed = train(["--model", sd_checkpoint], data, tmp_path / "cut", "--ema-decay", 0.9, "--resume")
+    assert resumed["step_losses"] == whole["step_losses"] and len(whole["step_losses"]) == 4
+    a, b = unet_weights(tmp_path / "whole"), unet_weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_loads_in_diffusers_and_the_engines_draw_the_same(overfit, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from fashiongen.export.sd_export import export_engine_folder
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+    model = overfit / t2i.MODEL
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    engines = tmp_path / "engines"
+    export_engine_folder(engines, model, [], progress=False)
+    prompt, seed, steps = "black short sleeve crewneck crop top", 99, 4
+    ours = Txt2ImgPipeline(EngineSet(engines))(
+        Txt2ImgRequest(prompt=prompt, seed=seed, steps=steps, height=SIZE, width=SIZE), progress=False).images
+    ref = pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, height=SIZE, width=SIZE,
+               generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images
+    assert_close_images(ours, (ref * 255).round().astype(np.uint8))
+
+
+def test_config_starts_from_random_weights_and_trains_the_text_encoder(config_file, data, tmp_path):
+    record = train(["--config", config_file], data, tmp_path / "run", "--steps", 2,
+                   "--validation-prompt", "red striped maxi skirt", "--validation-images", 1)
+    assert record["train_text_encoder"] is True and record["caption_dropout"] == 0.1  # --config's defaults
+    base, model = tmp_path / "run" / t2i.BASE, tmp_path / "run" / t2i.MODEL
+    assert json.loads((model / "unet" / "config.json").read_text())["block_out_channels"] == [32, 64]
+    base_text = load_file(str(base / "text_encoder" / "model.safetensors"))
+    text = load_file(str(model / "text_encoder" / "model.safetensors"))
+    assert any(not torch.equal(text[k], base_text[k]) for k in base_text)
+    grid = np.asarray(Image.open(tmp_path / "run" / t2i.VALIDATION / "step-0000002.png"))
+    assert grid.shape == (SIZE, SIZE, 3)
+
+
+def test_train_vae_learns_and_sets_the_latent_scale(config_file, data, tmp_path):
+    out = tmp_path / "vae"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "step_generator", lambda seed, step, micro=0: torch.Generator().manual_seed(5))
+        args = parse(autoencoder, ["--config", config_file, "--data", data, "--out", out, "--resolution", SIZE,
+                                   "--batch-size", 4, "--learning-rate", 2e-3, "--steps", 6, "--no-progress"])
+        assert autoencoder.run(args) == 0
+    record = json.loads((out / t2i.MODEL / t2i.RECORD).read_text())
+    losses = record["step_losses"]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
+    vae_config = json.loads((out / t2i.MODEL / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == pytest.approx(record["scaling_factor"]) != 0.18215
+    # the VAE's run folder is what `train --model` takes next
+    assert train(["--model", out / t2i.MODEL], data, tmp_path / "next", "--steps", 1)["steps"] == 1
+
+
+# -- bad input: one line naming the argument, and no run folder left behind ------------------------------------
+def refused(call, *words) -> str:
+    with pytest.raises(InputError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    return message
+
+
+def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_file, data, tmp_path):
+    def run(*argv):
+        return lambda: t2i.run(parse(t2i, [*argv, "--out", tmp_path / "run", "--steps", 1, "--no-progress"]))
+
+    bad_key = tmp_path / "bad-key.json"
+    bad_key.write_text(json.dumps({**CONFIG, "unet_chanels": [32]}))
+    not_json = tmp_path / "not.json"
+    not_json.write_text("{unet")
+    refused(run("--config", bad_key, "--data", data), "--config", "'unet_chanels'", "unet_channels")
+    refused(run("--config", not_json, "--data", data), "--config", "not JSON")
+    refused(run("--model", tmp_path / "nowhere", "--data", data), "nowhere")
+    refused(run("--model", p2p_checkpoint, "--data", data), "--model", "8-channel", "InstructPix2Pix")
+    refused(run("--model", sd_checkpoint, "--data", tmp_path / "nodata"), "--data", "not a folder")
+    refused(run("--model", sd_checkpoint, "--data", data, "--resolution", 60), "--resolution", "multiple of 8")
+    refused(run("--model", sd_checkpoint, "--data", data, "--caption-dropout", 1), "--caption-dropout")
+    refused(run("--model", sd_checkpoint, "--data", data, "--learning-rate", -1), "--learning-rate")
+    assert not (tmp_path / "run").exists()
+    vae_args = parse(autoencoder, ["--model", sd_checkpoint, "--data", data, "--out", tmp_path / "run",
+                                   "--kl-weight", -1])
+    refused(lambda: autoencoder.run(vae_args), "--kl-weight")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_another_run_is_refused(overfit, sd_checkpoint, data):
+    refused(lambda: train(["--model", sd_checkpoint], data, overfit, "--steps", 6, "--batch-size", 4,
+                          "--snr-gamma", 5, "--resume"), "--resume", "another run", "snr_gamma")
+    refused(lambda: train(["--model", sd_checkpoint], data, overfit), "--out", "--resume")
+
+
+def test_the_cli_lists_the_training_commands(capsys):
+    from fashiongen.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--config" in out and "--train-text-encoder" in out and "--caption-dropout" in out

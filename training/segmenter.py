@@ -1,0 +1,311 @@
+"""``fashiongen train-segmenter``: a SegFormer clothes segmenter trained on images and their label maps.
+
+Contract. The model is transformers' ``SegformerForSemanticSegmentation``, either fine-tuned from a local
+transformers folder (``--model``, the ``mattmdjaga/segformer_b2_clothes`` layout) or built with seeded random
+weights from ``--config`` (a JSON object of :class:`~fashiongen.random_checkpoints.segmenter.SegformerSize`
+fields, with the 18 clothes classes). Its classes are its ``id2label``; every label map must hold only those
+ids. The objective is the model's own: logits upsampled to the label map, cross-entropy ignoring 255.
+
+Training sees what serving sees: each image is resized whole to ``--resolution`` (no crop: a segmenter must
+label all of it) with the checkpoint's own filter, then rescaled and normalised by
+``runtime.segmentation.SegPreprocess``, the torch-free copy of ``SegformerImageProcessor`` that serves the
+exported model; label maps are resized with nearest. Images and maps are read and checked once before training
+(a bad row fails in the first seconds) and kept in memory at the training size (4 bytes a pixel).
+
+Augmentation, drawn from the step's generator so that a resumed run repeats it: a zoom into the image (1 to
+``--zoom`` times, a random window of the training size: scale and crop jitter) and a horizontal flip half of the
+time, which swaps each ``Left-*`` class with its ``Right-*`` class (:func:`mirror_classes`).
+
+Output in ``--out``, a run folder of :mod:`.runs` (``run.json``, resumable checkpoints, ``--resume``):
+``model/``, a transformers folder (``config.json`` with id2label/label2id, ``model.safetensors``,
+``preprocessor_config.json`` at the resolution trained at) that ``fashiongen export --segmenter`` takes as it
+is, and in it ``training.json`` (arguments, seed, steps, every step's loss, this invocation's wall time and,
+with ``--eval-data``, the held-out per-class IoU and their mean over the classes present: :func:`class_iou`).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.files import staged_folder
+from fashiongen.runtime.segmentation import SegPreprocess
+
+from .imagefolder import load_label_map, open_image, read_rows
+from .options import Schedule, add_schedule_arguments, schedule_from_args
+
+MODEL_DIR = "model"
+RECORD_FILE = "training.json"
+IGNORE_INDEX = 255  # SegformerConfig.semantic_loss_ignore_index: pixels of this value count for nothing
+DEFAULT_ZOOM = 1.25
+
+
+@dataclass
+class TrainedSegmenter:
+    """What a run produced: the model folder, the per-step losses, the held-out IoU per class name (or None)."""
+
+    folder: Path
+    losses: list[float]
+    iou: dict[str, float] | None
+
+    @property
+    def miou(self) -> float | None:
+        return float(np.mean(list(self.iou.values()))) if self.iou else None
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
+                   help="imagefolder: images and a metadata.jsonl whose rows have file_name and label_file (a "
+                        "class-index PNG the size of its image); repeatable")
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--model", type=Path, metavar="DIR",
+                      help="transformers SegFormer folder to fine-tune (config.json with id2label, weights, "
+                           "preprocessor_config.json), e.g. mattmdjaga/segformer_b2_clothes")
+    base.add_argument("--config", type=Path, metavar="FILE.json",
+                      help="a new model with random weights: a JSON object of SegformerSize fields (hidden_sizes, "
+                           "depths, num_attention_heads, sr_ratios, mlp_ratios, decoder_hidden_size, image_size)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder: run.json, checkpoints/, and the trained model in model/")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="images (and label maps) are resized whole to N x N (default: the model's own input size)")
+    p.add_argument("--eval-data", type=Path, action="append", default=[], metavar="DIR",
+                   help="held-out imagefolder like --data: per-class IoU and their mean at the end; repeatable")
+    p.add_argument("--zoom", type=float, default=DEFAULT_ZOOM,
+                   help=f"augmentation: zoom in up to this factor, random window (default {DEFAULT_ZOOM}; 1: off)")
+    p.add_argument("--no-flip", action="store_true", help="augmentation: no horizontal flips")
+    add_schedule_arguments(p, steps=2000, batch_size=8, learning_rate=2e-4, checkpoint_every=500)
+
+
+def run(args) -> int:
+    result = train_segmenter(args.data, args.out, model=args.model, config=args.config, resolution=args.resolution,
+                             eval_data=args.eval_data, zoom=args.zoom, flip=not args.no_flip,
+                             schedule=schedule_from_args(args), resume=args.resume, progress=not args.no_progress,
+                             arguments=vars(args))
+    record = json.loads((result.folder / RECORD_FILE).read_text())
+    print(f"wrote {result.folder}: {len(result.losses)} steps, loss {result.losses[0]:.4f} -> "
+          f"{result.losses[-1]:.4f} in {record['wall_time_s']:.0f} s")
+    if result.iou:
+        print(f"held-out mIoU {result.miou:.4f} over {len(result.iou)} classes present: "
+              + ", ".join(f"{name} {value:.3f}" for name, value in result.iou.items()))
+    return 0
+
+
+def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, config: Path | None = None,
+                    resolution: int | None = None, eval_data: Iterable[Path] = (), zoom: float = DEFAULT_ZOOM,
+                    flip: bool = True, schedule: Schedule | None = None, resume: bool = False, progress: bool = True,
+                    arguments: dict | None = None) -> TrainedSegmenter:
+    """Train on the imagefolders ``data``; write the run and ``out/model/`` (see the module's contract)."""
+    import torch
+
+    from .runs import RunFolder, batch_indices, train
+
+    schedule = schedule or Schedule(steps=2000, batch_size=8, learning_rate=2e-4)
+    schedule.check()
+    started = time.perf_counter()
+    data, eval_data = [Path(d) for d in data], [Path(d) for d in eval_data]
+    if not zoom >= 1:
+        raise InputError(f"--zoom: must be at least 1 (1 turns zooming off), got {zoom}")
+    network, settings, source = _base_model(model, config, schedule.seed)
+    preprocess = _training_preprocess(settings, resolution, model or config)
+    shape = (preprocess.size["height"], preprocess.size["width"])
+    num_labels = network.config.num_labels
+    images, labels = load_examples(data, "--data", shape, num_labels, preprocess.resample)
+    held_out = load_examples(eval_data, "--eval-data", shape, num_labels, preprocess.resample) if eval_data else None
+    id2label = {int(k): str(v) for k, v in network.config.id2label.items()}
+    table = mirror_classes(id2label) if flip else None
+
+    def loss_fn(step, micro, generator):
+        pick = batch_indices(len(images), schedule.batch_size,
+                             (step * schedule.gradient_accumulation + micro) * schedule.batch_size, schedule.seed)
+        pairs = [augment(images[i], labels[i], generator, zoom, table, preprocess.resample) for i in pick]
+        pixel_values = torch.from_numpy(preprocess([image for image, _ in pairs])).to(network.device)
+        target = torch.from_numpy(np.stack([label for _, label in pairs]).astype(np.int64)).to(network.device)
+        return network(pixel_values=pixel_values, labels=target).loss
+
+    identity = {"command": "train-segmenter", "data": [str(d.resolve()) for d in data], "examples": len(images),
+                "base": source, "resolution": list(shape), "zoom": zoom, "flip": flip,
+                "batch_size": schedule.batch_size, "gradient_accumulation": schedule.gradient_accumulation,
+                "learning_rate": schedule.learning_rate, "warmup_steps": schedule.warmup_steps,
+                "seed": schedule.seed, "mixed_precision": schedule.mixed_precision}
+    losses = train(RunFolder(Path(out), identity), schedule, {"segformer": network}, loss_fn, resume, progress,
+                   description="segmenter")
+    result = TrainedSegmenter(Path(out) / MODEL_DIR, losses, None)
+    if held_out is not None:
+        scores = evaluate(network, preprocess, *held_out, batch_size=schedule.batch_size)
+        result.iou = {id2label[c]: value for c, value in scores.items()}
+    arguments = {k: v for k, v in (arguments or identity).items() if not callable(v)}  # not the CLI's handler
+    record = {"arguments": arguments, "seed": schedule.seed,
+              "steps": len(losses), "final_loss": losses[-1], "losses": losses, "examples": len(images),
+              "resolution": list(shape), "wall_time_s": round(time.perf_counter() - started, 3)}
+    if result.iou is not None:
+        record["eval"] = {"data": [str(d.resolve()) for d in eval_data], "examples": len(held_out[0]),
+                          "miou": result.miou, "iou": result.iou}
+    _write_model(result.folder, network, preprocess, record)
+    return result
+
+
+# -- the model ------------------------------------------------------------------------------------------------
+def _base_model(model: Path | None, config: Path | None, seed: int):
+    """(network, processor settings, what identifies it for a resume) from ``--model`` or ``--config``."""
+    if (model is None) == (config is None):
+        raise InputError("train-segmenter: give exactly one of --model DIR (fine-tune) or --config FILE.json "
+                         "(new model)")
+    if model is not None:
+        from fashiongen.export.segformer_export import (SegmenterCheckpointError, load_segmenter,
+                                                        preprocessing_settings)
+
+        try:
+            network, processor = load_segmenter(Path(model))
+        except SegmenterCheckpointError as exc:
+            raise InputError(f"--model: {str(exc).removeprefix('--segmenter: ')}") from None
+        return network, preprocessing_settings(processor), str(Path(model).resolve())
+    from fashiongen.random_checkpoints.segmenter import build_segformer, preprocessor_config
+
+    size, raw = read_size(Path(config))
+    try:
+        network = build_segformer(size, seed)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"--config: '{config}' does not make a SegFormer ({str(exc).splitlines()[0]})") from None
+    return network, preprocessor_config(size), raw
+
+
+def read_size(path: Path):
+    """(SegformerSize, the JSON object as read) from a ``--config`` file; unknown fields are refused."""
+    from fashiongen.random_checkpoints.segmenter import SegformerSize
+
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"--config: cannot read '{path}' ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--config: '{path}' is not JSON ({exc.msg} at line {exc.lineno})") from None
+    known = [f.name for f in fields(SegformerSize)]
+    unknown = sorted(set(raw) - set(known)) if isinstance(raw, dict) else None
+    if unknown is None or unknown:
+        raise InputError(f"--config: '{path}' must be a JSON object of SegformerSize fields ({', '.join(known)})"
+                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return SegformerSize(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}), raw
+
+
+def _training_preprocess(settings: dict, resolution: int | None, base: Path) -> SegPreprocess:
+    """The checkpoint's preprocessing at a fixed training shape: ``resolution`` squared, else its own size."""
+    preprocess = SegPreprocess.from_manifest(settings)
+    if resolution is not None:
+        if resolution < 32:
+            raise InputError(f"--resolution: must be at least 32 (SegFormer downsamples 32 times), got {resolution}")
+        return replace(preprocess, do_resize=True, size={"height": resolution, "width": resolution})
+    size = preprocess.size or {}
+    if not (preprocess.do_resize and size.get("height") and size.get("width")):
+        raise InputError(f"--resolution: needed, '{base}' has no fixed input size (its size is {size or None})")
+    return replace(preprocess, size={"height": int(size["height"]), "width": int(size["width"])})
+
+
+def _write_model(folder: Path, network, preprocess: SegPreprocess, record: dict) -> None:
+    """The transformers folder ``export --segmenter`` takes, with the run's record, replaced in one rename; its
+    processor is the preprocessing trained with (SegPreprocess's fields are SegformerImageProcessor's)."""
+    import transformers
+    from transformers import SegformerImageProcessorPil
+
+    transformers.utils.logging.disable_progress_bar()  # a bar for writing one small file says nothing
+    with staged_folder(folder, "config.json", "a SegFormer folder") as stage:
+        network.save_pretrained(stage, safe_serialization=True)
+        SegformerImageProcessorPil(**asdict(preprocess)).save_pretrained(stage)
+        (stage / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")  # paths as text
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+def load_examples(folders: list[Path], arg: str, shape: tuple[int, int], num_labels: int,
+                  resample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``folders`` as (images [N, H, W, 3] uint8, label maps [N, H, W] uint8) at ``shape``: each
+    image resized whole with the checkpoint's filter (``resample``, a PIL id) as the processor does at serving,
+    each map with nearest; all checked before training starts (see ``imagefolder``'s errors)."""
+    rows = [row for folder in folders
+            for row in read_rows(folder, arg, require=("label_file",), files=("label_file",))]
+    images = np.stack([np.asarray(open_image(row.image, arg).resize(shape[::-1], resample)) for row in rows])
+    labels = np.stack([load_label_map(row.path("label_file"), row.image, shape, num_labels, arg) for row in rows])
+    return images, labels
+
+
+def mirror_classes(id2label: dict[int, str]) -> np.ndarray:
+    """A table (uint8, 256 entries) of the class each class id becomes in a mirrored image: ``Left-X`` and
+    ``Right-X`` swap (names compared in any case and with any separators: ``left_hand`` mirrors ``Right hand``),
+    others stay."""
+    def words(name: str) -> str:
+        return " ".join(re.findall(r"[0-9a-z]+", name.lower()))
+
+    by_name = {words(name): i for i, name in id2label.items()}
+    table = np.arange(256, dtype=np.uint8)
+    for i, name in id2label.items():
+        other = re.sub(r"\b(left|right)\b", lambda m: "right" if m[1] == "left" else "left", words(name))
+        if other != words(name) and other in by_name:
+            table[i] = by_name[other]
+    return table
+
+
+def mirror(image: np.ndarray, labels: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image flipped left to right, and its label map flipped with left and right classes swapped."""
+    return image[:, ::-1], table[labels[:, ::-1]]
+
+
+def augment(image: np.ndarray, labels: np.ndarray, generator, zoom: float, table: np.ndarray | None,
+            resample: int) -> tuple[np.ndarray, np.ndarray]:
+    """One example's augmentation, drawn from ``generator`` (four numbers, always, so the stream is fixed): a
+    zoom of 1 to ``zoom`` times with a random window of the original size, and a mirror half of the time
+    (``table`` from :func:`mirror_classes`; None: never)."""
+    import torch
+    from PIL import Image
+
+    flip, scale, top, left = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+    height, width = labels.shape
+    factor = 1 + scale * (zoom - 1)
+    big = (round(width * factor), round(height * factor))
+    if big != (width, height):
+        y, x = int(top * (big[1] - height + 1)), int(left * (big[0] - width + 1))
+        window = (x, y, x + width, y + height)
+        image = np.asarray(Image.fromarray(image).resize(big, resample).crop(window))
+        labels = np.asarray(Image.fromarray(labels).resize(big, Image.NEAREST).crop(window))
+    if table is not None and flip < 0.5:
+        image, labels = mirror(image, labels, table)
+    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+# -- evaluation -----------------------------------------------------------------------------------------------
+def evaluate(network, preprocess: SegPreprocess, images: np.ndarray, labels: np.ndarray,
+             batch_size: int) -> dict[int, float]:
+    """Per-class IoU of ``network`` on (images, label maps): logits upsampled to the map's size before the
+    argmax, as ``post_process_semantic_segmentation`` and the runtime do."""
+    import torch
+    import torch.nn.functional as F
+
+    predictions = []
+    network.eval()
+    with torch.no_grad():
+        for first in range(0, len(images), batch_size):
+            pixel_values = torch.from_numpy(preprocess(images[first:first + batch_size])).to(network.device)
+            logits = network(pixel_values=pixel_values).logits.float()
+            logits = F.interpolate(logits, size=labels.shape[1:], mode="bilinear", align_corners=False)
+            predictions.extend(logits.argmax(1).cpu().numpy())
+    return class_iou(predictions, labels, network.config.num_labels)
+
+
+def class_iou(predictions: Iterable[np.ndarray], targets: Iterable[np.ndarray], num_labels: int,
+              ignore_index: int = IGNORE_INDEX) -> dict[int, float]:
+    """Intersection over union of each class present in ``targets``, over the whole set (pixels summed over
+    every image, not a mean of per-image scores), pixels labelled ``ignore_index`` left out. Pairs of [H, W]
+    class-id maps; a class only predicted still costs the present classes whose pixels it took. Their mean is
+    the mIoU."""
+    confusion = np.zeros(num_labels * num_labels, dtype=np.int64)  # [target, predicted], flattened
+    for predicted, target in zip(predictions, targets):
+        keep = np.asarray(target) != ignore_index
+        confusion += np.bincount(np.asarray(target)[keep].astype(np.int64) * num_labels
+                                 + np.asarray(predicted)[keep].astype(np.int64), minlength=num_labels * num_labels)
+    confusion = confusion.reshape(num_labels, num_labels)
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    return {int(c): float(hits[c] / union[c]) for c in np.flatnonzero(confusion.sum(1))}
