@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fashiongen import (catalog_commands, cpu_commands, cutout_commands, options, serving_commands,
                         training_commands)
+from fashiongen.demo_family import engine_folder
 from fashiongen.runtime.errors import InputError
 
 
@@ -56,7 +57,9 @@ def _add_generate(sub) -> None:
                        description="Generate an image from a text prompt with the torch-free runtime. The same "
                        "seed gives the same image as diffusers' StableDiffusionPipeline.")
     p.add_argument("--engines", type=Path, default=None,
-                   help="engine folder written by `fashiongen export` (required unless --triton ... --server-side)")
+                   help="engine folder written by `fashiongen export`, or a shipped demo model: demo (approach 1: a "
+                   "person wearing the garment; add --cutout auto), demo-product (approach 3: the product shot "
+                   "itself); default: demo")
     p.add_argument("--prompt", required=True, help="what to draw; learned tokens such as <midjourney-style> work")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (learned negative tokens work)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
@@ -82,8 +85,7 @@ def _run_generate(args) -> int:
                              height=args.height, width=args.width, num_images=args.num_images)
     if args.server_side:
         return _run_generate_server_side(args, request)
-    if args.engines is None:
-        raise InputError("--engines is required (except with --triton URL --server-side)")
+    args.engines = engine_folder(args.engines, "demo")
     manifest = load_manifest(args.engines)
     engines = EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest,
                         files=cpu_commands.fast_files(args, manifest))

@@ -8,12 +8,15 @@ product shots. Runtime only: nothing here imports torch.
 from __future__ import annotations
 
 import argparse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from fashiongen import demo_family
+from fashiongen.demo_family import engine_folder
 from fashiongen.runtime.compositing import CompositeOptions, mask_image
 from fashiongen.runtime.cutout import MIN_AREA, CutoutBatch, CutoutPipeline, check_min_area
 from fashiongen.runtime.engines import EngineSet, ort_factory
@@ -39,8 +42,9 @@ def add_cutout_arguments(parser: argparse.ArgumentParser, standalone: bool = Fal
         g.add_argument("--cutout", default=None, metavar="auto|CLASS[,CLASS]",
                        help="cut the garment out of the generated image and write it, alone on white, to --out. "
                        + CLASS_HELP)
-        g.add_argument("--segmenter-engines", type=Path, default=None, metavar="ENGINE_DIR",
-                       help="engine folder holding the segmenter (default: the --engines folder)")
+        g.add_argument("--segmenter-engines", default=None, metavar="ENGINE_DIR",
+                       help="engine folder holding the segmenter (default: the --engines folder if it has one, else "
+                       "the shipped demo segmenter, demo-segmenter)")
         g.add_argument("--keep-raw", action="store_true",
                        help="also write the uncut generated image beside --out as OUT-raw.png")
     g.add_argument("--transparent", action="store_true",
@@ -154,9 +158,10 @@ def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet 
     if clash:
         raise InputError(f"--mask-out: '{args.mask_out}' is also the product shot's --out path")
     folder = getattr(args, "segmenter_engines", None)
-    if engines is not None and folder is None and not engines.has("segmenter"):
-        raise InputError(f"{class_arg}: '{engines.engine_dir}' (--engines) has no segmenter to cut out with; give "
-                         "--segmenter-engines DIR, a folder written by `fashiongen export --segmenter SEGFORMER_DIR`")
+    if folder is not None:
+        folder = engine_folder(folder, "demo-segmenter", "--segmenter-engines")
+    elif engines is not None and not engines.has("segmenter"):
+        folder = default_segmenter(engines.engine_dir, class_arg)
     folder_arg = "--segmenter-engines" if folder is not None else "--engines"
     if engines is None or (folder is not None and Path(folder).absolute() != engines.engine_dir.absolute()):
         providers = getattr(args, "providers", "CPUExecutionProvider").split(",")
@@ -167,6 +172,20 @@ def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet 
     pipeline.segmenter.open()
     keep = bool(getattr(args, "keep_raw", False)) if keep_raw is None else keep_raw
     return CutoutPlan(pipeline, class_ids, options, min_area, out_paths, raw_paths, mask_paths, keep_raw=keep)
+
+
+def default_segmenter(engine_dir: Path, class_arg: str) -> Path:
+    """The segmenter for an engine folder without one: the shipped demo's where it is installed."""
+    try:
+        folder = engine_folder(None, "demo-segmenter")
+    except InputError:
+        raise InputError(f"{class_arg}: '{engine_dir}' (--engines) has no segmenter to cut out with; give "
+                         "--segmenter-engines DIR, a folder written by `fashiongen export --segmenter SEGFORMER_DIR`"
+                         ) from None
+    if demo_family.DEMO_DIR.resolve() not in Path(engine_dir).resolve().parents:
+        warnings.warn(f"'{engine_dir}' has no segmenter: cutting out with the shipped demo segmenter, trained on "
+                      "the procedural data set only; give --segmenter-engines for one trained on your images")
+    return folder
 
 
 def apply_cutout(plan: CutoutPlan, images: Sequence[np.ndarray], timings: bool = False) -> int:
@@ -189,8 +208,9 @@ def register(subparsers) -> None:
         "the segmenter in one batch. An image in which the class covers no pixel is an error (exit 2), "
         "never a blank white square. Grayscale, palette and RGBA inputs are converted (alpha onto white).")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image file(s) to cut out (PNG, JPEG, ...)")
-    p.add_argument("--engines", required=True, type=Path,
-                   help="engine folder holding a segmenter (`fashiongen export --segmenter DIR`)")
+    p.add_argument("--engines", default=None,
+                   help="engine folder holding a segmenter (`fashiongen export --segmenter DIR`); default: the "
+                   "shipped demo segmenter (demo-segmenter)")
     p.add_argument("--class", dest="class_name", required=True, metavar="auto|CLASS[,CLASS]", help=CLASS_HELP)
     p.add_argument("--prompt", default=None, help="text describing the garment, read by --class auto")
     p.add_argument("--out", required=True, type=Path,
@@ -205,6 +225,7 @@ def register(subparsers) -> None:
 
 def run_cutout_command(args) -> int:
     # Paths and options first, then the images, then the network: cheap checks before expensive ones.
+    args.engines = engine_folder(args.engines, "demo-segmenter")
     plan_paths = numbered_paths(args.out, len(args.images))
     for p in plan_paths:
         check_writable(p, "--out")

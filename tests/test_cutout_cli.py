@@ -141,7 +141,10 @@ def test_generate_cutout_options_need_cutout(capsys, tmp_path, sd_engines):
     assert "--frame" in line and "--cutout" in line
 
 
-def test_generate_cutout_needs_a_segmenter(capsys, tmp_path, sd_engines):
+def test_generate_cutout_needs_a_segmenter(capsys, tmp_path, sd_engines, monkeypatch):
+    from fashiongen import demo_family
+
+    monkeypatch.setattr(demo_family, "DEMO_DIR", tmp_path / "none")  # no demo segmenter to fall back on
     line = fail(capsys, "generate", "--engines", sd_engines, "--out", tmp_path / "o.png", "--cutout", "auto", *GEN)
     assert "has no segmenter" in line
     assert not (tmp_path / "o.png").exists()

@@ -40,7 +40,10 @@ def test_generate_on_a_pix2pix_folder_names_its_kind_and_command(capsys, tmp_pat
 
 
 # -- --cutout, steps, --triton -----------------------------------------------------------------------------
-def test_cutout_without_a_segmenter_points_at_segmenter_engines(capsys, tmp_path, sd_engines):
+def test_cutout_without_a_segmenter_points_at_segmenter_engines(capsys, tmp_path, sd_engines, monkeypatch):
+    from fashiongen import demo_family
+
+    monkeypatch.setattr(demo_family, "DEMO_DIR", tmp_path / "none")  # no demo segmenter to fall back on
     line = fail(capsys, "generate", "--engines", sd_engines, "--out", tmp_path / "o.png", "--cutout", "auto", *GEN)
     assert "--cutout:" in line and "has no segmenter" in line and "--segmenter-engines DIR" in line
 

@@ -1,0 +1,27 @@
+"""The demo model family that ships inside the package (trained by ``python -m fashiongen.training.demo``).
+
+``fashiongen/demo_models/`` holds its engine folders (``engines/worn``: approach 1's text-to-image model with
+its learned tokens; ``engines/product``: approach 3's; ``engines/segmenter``: the clothes segmenter), its fp16
+weights and ``recipe.json`` (how each was made). Commands that take ``--engines`` default to them, and accept
+their names (``demo``, ``demo-product``, ``demo-segmenter``) in place of a folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fashiongen.runtime.errors import InputError
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo_models"
+NAMES = {"demo": "worn", "demo-product": "product", "demo-segmenter": "segmenter"}
+
+
+def engine_folder(value: Path | str | None, default: str, arg: str = "--engines") -> Path:
+    """``value`` as given, a demo name resolved to its shipped folder, or the shipped ``default`` when None."""
+    name = default if value is None else str(value)
+    if name not in NAMES or (value is not None and Path(value).is_dir()):  # a folder of that name wins
+        return Path(value)
+    folder = DEMO_DIR / "engines" / NAMES[name]
+    if not (folder / "manifest.json").is_file():
+        raise InputError(f"{arg}: the demo engines '{name}' are not installed ({folder} missing); pass an engine "
+                         "folder written by `fashiongen export`")
+    return folder

@@ -1,0 +1,90 @@
+"""The shipped demo family as the commands' defaults: ``generate`` and ``cutout`` need no engine folder.
+
+A stand-in family built from the suite's tiny engine folders checks the wiring (names, defaults, the segmenter
+fallback, the error when nothing is installed); the real shipped family, when this checkout has it, must draw
+what the README promises: a black short-sleeve crop top, alone on white.
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashiongen import demo_family
+from fashiongen.cli import main
+
+GEN = ["--steps", "2", "--height", "64", "--width", "64", "--no-progress"]
+EVERY_CLASS = ",".join(str(i) for i in range(18))  # the tiny segmenter's weights are random: cut out everything
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch, sd_engines, segmenter_engines):
+    """DEMO_DIR holding the suite's tiny folders under the shipped names."""
+    root = tmp_path / "demo_models"
+    for name, source in (("worn", sd_engines), ("product", sd_engines), ("segmenter", segmenter_engines)):
+        shutil.copytree(source, root / "engines" / name, ignore=shutil.ignore_patterns("cache"))
+    monkeypatch.setattr(demo_family, "DEMO_DIR", root)
+    return root
+
+
+def one_line_error(capsys, *argv) -> str:
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_generate_and_cutout_default_to_the_demo(stand_in, tmp_path, capsys):
+    shot = tmp_path / "shot.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the demo's own segmenter: no warning
+        code = main(["generate", "--prompt", "black short sleeve crop top", "--cutout", EVERY_CLASS,
+                     "--out", str(shot), *GEN])
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(shot).size == (64, 64)
+    out = tmp_path / "cut.png"
+    assert main(["cutout", str(shot), "--class", EVERY_CLASS, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.is_file()
+
+
+def test_demo_names_pick_a_shipped_folder(stand_in, tmp_path, capsys):
+    assert demo_family.engine_folder("demo-product", "demo") == stand_in / "engines" / "product"
+    assert main(["generate", "--engines", "demo-product", "--prompt", "red skirt", "--out",
+                 str(tmp_path / "p.png"), *GEN]) == 0, capsys.readouterr().err
+    (tmp_path / "demo").mkdir()  # a folder of the user's with a demo name is theirs
+    assert demo_family.engine_folder(tmp_path / "demo", "demo") == tmp_path / "demo"
+
+
+def test_a_folder_without_segmenter_borrows_the_demos_with_a_warning(stand_in, sd_engines, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="shipped demo segmenter"):
+        code = main(["generate", "--engines", str(sd_engines), "--prompt", "crop top", "--cutout",
+                     EVERY_CLASS, "--out", str(tmp_path / "s.png"), *GEN])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_without_the_demo_the_error_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo_family, "DEMO_DIR", tmp_path / "none")
+    err = one_line_error(capsys, "generate", "--prompt", "crop top", "--out", tmp_path / "x.png", *GEN)
+    assert "--engines" in err and "not installed" in err and "fashiongen export" in err
+    err = one_line_error(capsys, "cutout", tmp_path / "x.png", "--class", "Skirt", "--out", tmp_path / "y.png")
+    assert "not installed" in err or "does not exist" in err
+
+
+# -- the real shipped family ----------------------------------------------------------------------------------
+shipped = pytest.mark.skipif(not (demo_family.DEMO_DIR / "engines" / "worn" / "manifest.json").is_file(),
+                             reason="this checkout has no shipped demo family")
+
+
+@shipped
+def test_the_readme_command_draws_a_black_crop_top_on_white(tmp_path, capsys):
+    shot = tmp_path / "shot.png"
+    assert main(["generate", "--prompt", "black short sleeve crewneck crop top", "--cutout", "auto",
+                 "--out", str(shot), "--no-progress"]) == 0, capsys.readouterr().err
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    garment = image.min(axis=-1) < 200
+    assert 0.03 < garment.mean() < 0.6, garment.mean()  # a garment, not a blank square nor the whole frame
+    assert (image[~garment] >= 240).all(axis=-1).mean() > 0.95  # on white
+    assert np.median(image[garment].max(axis=-1)) < 90  # black
