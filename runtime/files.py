@@ -29,16 +29,22 @@ def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "out"):
         raise InputError(f"{arg}: cannot write a folder at '{out_dir}' ({exc.strerror or exc})") from None
     try:
         yield stage
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(stage, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, out_dir)
+        replace_folder(stage, out_dir)
     finally:
         if stage.exists():
             shutil.rmtree(stage)
+
+
+def replace_folder(stage: Path, out_dir: Path) -> None:
+    """Move the finished folder ``stage`` to ``out_dir``, replacing what is there with renames only (the old
+    folder is moved aside first and deleted last), so that ``out_dir`` is never half written."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(stage, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(stage, out_dir)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

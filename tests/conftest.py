@@ -94,3 +94,15 @@ def p2p_engines(tmp_path_factory, p2p_checkpoint) -> Path:
     out = tmp_path_factory.mktemp("p2p-engines") / "tiny-pix2pix"
     export_engine_folder(out, p2p_checkpoint, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and the machine is shared (two threads measured 15x slower here
+    while other work ran: OpenMP spin-waits). Training tests use it: ``pytestmark = usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

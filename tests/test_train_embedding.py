@@ -15,24 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from fashiongen.runtime.errors import InputError
 from fashiongen.training import runs
 from fashiongen.training import textual_inversion as ti
 from test_txt2img_parity import assert_close_images
+from trainer_checks import interrupted, refused
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TOKEN = "<fg-knit>"
 VOCAB = 49408  # CLIP's rows before the new token's
 SIZE = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run faster on one thread, and the machine is shared (two threads measured 15x slower
-    here while other work ran: OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +86,7 @@ def test_loss_falls_and_only_the_new_rows_change(overfit, sd_checkpoint):
 
 def test_interrupted_run_resumes_to_the_same_losses_and_vectors(sd_checkpoint, data, tmp_path, monkeypatch):
     whole = train(sd_checkpoint, data, tmp_path / "whole")
-    save = runs.RunFolder.save
-
-    def save_then_stop(self, step, *args):
-        path = save(self, step, *args)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(runs.RunFolder, "save", save_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            train(sd_checkpoint, data, tmp_path / "cut")
+    interrupted(monkeypatch, lambda: train(sd_checkpoint, data, tmp_path / "cut"), 2)
     assert not (tmp_path / "cut" / ti.DIFFUSERS_FILE).exists()
     resumed = train(sd_checkpoint, data, tmp_path / "cut", "--resume")
     assert resumed.losses == whole.losses and len(whole.losses) == 4
@@ -150,14 +130,6 @@ def test_files_load_in_diffusers_and_export_and_match_the_runtime(overfit, sd_ch
 # -- bad input: one line naming the argument -----------------------------------------------------------------
 def cli(sd_checkpoint, data, out, *extra) -> int:
     return ti.run(arguments(sd_checkpoint, data, out, "--steps", "1", *extra))
-
-
-def refused(call, *words) -> str:
-    with pytest.raises(InputError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message and all(w in message for w in words), message
-    return message
 
 
 @pytest.fixture

@@ -16,19 +16,11 @@ from fashiongen.random_checkpoints.segmenter import CLOTHES_ID2LABEL  # noqa: E4
 from fashiongen.runtime.errors import InputError  # noqa: E402
 from fashiongen.training import segmenter  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 48        # the images on disk
 RESOLUTION = 32  # trained at (so images and maps are resized)
 TINY = {"hidden_sizes": [8, 16, 24, 32], "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 32,
         "image_size": [RESOLUTION, RESOLUTION]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run faster on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_folder(folder: Path, count: int, seed: int) -> Path:

@@ -16,24 +16,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fashiongen.runtime.errors import InputError
 from fashiongen.training import autoencoder, runs
 from fashiongen.training import text_to_image as t2i
 from test_txt2img_parity import assert_close_images
+from trainer_checks import interrupted, refused
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
 #: A size for --config: the TINY checkpoint's, as JSON a user would write.
 CONFIG = {"unet_channels": [32, 64], "cross_attention_dim": 32, "text_intermediate": 64,
           "vae_channels": [32, 32, 32, 32]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread on this shared machine (see test_train_embedding)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +92,7 @@ def test_loss_falls_and_only_the_unet_moves(overfit, sd_checkpoint):
 
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, tmp_path, monkeypatch):
     whole = train(["--model", sd_checkpoint], data, tmp_path / "whole", "--ema-decay", 0.9)
-    save = runs.RunFolder.save
-
-    def save_then_stop(self, step, *args):
-        path = save(self, step, *args)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
-    with monkeypatch.context() as patch:
-        patch.setattr(runs.RunFolder, "save", save_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            train(["--model", sd_checkpoint], data, tmp_path / "cut", "--ema-decay", 0.9)
+    interrupted(monkeypatch, lambda: train(["--model", sd_checkpoint], data, tmp_path / "cut", "--ema-decay", 0.9), 2)
     assert not (tmp_path / "cut" / t2i.MODEL).exists()
     resumed = train(["--model", sd_checkpoint], data, tmp_path / "cut", "--ema-decay", 0.9, "--resume")
     assert resumed["step_losses"] == whole["step_losses"] and len(whole["step_losses"]) == 4
@@ -169,14 +150,6 @@ def test_train_vae_learns_and_sets_the_latent_scale(config_file, data, tmp_path)
 
 
 # -- bad input: one line naming the argument, and no run folder left behind ------------------------------------
-def refused(call, *words) -> str:
-    with pytest.raises(InputError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message and all(w in message for w in words), message
-    return message
-
-
 def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_file, data, tmp_path):
     def run(*argv):
         return lambda: t2i.run(parse(t2i, [*argv, "--out", tmp_path / "run", "--steps", 1, "--no-progress"]))

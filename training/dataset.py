@@ -61,23 +61,22 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.files import replace_folder
+
 from .attributes import (
     COLOURS, DRESS, HELD_OUT, NEUTRAL_COLOURS, PANTS, SEGMENT_CLASSES, SKIRT, STRIPE_COLOURS, TYPES, UPPER_CLOTHES,
     FACE, HAIR, LEFT_ARM, LEFT_LEG, LEFT_SHOE, RIGHT_ARM, RIGHT_LEG, RIGHT_SHOE, Garment, caption,
     training_garments,
 )
 
-try:  # the project's one error type for bad user input, when this runs inside the fashiongen package
-    from ..runtime.errors import InputError as _InputError
-except ImportError:  # run as the top-level ``training`` package
-    _InputError = ValueError
 
 VERSION = 1
 SUPERSAMPLE = 4
 SPLITS = ("train", "test", "unseen")
 
 
-class DatasetError(_InputError):
+class DatasetError(InputError):
     """A data set argument refused; the message names the argument (one line)."""
 
 
@@ -901,13 +900,7 @@ def write_dataset(out: Path, count: int, seed: int = 0, size: int = 128, test_fr
         }
         (stage / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         os.chmod(stage, 0o777 & ~_umask())
-        if out.exists():
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, out)
+        replace_folder(stage, out)
     finally:
         if stage.exists():
             shutil.rmtree(stage)
