@@ -181,10 +181,11 @@ def test_random_embedding_scale_and_seed():
 
 def test_non_default_size_loads(tmp_path):
     size = SDSize(unet_channels=(32, 64, 64), cross_attention_dim=48, text_heads=3, text_intermediate=96,
-                  attention_head_dim=4, vae_channels=(32, 32, 32, 32))
+                  attention_head_dim=4, vae_channels=(32, 32, 32, 32), norm_groups=8)
     ck = write_sd_checkpoint(tmp_path / "sd3", size, seed=2)
     pipe = _load(ck)
     assert list(pipe.unet.config.block_out_channels) == [32, 64, 64]
+    assert pipe.unet.config.norm_num_groups == 8 == pipe.vae.config.norm_num_groups
     assert pipe.unet.config.cross_attention_dim == 48 == pipe.text_encoder.config.hidden_size
     assert pipe.text_encoder.config.num_attention_heads == 3
     assert _generate(pipe).shape == (1, 48, 64, 3)
@@ -227,6 +228,8 @@ def test_bad_size_names_the_field():
         SDSize(unet_channels=(30, 60))
     with pytest.raises(ValueError, match="unet_in_channels"):
         SDSize(unet_in_channels=5)
+    with pytest.raises(ValueError, match="norm_groups=3 must divide"):
+        SDSize(norm_groups=3)
 
 
 def test_cli_with_embeddings(tmp_path, capsys):
