@@ -1,0 +1,317 @@
+"""Measured quality: does the generated garment match the prompt? An attribute classifier judges.
+
+The judge (:mod:`fashiongen.bench.attribute_classifier`) is a small CNN trained on the data set's renders only,
+never on generated images; its own accuracy on held-out renders is the first table. Then, over ``--prompts``
+captions (default 200) of the data set's ``test`` split (attribute combinations seen in training) and of its
+``unseen`` split (combinations held out of every training split), each contender generates one image a prompt
+(seed ``--seed`` + the prompt's index) through the torch-free runtime, and the judge names its attributes:
+
+- approach 1 (``--engines``, the worn model): the generated person, cut out by the segmenter
+  (``--segmenter-engines``) with the class read from the prompt, as ``generate --cutout auto`` does; an empty
+  cutout counts as wrong on every attribute, and the share of non-empty cutouts is reported. With both learned
+  tokens (``<studio-style>`` before the caption, ``<wrong>`` as the negative prompt), with each alone, without;
+  and each fast mode (DeepCache at each ``--deepcache`` interval, INT8) against the exact mode.
+- approach 3 (``--product-engines``): the product shot directly.
+
+Also: the segmenter's per-class IoU on the held-out worn renders (mIoU and the garment classes'), the wall time
+of the README's product-shot command (``fashiongen generate ... --cutout auto``, a fresh process each run,
+median), and a PNG grid of generated shots with the prompt under each.
+
+    python -m fashiongen.bench.quality --data DATASET_DIR            # the shipped demo family
+
+writes ``bench/results/quality.{md,json}`` and ``bench/results/quality-grid.png``. The classifier is trained
+once (``--classifier``, default ``bench/.cache/attribute-classifier.safetensors``) and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / ".cache"
+RESULTS = ROOT / "bench" / "results"
+POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
+README_PROMPT = "black short sleeve crewneck crop top"
+GARMENT_CLASSES = ("Upper-clothes", "Skirt", "Pants", "Dress")
+SHOWN = ("type", "colour", "pattern", "sleeve", "neckline", "length")
+
+
+@dataclass
+class Prompt:
+    caption: str
+    truth: dict
+    seed: int
+
+
+def read_prompts(data: Path, split: str, count: int, seed: int) -> list[Prompt]:
+    """``count`` captions of the worn view's ``split``, drawn without replacement from a seeded permutation."""
+    from fashiongen.bench.attribute_classifier import truth_of
+    from fashiongen.training.imagefolder import read_rows
+
+    rows = read_rows(Path(data) / "worn" / split, "--data", require=("text", "type", "colour"))
+    order = np.random.default_rng([seed, len(rows)]).permutation(len(rows))[:count]
+    return [Prompt(rows[i].columns["text"], truth_of(rows[i].columns), seed + k) for k, i in enumerate(order)]
+
+
+# -- contenders ----------------------------------------------------------------------------------------------
+@dataclass
+class Contender:
+    """One way to make a product shot from a caption: an engine folder, a fast mode, the tokens, a cutout."""
+
+    name: str
+    engines: Path
+    fast: str | None = None
+    deepcache: int | None = None
+    positive: bool = True
+    negative: bool = True
+    cutout: bool = True  # approach 1 (cut out of a worn image); False: approach 3 (the product shot itself)
+
+    def pipeline(self):
+        from fashiongen.runtime.engines import EngineSet, backend_factory
+        from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
+        from fashiongen.runtime.manifest import load_manifest
+        from fashiongen.runtime.txt2img import Txt2ImgPipeline
+
+        backend = "openvino" if self.fast and "int8" in self.fast else "ort"  # INT8 networks are OpenVINO IR
+        manifest = load_manifest(self.engines)
+        engines = EngineSet(self.engines, backend_factory(backend), manifest,
+                            files=variant_files(manifest, backend, self.fast))
+        return Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, self.fast, self.deepcache))
+
+    def request(self, prompt: Prompt, steps: int):
+        from fashiongen.runtime.txt2img import Txt2ImgRequest
+
+        text = f"{POSITIVE} {prompt.caption}" if self.positive and self.cutout else prompt.caption
+        negative = NEGATIVE if self.negative and self.cutout else ""
+        return Txt2ImgRequest(prompt=text, negative_prompt=negative, seed=prompt.seed, steps=steps)
+
+
+def product_shots(contender: Contender, prompts: list[Prompt], steps: int, cutter) -> tuple[list, list, float]:
+    """Each prompt's product shot (None for an empty cutout), the generated images, seconds per image."""
+    from tqdm.auto import tqdm
+
+    pipeline = contender.pipeline()
+    shots, raws, started = [], [], time.perf_counter()
+    for prompt in tqdm(prompts, desc=contender.name, unit="image", leave=False):
+        image = pipeline(contender.request(prompt, steps), progress=False).images[0]
+        raws.append(image)
+        if contender.cutout:
+            ids = cutter.resolve_classes("auto", prompt.caption)
+            shots.append(cutter([image], ids).results[0].image)
+        else:
+            shots.append(image)
+    return shots, raws, (time.perf_counter() - started) / max(1, len(prompts))
+
+
+def judge(classifier, shots: list, prompts: list[Prompt]) -> dict:
+    from fashiongen.bench.attribute_classifier import score
+
+    present = [i for i, s in enumerate(shots) if s is not None]
+    predicted: list = [None] * len(shots)
+    for i, p in zip(present, classifier.classify([shots[i] for i in present])):
+        predicted[i] = p
+    result = score(predicted, [p.truth for p in prompts])
+    return {"accuracy": {a: result[a]["accuracy"] for a in SHOWN}, "counted": {a: result[a]["total"] for a in SHOWN},
+            "non_empty": len(present) / max(1, len(shots))}
+
+
+# -- the segmenter and the README command ---------------------------------------------------------------------
+def segmenter_iou(engines: Path, data: Path, limit: int) -> dict:
+    """Per-class IoU of the exported segmenter on the held-out worn renders (``test`` split)."""
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.segmentation import Segmenter
+    from fashiongen.training.imagefolder import load_label_map, open_image, read_rows
+    from fashiongen.training.segmenter import class_iou
+
+    segmenter = Segmenter(EngineSet(engines))
+    rows = read_rows(Path(data) / "worn" / "test", "--data", require=(), files=("label_file",))[:limit]
+    images = [np.asarray(open_image(r.image, "--data")) for r in rows]
+    labels = [load_label_map(r.path("label_file"), r.image, im.shape[:2], len(segmenter.id2label), "--data")
+              for r, im in zip(rows, images)]
+    predictions = [m for first in range(0, len(images), 16) for m in segmenter.class_maps(images[first:first + 16])]
+    iou = {segmenter.id2label[c]: v for c, v in class_iou(predictions, labels, len(segmenter.id2label)).items()}
+    garment = [iou[name] for name in GARMENT_CLASSES if name in iou]
+    return {"images": len(images), "miou": float(np.mean(list(iou.values()))), "garment_iou": float(np.mean(garment)),
+            "iou": iou}
+
+
+def readme_command_seconds(runs: int, extra: list[str]) -> dict:
+    """Wall seconds of the README's product shot, a fresh ``fashiongen`` process each run (start-up included)."""
+    out = CACHE / "quality-readme-shot.png"
+    command = [sys.executable, "-m", "fashiongen", "generate", "--prompt", README_PROMPT, "--cutout", "auto",
+               "--out", str(out), "--no-progress", *extra]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return {"command": "fashiongen " + " ".join(command[3:]), "median_s": median(times), "runs": times}
+
+
+# -- fast-mode variants ---------------------------------------------------------------------------------------
+def with_int8(engines: Path, size: int) -> Path:
+    """A copy of ``engines`` (in the bench cache) with the INT8 networks (``fashiongen quantize``, calibrated at
+    ``size`` px), made once, so that the shipped folder stays as it is."""
+    from fashiongen.runtime.manifest import load_manifest
+
+    copy = CACHE / f"quality-{engines.name}-int8"
+    if copy.is_dir() and "int8" in load_manifest(copy).variants:
+        return copy
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(engines, copy, ignore=shutil.ignore_patterns("cache"))
+    subprocess.run([sys.executable, "-m", "fashiongen", "quantize", "--engines", str(copy), "--size", str(size)],
+                   check=True)
+    return copy
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+def grid(rows: list[tuple[str, list, list[str]]], out: Path, cell: int = 128) -> Path:
+    """A PNG: a row per contender (its name on the left), each shot with its prompt under it."""
+    from PIL import Image, ImageDraw
+
+    from fashiongen.runtime.files import atomic_file
+
+    label_w, caption_h, columns = 150, 28, max(len(shots) for _, shots, _ in rows)
+    canvas = Image.new("RGB", (label_w + columns * cell, len(rows) * (cell + caption_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, shots, captions) in enumerate(rows):
+        top = r * (cell + caption_h)
+        draw.text((6, top + cell // 2), name, fill="black")
+        for c, (shot, caption) in enumerate(zip(shots, captions)):
+            left = label_w + c * cell
+            if shot is not None:
+                canvas.paste(Image.fromarray(np.asarray(shot)).resize((cell, cell)), (left, top))
+            else:
+                draw.text((left + 30, top + cell // 2), "(empty)", fill="red")
+            words = caption.split()
+            half = (len(words) + 1) // 2
+            for line, text in enumerate((" ".join(words[:half]), " ".join(words[half:]))):
+                draw.text((left + 3, top + cell + 2 + 12 * line), text, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp:
+        canvas.save(tmp, format="PNG")
+    return out
+
+
+def markdown(report: dict) -> str:
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"# Quality ({report['machine']})", "",
+             f"{report['prompts']} prompts per split, {report['steps']} steps, seeds {report['seed']}+i. "
+             "Accuracy in %, per attribute, over the prompts where the attribute applies.", "",
+             "## The judge on held-out renders", "", "| view/split | " + " | ".join(SHOWN) + " |",
+             "|---" * (len(SHOWN) + 1) + "|"]
+    for where, scores in report["classifier_held_out"].items():
+        lines.append(f"| {where} | " + " | ".join(pct(scores[a]["accuracy"]) for a in SHOWN) + " |")
+    lines += ["", "## Generated", "", "| contender | split | " + " | ".join(SHOWN) + " | non-empty cutout | s/image |",
+              "|---" * (len(SHOWN) + 4) + "|"]
+    for row in report["generated"]:
+        lines.append(f"| {row['contender']} | {row['split']} | " + " | ".join(pct(row['accuracy'][a]) for a in SHOWN)
+                     + f" | {pct(row['non_empty'])} | {row['seconds_per_image']:.2f} |")
+    if report.get("segmenter"):
+        seg = report["segmenter"]
+        lines += ["", f"## Segmenter ({seg['images']} held-out worn renders)", "",
+                  f"mIoU {seg['miou']:.3f}; garment classes' IoU {seg['garment_iou']:.3f} "
+                  f"({', '.join(f'{k} {v:.3f}' for k, v in seg['iou'].items() if k in GARMENT_CLASSES)})"]
+    if report.get("readme_command"):
+        cmd = report["readme_command"]
+        lines += ["", "## The README's product shot", "", f"`{cmd['command']}`: median {cmd['median_s']:.2f} s "
+                  f"end to end over {len(cmd['runs'])} fresh processes"]
+    return "\n".join(lines) + "\n"
+
+
+def contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
+    """Each contender with the splits it is measured on."""
+    both, seen = ("test", "unseen"), ("test",)
+    worn = Path(args.engines)
+    out = [(Contender("approach 1", worn), both),
+           (Contender("approach 3", Path(args.product_engines), cutout=False), both)]
+    if not args.quick:
+        out += [(Contender("1, no <studio-style>", worn, positive=False), seen),
+                (Contender("1, no <wrong>", worn, negative=False), seen),
+                (Contender("1, no tokens", worn, positive=False, negative=False), seen)]
+        out += [(Contender(f"1, deepcache {n}", worn, fast="deepcache", deepcache=n), seen) for n in args.deepcache]
+        out += [(Contender("1, int8", with_int8(worn, args.size), fast="int8"), seen)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fashiongen.demo_family import engine_folder
+
+    p = argparse.ArgumentParser(prog="python -m fashiongen.bench.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="the data set (fashiongen dataset --out DIR)")
+    p.add_argument("--engines", default=None, help="approach 1's engine folder (default: the shipped demo)")
+    p.add_argument("--product-engines", default=None, help="approach 3's engine folder (default: demo-product)")
+    p.add_argument("--segmenter-engines", default=None, help="the segmenter's folder (default: demo-segmenter)")
+    p.add_argument("--classifier", type=Path, default=CACHE / "attribute-classifier.safetensors",
+                   help="the judge; trained on --data when the file is missing")
+    p.add_argument("--prompts", type=int, default=200, help="prompts per split (default 200)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, as generate's)")
+    p.add_argument("--seed", type=int, default=19687, help="seed of the first prompt (default 19687)")
+    p.add_argument("--size", type=int, default=128, help="the INT8 calibration's image size (default 128, the demo's)")
+    p.add_argument("--deepcache", type=int, nargs="*", default=[2, 3], help="DeepCache intervals (default 2 3)")
+    p.add_argument("--quick", action="store_true", help="approaches 1 and 3 only (no token ablation, no fast modes)")
+    p.add_argument("--readme-runs", type=int, default=3, help="runs of the README command to time (default 3)")
+    p.add_argument("--out", type=Path, default=RESULTS / "quality", help="report path without suffix")
+    args = p.parse_args(argv)
+    args.engines = engine_folder(args.engines, "demo")
+    args.product_engines = engine_folder(args.product_engines, "demo-product", "--product-engines")
+    args.segmenter_engines = engine_folder(args.segmenter_engines, "demo-segmenter", "--segmenter-engines")
+    return run(args)
+
+
+def run(args) -> int:
+    from fashiongen.bench.attribute_classifier import evaluate, load_classifier, train_classifier
+    from fashiongen.runtime.cutout import CutoutPipeline
+    from fashiongen.runtime.engines import EngineSet
+
+    if args.classifier.is_file():
+        classifier = load_classifier(args.classifier)
+    else:
+        classifier = train_classifier(args.data, args.classifier)
+    held_out = classifier.record.get("held_out") or evaluate(classifier, args.data)
+    cutter = CutoutPipeline(EngineSet(Path(args.segmenter_engines)))
+    prompts = {split: read_prompts(args.data, split, args.prompts, args.seed) for split in ("test", "unseen")}
+    generated, shown = [], []
+    for contender, splits in contenders(args):
+        for split in splits:
+            shots, raws, seconds = product_shots(contender, prompts[split], args.steps, cutter)
+            row = {"contender": contender.name, "split": split, "seconds_per_image": seconds,
+                   **judge(classifier, shots, prompts[split])}
+            generated.append(row)
+            print(f"{contender.name:22s} {split:6s} " + " ".join(
+                f"{a} {100 * (row['accuracy'][a] or 0):.1f}" for a in SHOWN) + f" non-empty {100 * row['non_empty']:.1f}",
+                flush=True)
+            if split == "test" and contender.name in ("approach 1", "approach 3"):
+                shown.append((contender.name, shots[:8], [q.caption for q in prompts[split][:8]]))
+                if contender.cutout:
+                    shown.insert(len(shown) - 1, ("approach 1, worn", raws[:8], [q.caption for q in prompts[split][:8]]))
+    report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+              "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),
+              "classifier_held_out": {k: {a: v[a] for a in SHOWN} for k, v in held_out.items()},
+              "generated": generated, "segmenter": segmenter_iou(Path(args.segmenter_engines), args.data, 1000),
+              "readme_command": readme_command_seconds(args.readme_runs, []) if args.readme_runs else None}
+    from fashiongen.runtime.files import atomic_file
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
+        with atomic_file(args.out.with_suffix(suffix)) as tmp:
+            tmp.write_text(text)
+    grid(shown, args.out.with_name(args.out.name + "-grid.png"))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The quality bench's pieces on a tiny data set: the judge trains, saves and loads to the same predictions;
+an empty cutout counts as wrong; prompts are drawn reproducibly from a split; the grid has a cell per shot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashiongen.bench import attribute_classifier as ac
+from fashiongen.bench import quality
+from fashiongen.runtime.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from fashiongen.training.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("quality") / "set"
+    write_dataset(root, count=12, size=64, test_fraction=0.25, unseen_count=4, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def classifier_file(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("judge") / "judge.safetensors"
+    ac.train_classifier(data, out, steps=3, batch_size=4, size=32, progress=False)
+    return out
+
+
+def test_the_judge_round_trips_and_reports_its_held_out_accuracy(classifier_file, data):
+    loaded = ac.load_classifier(classifier_file)
+    held_out = loaded.record["held_out"]
+    assert set(held_out) == {"product/test", "worn/test", "product/unseen", "worn/unseen"}
+    assert 0 <= held_out["product/test"]["colour"]["accuracy"] <= 1 and loaded.record["steps"] == 3
+    images, _ = ac.load_examples(data, "product", "test")
+    again = ac.load_classifier(classifier_file)
+    assert loaded.classify(images) == again.classify(images)
+    assert all(set(p) == set(ac.VOCAB) for p in loaded.classify(images))
+
+
+def test_a_missing_or_foreign_judge_file_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--classifier: .* is missing"):
+        ac.load_classifier(tmp_path / "none.safetensors")
+    with pytest.raises(InputError, match="must end in .safetensors"):
+        ac.train_classifier(tmp_path, tmp_path / "judge.pt")
+
+
+def test_an_empty_cutout_is_wrong_on_every_attribute(classifier_file, data):
+    judge = ac.load_classifier(classifier_file)
+    prompts = quality.read_prompts(data, "test", 3, seed=5)
+    images, _ = ac.load_examples(data, "product", "test")
+    result = quality.judge(judge, [None, None, None], prompts)
+    assert result["non_empty"] == 0 and all(v in (0.0, None) for v in result["accuracy"].values())
+    result = quality.judge(judge, [images[0], None, images[1]], prompts)
+    assert result["non_empty"] == pytest.approx(2 / 3) and result["accuracy"]["type"] <= 2 / 3
+
+
+def test_prompts_are_a_reproducible_draw_from_the_split(data):
+    a, b = quality.read_prompts(data, "unseen", 3, seed=7), quality.read_prompts(data, "unseen", 3, seed=7)
+    assert [p.caption for p in a] == [p.caption for p in b] and [p.seed for p in a] == [7, 8, 9]
+    captions = {line for line in (data / "worn" / "unseen" / "metadata.jsonl").read_text().splitlines()}
+    assert all(any(f'"text": "{p.caption}"' in c for c in captions) for p in a)
+    assert a[0].truth["type"] in p_types(a[0].caption)
+
+
+def p_types(caption: str) -> list[str]:
+    from fashiongen.training.attributes import TYPES
+
+    return [t for t in TYPES if caption.endswith(t)]
+
+
+def test_the_grid_has_a_cell_per_shot(tmp_path):
+    shot = np.full((64, 64, 3), 255, np.uint8)
+    out = quality.grid([("a", [shot, None], ["red skirt", "blue shirt"]), ("b", [shot], ["x"])], tmp_path / "g.png",
+                       cell=32)
+    width, height = Image.open(out).size
+    assert (width, height) == (150 + 2 * 32, 2 * (32 + 28))
