@@ -1,0 +1,74 @@
+"""The demo family's recipe (``python -m fashiongen.training.demo``): every stage is a command line the CLI
+accepts, its sizes build, and the release copies are fp16 that load back as the model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from fashiongen.cli import build_parser
+from fashiongen.random_checkpoints.sd import SDSize
+from fashiongen.training import demo
+from fashiongen.training.ship import half_copy
+
+
+def test_every_stage_is_a_command_the_cli_takes(tmp_path):
+    parser = build_parser()
+    names = []
+    for stage in demo.stages(tmp_path, demo.SEED):
+        names.append(stage.name)
+        if stage.argv:
+            args = parser.parse_args(stage.argv)
+            assert callable(args.run), stage.name
+    assert names[0] == "dataset" and {"vae", "worn", "product", "segmenter", "export-worn"} <= set(names)
+
+
+def test_the_recipe_sizes_build():
+    size = SDSize(**{k: tuple(v) if isinstance(v, list) else v for k, v in demo.RECIPE["model"].items()})
+    assert size.vae_scale_factor * size.sample_size == demo.RECIPE["dataset"]["size"] >= 128
+
+
+def test_a_stage_already_done_is_skipped(tmp_path):
+    stage = demo.stages(tmp_path, demo.SEED)[0]
+    stage.done.parent.mkdir(parents=True)
+    stage.done.write_text("{}")
+    assert demo.run_stage(stage, tmp_path, log=lambda line: None) == 0.0
+
+
+def test_half_copy_stores_fp16_that_loads_back_exactly(sd_checkpoint, tmp_path):
+    out = half_copy(Path(sd_checkpoint), tmp_path / "half")
+    source = load_file(str(Path(sd_checkpoint) / "unet" / "diffusion_pytorch_model.safetensors"))
+    half = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(half[k].dtype == torch.float16 and torch.equal(half[k].float(), v.half().float())
+               for k, v in source.items())
+    assert json.loads((out / "model_index.json").read_text()) == json.loads(
+        (Path(sd_checkpoint) / "model_index.json").read_text())
+
+
+def test_the_token_data_spoils_every_image_and_keeps_its_caption(tmp_path):
+    from fashiongen.training.dataset import write_dataset
+
+    write_dataset(tmp_path / "set", count=4, size=64, test_fraction=0.0, unseen_count=0, progress=False)
+    source = tmp_path / "set" / "worn" / "train"
+    demo.make_token_data(source, tmp_path / "wrong", "wrong", 3, seed=1)
+    rows = [json.loads(line) for line in (tmp_path / "wrong" / "metadata.jsonl").read_text().splitlines()]
+    originals = {json.loads(line)["file_name"]: json.loads(line)["text"]
+                 for line in (source / "metadata.jsonl").read_text().splitlines()}
+    assert len(rows) == 3 and all(originals[r["file_name"]] == r["text"] for r in rows)
+    assert all((tmp_path / "wrong" / r["file_name"]).read_bytes() != (source / r["file_name"]).read_bytes()
+               for r in rows)
+
+
+def test_the_studio_token_data_covers_every_type(tmp_path):
+    from fashiongen.training.dataset import write_dataset
+
+    write_dataset(tmp_path / "set", count=12, size=64, test_fraction=0.0, unseen_count=0, progress=False)
+    source = tmp_path / "set" / "worn" / "train"
+    demo.make_token_data(source, tmp_path / "studio", "studio", 12, seed=1)
+    types = {json.loads(line)["type"] for line in (source / "metadata.jsonl").read_text().splitlines()}
+    chosen = [json.loads(line)["file_name"] for line in (tmp_path / "studio" / "metadata.jsonl").read_text().splitlines()]
+    by_name = {json.loads(line)["file_name"]: json.loads(line)["type"]
+               for line in (source / "metadata.jsonl").read_text().splitlines()}
+    assert {by_name[name] for name in chosen} == types

@@ -1,0 +1,298 @@
+"""The demo family, trained here from nothing: ``python -m fashiongen.training.demo --work DIR``.
+
+One command makes the data set and trains, on a laptop-class CPU, everything the default run of
+``fashiongen generate`` uses, with the project's own commands (each stage is a ``fashiongen`` command line,
+printed and logged, so what the demo does is what a user would type):
+
+1. ``dataset``: the procedural garments, worn and product views, 128 px.
+2. ``vae``: an AutoencoderKL trained from random weights (``train-vae --config``) on both views.
+3. ``worn``: text encoder + UNet trained from random weights on the worn view (``train --model VAE``):
+   approach 1's generator, a person wearing the garment.
+4. ``tokens``: two learned tokens by textual inversion on the worn model (``train-embedding``):
+   ``<studio-style>`` (positive) on the shots whose garment fills the most of the frame, and ``<wrong>``
+   (negative) on worn shots spoiled on purpose (blurred, noisy, colours rotated away from their caption).
+5. ``product``: the worn model fine-tuned on the product view (``train --model WORN``): approach 3.
+6. ``segmenter``: a SegFormer trained from random weights on the worn view's label maps.
+7. ``release``: fp16 copies of the models and the tokens (what is exported, measured and shipped).
+8. ``export``: the three engine folders (``fashiongen export``), from the fp16 copies; the worn one also
+   holds the DeepCache parts (``fashiongen deepcache``), so ``generate --fast deepcache`` runs on it.
+9. ``ship`` (with ``--ship``): the weights and the engine folders into ``fashiongen/demo_models/``,
+   with ``recipe.json`` (every command, seed, wall time, final losses).
+
+Every stage is deterministic from ``--seed``, skipped when its output exists, and resumed from its last
+checkpoint when it was interrupted: run the same command again. Why 128 px: the garment's attributes (sleeve,
+neckline, length, stripes) are legible at 128 px, and the SD 1.x VAE's factor 8 gives 16x16 latents, small
+enough to train the UNet for thousands of steps on two cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.files import atomic_file
+
+from .attributes import SEGMENT_CLASSES
+
+POSITIVE_TOKEN = "<studio-style>"
+NEGATIVE_TOKEN = "<wrong>"
+SEED = 19687
+
+#: The demo's sizes and schedules: one place, recorded in recipe.json.
+RECIPE = {
+    "dataset": {"count": 10000, "size": 128},
+    "model": {  # fields of random_checkpoints.sd.SDSize
+        "unet_channels": [32, 64, 128], "layers_per_block": 1, "attention_head_dim": 4,
+        "cross_attention_dim": 64, "text_layers": 2, "text_heads": 2, "text_intermediate": 256,
+        "vae_channels": [16, 32, 64, 64], "sample_size": 16, "norm_groups": 4,
+    },
+    "vae": {"steps": 1500, "batch_size": 8, "learning_rate": 3e-3},
+    "worn": {"steps": 2000, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.995, "warmup_steps": 100},
+    "tokens": {"steps": 150, "batch_size": 16, "learning_rate": 5e-3, "images": 600},
+    "product": {"steps": 400, "batch_size": 32, "learning_rate": 2e-4, "ema_decay": 0.99},
+    "segmenter": {"steps": 800, "batch_size": 16, "learning_rate": 6e-4, "resolution": 256,
+                  "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
+}
+
+
+@dataclass
+class Stage:
+    """One ``fashiongen`` command of the recipe: done when ``done`` exists, resumed when ``run_dir`` does."""
+
+    name: str
+    argv: list[str]
+    done: Path
+    run_dir: Path | None = None
+    resumable: bool = True
+    prepare: object = None  # a callable run before the command (writes its input folders)
+    extra: dict = field(default_factory=dict)
+
+
+def stages(work: Path, seed: int) -> list[Stage]:
+    r, data = RECIPE, work / "data"
+
+    def schedule(key: str) -> list[str]:
+        s = r[key]
+        out = ["--steps", s["steps"], "--batch-size", s["batch_size"], "--learning-rate", s["learning_rate"],
+               "--seed", seed, "--checkpoint-every", 100]
+        if "ema_decay" in s:
+            out += ["--ema-decay", s["ema_decay"]]
+        if "warmup_steps" in s:
+            out += ["--warmup-steps", s["warmup_steps"]]
+        return [str(x) for x in out]
+
+    worn, product, release = data / "worn", data / "product", work / "release"
+    return [
+        Stage("dataset", ["dataset", "--out", str(data), "--count", str(r["dataset"]["count"]), "--seed", str(seed),
+                          "--size", str(r["dataset"]["size"])], data / "dataset.json", resumable=False),
+        Stage("vae", ["train-vae", "--config", str(work / "model-size.json"), "--data", str(worn / "train"),
+                      "--data", str(product / "train"), "--resolution", "128", "--out", str(work / "vae"),
+                      *schedule("vae")], work / "vae" / "model" / "training.json", work / "vae",
+              prepare=lambda: _write_json(work / "model-size.json", r["model"])),
+        Stage("worn", ["train", "--model", str(work / "vae" / "model"), "--data", str(worn / "train"),
+                       "--train-text-encoder", "--caption-dropout", "0.1", "--resolution", "128",
+                       "--out", str(work / "worn"), *schedule("worn"),
+                       "--validation-prompt", "black short sleeve crewneck crop top",
+                       "--validation-prompt", "red striped maxi skirt", "--validation-every", "500"],
+              work / "worn" / "model" / "training.json", work / "worn"),
+        *[Stage(f"token-{name}", ["train-embedding", "--model", str(work / "worn" / "model"),
+                                  "--data", str(work / "token-data" / name), "--token", token, "--init-word", init,
+                                  "--resolution", "128", "--out", str(work / f"token-{name}"), *schedule("tokens")],
+                work / f"token-{name}" / "training.json", work / f"token-{name}",
+                prepare=lambda name=name: make_token_data(worn / "train", work / "token-data" / name, name,
+                                                          r["tokens"]["images"], seed))
+          for name, token, init in (("studio", POSITIVE_TOKEN, "studio"), ("wrong", NEGATIVE_TOKEN, "bad"))],
+        Stage("product", ["train", "--model", str(work / "worn" / "model"), "--data", str(product / "train"),
+                          "--resolution", "128", "--out", str(work / "product"), *schedule("product"),
+                          "--validation-prompt", "black short sleeve crewneck crop top"],
+              work / "product" / "model" / "training.json", work / "product"),
+        Stage("segmenter", ["train-segmenter", "--config", str(work / "segmenter-size.json"),
+                            "--data", str(worn / "train"), "--eval-data", str(worn / "test"),
+                            "--resolution", str(r["segmenter"]["resolution"]),
+                            "--out", str(work / "segmenter"), *schedule("segmenter")],
+              work / "segmenter" / "model" / "training.json", work / "segmenter",
+              prepare=lambda: _write_json(work / "segmenter-size.json", r["segmenter"]["size"])),
+        Stage("release", [], release / "done", resumable=False, prepare=lambda: make_release(work)),
+        Stage("export-worn", ["export", "--model", str(release / "worn"), "--out", str(work / "engines/worn"),
+                              "--embedding", f"{release / 'embeddings' / 'studio-style.pt'}={POSITIVE_TOKEN}",
+                              "--embedding", f"{release / 'embeddings' / 'wrong.pt'}={NEGATIVE_TOKEN}"],
+              work / "engines/worn/manifest.json", resumable=False),
+        Stage("deepcache-worn", ["deepcache", "--model", str(release / "worn"), "--engines", str(work / "engines/worn")],
+              work / "engines/worn/unet_shallow.onnx", resumable=False),
+        Stage("export-product", ["export", "--model", str(release / "product"), "--out", str(work / "engines/product")],
+              work / "engines/product/manifest.json", resumable=False),
+        Stage("export-segmenter", ["export", "--segmenter", str(release / "segmenter"),
+                                   "--out", str(work / "engines/segmenter")],
+              work / "engines/segmenter/manifest.json", resumable=False),
+    ]
+
+
+def make_release(work: Path) -> None:
+    """fp16 copies of the trained models and the learned tokens: what is exported, measured and shipped."""
+    from .ship import half_copy
+
+    release = work / "release"
+    for name in ("worn", "product", "segmenter"):
+        half_copy(work / name / "model", release / name)
+    (release / "embeddings").mkdir(exist_ok=True)
+    for name in ("studio", "wrong"):
+        for path in (work / f"token-{name}").glob("*.pt"):  # <token>.pt; every run's diffusers file has one name
+            shutil.copy2(path, release / "embeddings" / path.name)
+    (release / "done").write_text("")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# -- the learned tokens' data ---------------------------------------------------------------------------------
+def make_token_data(source: Path, out: Path, kind: str, count: int, seed: int) -> None:
+    """An imagefolder for a learned token, drawn from the worn training split.
+
+    ``studio``: the ``count`` shots whose garment covers the most of the frame (per garment type, so every
+    type is there): what a catalog wants to cut out. ``wrong``: ``count`` shots each spoiled on purpose, by one
+    or two of blur, noise and a hue rotation that makes the colour disagree with the caption; captions kept,
+    so the token learns the defect and, as a negative prompt, steers away from it.
+    """
+    from PIL import Image, ImageFilter
+
+    if (out / "metadata.jsonl").is_file():
+        return
+    rows = [json.loads(line) for line in (source / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    rng = np.random.default_rng([seed, 1 if kind == "studio" else 2])
+    stage = out.with_name(out.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    if kind == "studio":
+        chosen = _largest_garments(source, rows, count)
+    else:
+        chosen = [rows[i] for i in rng.choice(len(rows), size=min(count, len(rows)), replace=False)]
+    with open(stage / "metadata.jsonl", "w") as meta:
+        for row in chosen:
+            image = Image.open(source / row["file_name"]).convert("RGB")
+            if kind == "wrong":
+                image = _spoil(image, rng, ImageFilter)
+            image.save(stage / row["file_name"])
+            meta.write(json.dumps({"file_name": row["file_name"], "text": row["text"]}) + "\n")
+    stage.rename(out)
+
+
+def _largest_garments(source: Path, rows: list[dict], count: int) -> list[dict]:
+    from PIL import Image
+
+    garment_classes = {SEGMENT_CLASSES.index(c) for c in ("Upper-clothes", "Skirt", "Pants", "Dress")}
+    by_type: dict[str, list[tuple[float, dict]]] = {}
+    for row in rows:
+        labels = np.asarray(Image.open(source / row["label_file"]))
+        area = float(np.isin(labels, list(garment_classes)).mean())
+        by_type.setdefault(row["type"], []).append((area, row))
+    per_type = max(1, count // len(by_type))
+    chosen = []
+    for items in by_type.values():
+        items.sort(key=lambda pair: -pair[0])
+        chosen += [row for _, row in items[:per_type]]
+    return chosen
+
+
+def _spoil(image, rng: np.random.Generator, image_filter):
+    """One or two defects: blur, sensor noise, or the hue rotated by 90-270 degrees (a colour that is wrong)."""
+    from PIL import Image
+
+    for defect in rng.choice(["blur", "noise", "hue"], size=int(rng.integers(1, 3)), replace=False):
+        if defect == "blur":
+            image = image.filter(image_filter.GaussianBlur(float(rng.uniform(1.5, 3.0))))
+        elif defect == "noise":
+            pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 28, (*image.size[::-1], 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        else:
+            hsv = np.asarray(image.convert("HSV")).copy()
+            hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(rng.integers(64, 192))) % 256
+            image = Image.fromarray(hsv, "HSV").convert("RGB")
+    return image
+
+
+# -- running -------------------------------------------------------------------------------------------------
+def run_stage(stage: Stage, work: Path, log=print) -> float:
+    """Run one stage (or resume it); return its wall seconds (0 when it was already done)."""
+    if stage.done.exists():
+        log(f"[{stage.name}] done already ({stage.done})")
+        return 0.0
+    if callable(stage.prepare):
+        stage.prepare()
+    if not stage.argv:  # a Python step of the recipe, done by ``prepare``
+        return 0.0
+    argv = list(stage.argv)
+    if stage.resumable and stage.run_dir is not None and (stage.run_dir / "run.json").is_file():
+        argv.append("--resume")
+    command = [sys.executable, "-m", "fashiongen", *argv]
+    log(f"[{stage.name}] fashiongen {' '.join(argv)}")
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(logs / f"{stage.name}.log", "a") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"[{stage.name}] failed (exit {result.returncode}); see {logs / (stage.name + '.log')}")
+    log(f"[{stage.name}] {seconds / 60:.1f} min")
+    return seconds
+
+
+def run_all(work: Path, seed: int, only: list[str] | None = None, log=print) -> dict:
+    """Every stage in order; wall times add up across resumed sessions in ``work/recipe-times.json``."""
+    work.mkdir(parents=True, exist_ok=True)
+    times_file = work / "recipe-times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    for stage in stages(work, seed):
+        if only and stage.name not in only:
+            continue
+        times[stage.name] = times.get(stage.name, 0.0) + run_stage(stage, work, log)
+        _write_json(times_file, times)
+    return times
+
+
+def ship(work: Path, seed: int, target: Path | None = None) -> Path:
+    """Copy the trained family into the package: engine folders (without their CPU-specific caches) and the
+    weights in fp16, plus ``recipe.json``: the commands, seed, wall times and final losses."""
+    from fashiongen.demo_family import DEMO_DIR
+
+    from .ship import ship_family
+
+    return ship_family(work, target or DEMO_DIR, recipe={"seed": seed, "recipe": RECIPE,
+                                             "stages": [{"name": s.name, "command": "fashiongen " + " ".join(s.argv)}
+                                                        for s in stages(work, seed)],
+                                             "wall_seconds": json.loads((work / "recipe-times.json").read_text())})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fashiongen.training.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, logs, engines)")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of everything (default {SEED})")
+    parser.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
+    parser.add_argument("--ship", action="store_true", help="then copy the family into the package (fashiongen/demo_models/)")
+    args = parser.parse_args(argv)
+    try:
+        started = time.perf_counter()
+        times = run_all(args.work, args.seed, args.only.split(",") if args.only else None)
+        print(f"stages: {', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items())}; "
+              f"total {sum(times.values()) / 60:.1f} min (this session {(time.perf_counter() - started) / 60:.1f})")
+        if args.ship:
+            print(f"shipped to {ship(args.work, args.seed)}")
+    except InputError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
