@@ -170,6 +170,8 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     vae_args = parse(autoencoder, ["--model", sd_checkpoint, "--data", data, "--out", tmp_path / "run",
                                    "--kl-weight", -1])
     refused(lambda: autoencoder.run(vae_args), "--kl-weight")
+    vae_args.kl_weight, vae_args.l1_weight = 0.0, float("nan")
+    refused(lambda: autoencoder.run(vae_args), "--l1-weight")
     assert not (tmp_path / "run").exists()
 
 
