@@ -68,8 +68,8 @@ def add_base_arguments(p) -> None:
     base.add_argument("--config", type=Path, metavar="FILE.json",
                       help="start from random weights of this size: a JSON object of SDSize fields "
                       "(unet_channels, layers_per_block, attention_head_dim, cross_attention_dim, text_layers, "
-                      "text_heads, text_intermediate, vae_channels, norm_groups; sample_size defaults to --resolution/8); the "
-                      "initial checkpoint (seeded by --seed) is written to OUT/base")
+                      "text_heads, text_intermediate, vae_channels, norm_groups; sample_size defaults to "
+                      "--resolution/8); the initial checkpoint (seeded by --seed) is written to OUT/base")
 
 
 def add_data_arguments(p, what: str) -> None:
