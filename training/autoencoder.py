@@ -9,11 +9,11 @@ The loss is the autoencoder's evidence bound as latent-diffusion trains it, with
 perceptual terms (no LPIPS network can be downloaded here): the mean squared error of the image decoded from a
 posterior *sample* (as Stability's ft-MSE decoder was tuned), ``--l1-weight`` x its mean absolute error, plus
 ``--kl-weight`` x the KL divergence to N(0, I). L1 is off by default: it pulls an uncertain pixel to the
-median colour, which on catalog images (mostly white or grey) is no colour at all. Measured on the demo's
-(16, 32, 64, 64) VAE: trained with L1 + L2 for 1,500 steps it drew every garment in greys (hue-rotated inputs
-moved its latents by 5%); overfitting 8 product shots on a chroma-only loss, L1 + L2 left the output grey
-(chroma std 0.009 of the images' 0.080 after 75 steps) while L2 alone reached 0.059 after 100. Not yet
-confirmed on a full run (an MSE run was still grey at step 200, as the L1 + L2 one was). At the end the config's
+median colour, which on catalog images (mostly white or grey) is none (overfitting 8 product shots on a
+chroma-only loss, L1 + L2 left the output grey, chroma std 0.009 of the images' 0.080 after 75 steps, while L2
+alone reached 0.059 after 100). That is not the whole story: at full size the demo's (16, 32, 64, 64) VAE
+stayed grey both with L1 + L2 (1,500 steps) and with MSE alone (800 steps; hue-rotated inputs move its latents
+by 5%), an open problem of the demo family. At the end the config's
 ``scaling_factor`` is set to 1 / std of the data's latents, as SD's 0.18215 was chosen, so that the UNet
 sees unit-variance latents; a fine-tuned VAE keeps its checkpoint's unless ``--rescale`` is given.
 """
