@@ -275,6 +275,7 @@ def run(args) -> int:
     from fashiongen.bench.attribute_classifier import evaluate, load_classifier, train_classifier
     from fashiongen.runtime.cutout import CutoutPipeline
     from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.files import atomic_file
 
     if args.classifier.is_file():
         classifier = load_classifier(args.classifier)
@@ -294,15 +295,15 @@ def run(args) -> int:
                 f"{a} {100 * (row['accuracy'][a] or 0):.1f}" for a in SHOWN) + f" non-empty {100 * row['non_empty']:.1f}",
                 flush=True)
             if split == "test" and contender.name in ("approach 1", "approach 3"):
-                shown.append((contender.name, shots[:8], [q.caption for q in prompts[split][:8]]))
-                if contender.cutout:
-                    shown.insert(len(shown) - 1, ("approach 1, worn", raws[:8], [q.caption for q in prompts[split][:8]]))
+                captions = [q.caption for q in prompts[split][:8]]
+                if contender.cutout:  # the worn image above its cutout
+                    shown.append((f"{contender.name}, worn", raws[:8], captions))
+                shown.append((contender.name, shots[:8], captions))
     report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
               "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),
               "classifier_held_out": {k: {a: v[a] for a in SHOWN} for k, v in held_out.items()},
               "generated": generated, "segmenter": segmenter_iou(Path(args.segmenter_engines), args.data, 1000),
               "readme_command": readme_command_seconds(args.readme_runs, []) if args.readme_runs else None}
-    from fashiongen.runtime.files import atomic_file
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):

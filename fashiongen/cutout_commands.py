@@ -16,7 +16,6 @@ from typing import Sequence
 import numpy as np
 
 from fashiongen import demo_family
-from fashiongen.demo_family import engine_folder
 from fashiongen.runtime.compositing import CompositeOptions, mask_image
 from fashiongen.runtime.cutout import MIN_AREA, CutoutBatch, CutoutPipeline, check_min_area
 from fashiongen.runtime.engines import EngineSet, ort_factory
@@ -159,7 +158,7 @@ def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet 
         raise InputError(f"--mask-out: '{args.mask_out}' is also the product shot's --out path")
     folder = getattr(args, "segmenter_engines", None)
     if folder is not None:
-        folder = engine_folder(folder, "demo-segmenter", "--segmenter-engines")
+        folder = demo_family.engine_folder(folder, "demo-segmenter", "--segmenter-engines")
     elif engines is not None and not engines.has("segmenter"):
         folder = default_segmenter(engines.engine_dir, class_arg)
     folder_arg = "--segmenter-engines" if folder is not None else "--engines"
@@ -177,7 +176,7 @@ def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet 
 def default_segmenter(engine_dir: Path, class_arg: str) -> Path:
     """The segmenter for an engine folder without one: the shipped demo's where it is installed."""
     try:
-        folder = engine_folder(None, "demo-segmenter")
+        folder = demo_family.engine_folder(None, "demo-segmenter")
     except InputError:
         raise InputError(f"{class_arg}: '{engine_dir}' (--engines) has no segmenter to cut out with; give "
                          "--segmenter-engines DIR, a folder written by `fashiongen export --segmenter SEGFORMER_DIR`"
@@ -225,7 +224,7 @@ def register(subparsers) -> None:
 
 def run_cutout_command(args) -> int:
     # Paths and options first, then the images, then the network: cheap checks before expensive ones.
-    args.engines = engine_folder(args.engines, "demo-segmenter")
+    args.engines = demo_family.engine_folder(args.engines, "demo-segmenter")
     plan_paths = numbered_paths(args.out, len(args.images))
     for p in plan_paths:
         check_writable(p, "--out")

@@ -23,5 +23,6 @@ def engine_folder(value: Path | str | None, default: str, arg: str = "--engines"
     folder = DEMO_DIR / "engines" / NAMES[name]
     if not (folder / "manifest.json").is_file():
         raise InputError(f"{arg}: the demo engines '{name}' are not installed ({folder} missing); pass an engine "
-                         "folder written by `fashiongen export`")
+                         "folder written by `fashiongen export`, or train the demo family: "
+                         "`python -m fashiongen.training.demo --work DIR --ship`")
     return folder
