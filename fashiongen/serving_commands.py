@@ -26,6 +26,10 @@ def register(sub) -> None:
                    help="concurrent server-side pipelines per pipeline model (default 4)")
     p.add_argument("--max-steps", type=int, default=MAX_STEPS,
                    help=f"largest `steps` a pipeline request may ask (default {MAX_STEPS}, as in-process)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="largest height or width (pixels) of a pipeline request's image (default: twice the "
+                        "checkpoint's native side, 1024 for SD 1.5; 4096 for the input of cutout alone)")
+    p.add_argument("--max-images", type=int, default=4, help="largest num_images of one request (default 4)")
     p.set_defaults(run=_run_triton_repo)
 
     p = sub.add_parser("serve", help="run the bundled tritonserver on a model repository",
@@ -46,7 +50,7 @@ def _run_triton_repo(args) -> int:
     from fashiongen.triton_repo.build import write_repository
 
     models = write_repository(args.engines, args.out, args.target, args.max_batch_size, args.instances,
-                              args.pipeline_instances, args.max_steps)
+                              args.pipeline_instances, args.max_steps, args.max_side, args.max_images)
     print(f"wrote {args.out}: {', '.join(models)} (target {args.target})")
     return 0
 

@@ -87,6 +87,8 @@ def test_configs_parse_back_to_the_contracts(repo, sd_engines):
     assert pipeline.max_batch_size == 0 and pipeline.instance_group[0].count == 4
     optional = {i.name: i.optional for i in pipeline.input}
     assert optional["prompt"] is False and optional["seed"] is True
+    limits = {k: v.string_value for k, v in pipeline.parameters.items() if k.startswith("max_")}
+    assert limits == {"max_steps": "50", "max_side": "512", "max_images": "4"}
 
 
 def test_gpu_targets(sd_engines, tmp_path):
@@ -180,6 +182,8 @@ def _text(s: str) -> np.ndarray:
     ({"steps": np.array([0], np.int32)}, "steps"),
     ({"steps": np.array([51], np.int32)}, "steps must be at most 50"),
     ({"height": np.array([100], np.int32)}, "height"),
+    ({"height": np.array([1024], np.int32)}, "height must be at most 512 pixels"),  # twice the native 256
+    ({"num_images": np.array([5], np.int32)}, "num_images must be at most 4"),
     ({"scheduler": _text("turbo")}, "unknown 'turbo'"),
     ({"steps": np.array([2.0], np.float32)}, "steps"),  # wrong dtype: refused by Triton itself
     ({"seed": np.array([1, 2], np.uint64)}, "seed"),    # wrong shape
@@ -245,6 +249,9 @@ def test_server_side_cutout_and_its_errors(server, segmenter_engines):
             request_pipeline(grpc_url(server), "cutout", CutoutRequest(image=image, cutout=str(absent[0])))
     with pytest.raises(ValueError, match="unknown class 'Cape'.*Upper-clothes"):
         request_pipeline(grpc_url(server), "cutout", CutoutRequest(image=image, cutout="Cape"))
+    tall = np.zeros((4097, 8, 3), np.uint8)  # the cutout alone bounds its input at 4096 pixels a side
+    with pytest.raises(ValueError, match="image height must be at most 4096 pixels"):
+        request_pipeline(grpc_url(server), "cutout", CutoutRequest(image=tall, cutout=label))
 
 
 def test_server_side_txt2img_cutout_auto(server, in_process, segmenter_engines):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.contracts import CONTRACTS
 from fashiongen.runtime.files import link_or_copy, staged_folder
 from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, write_json_atomic
 from fashiongen.runtime.triton_engine import model_prefix
 
 from . import configs
-from .services import SEGMENTER_DIR, SERVICES
+from .services import SEGMENTER_DIR, SERVICES, Limits
 
 MARKER = "fashiongen_repo.json"
 
@@ -40,7 +41,7 @@ def _network_files(engine_dir: Path, manifest: Manifest, network: str, target: s
     if target == "tensorrt":
         plan = Path(entry.file).with_suffix(".plan").name
         if not (engine_dir / plan).is_file():
-            raise ValueError(f"--target tensorrt: {engine_dir} has no TensorRT plan '{plan}' for {network}; "
+            raise InputError(f"--target tensorrt: {engine_dir} has no TensorRT plan '{plan}' for {network}; "
                              "build the plans on the GPU host first")
         return plan, {plan: engine_dir / plan}
     files = {entry.file: engine_dir / entry.file}
@@ -58,7 +59,7 @@ def add_networks(root: Path, engine_dir: Path, manifest: Manifest, target: str, 
     for network in manifest.networks:
         name = prefix + network
         if (root / name).exists():
-            raise ValueError(f"--engines: two engine folders both provide a model named '{name}'")
+            raise InputError(f"--engines: two engine folders both provide a model named '{name}'")
         model_file, files = _network_files(engine_dir, manifest, network, target)
         config = configs.network_config(name, network, CONTRACTS[network], manifest.dims, target, model_file,
                                         max_batch_size, instances)
@@ -67,13 +68,27 @@ def add_networks(root: Path, engine_dir: Path, manifest: Manifest, target: str, 
     return written
 
 
+#: The largest input image side of the cutout pipeline by default (the segmenter resizes what it gets).
+CUTOUT_MAX_SIDE = 4096
+
+
+def default_max_side(manifest: Manifest | None) -> int:
+    """Twice the checkpoint's native image side (1024 for SD 1.5), or CUTOUT_MAX_SIDE without a generator."""
+    if manifest is None:
+        return CUTOUT_MAX_SIDE
+    return 2 * int(manifest.dims["sample_size"]) * int(manifest.vae["downscale"])
+
+
 def add_pipeline(root: Path, service_name: str, source: tuple[Path, Manifest] | None,
-                 segmenter: tuple[Path, Manifest] | None, instances: int, max_steps: int) -> str:
-    """A server-side pipeline model; its version folder gets the manifests (and tokenizer) it runs on."""
+                 segmenter: tuple[Path, Manifest] | None, instances: int, max_steps: int,
+                 max_side: int | None = None, max_images: int = 4) -> str:
+    """A server-side pipeline model; its version folder gets the manifests (and tokenizer) it runs on.
+    ``max_side`` None: :func:`default_max_side` of the source's checkpoint."""
     service = SERVICES[service_name]
     prefix = model_prefix(source[1].kind) if source else ""
+    limits = Limits(max_steps, max_side or default_max_side(source[1] if source else None), max_images)
     config = configs.service_config(service.contract, service.required, instances,
-                                    {"service": service_name, "model_prefix": prefix, "max_steps": str(max_steps),
+                                    {"service": service_name, "model_prefix": prefix, **limits.parameters(),
                                      "segmenter_prefix": model_prefix(segmenter[1].kind) if segmenter else ""})
     files = {}
     if source:
@@ -88,14 +103,20 @@ def add_pipeline(root: Path, service_name: str, source: tuple[Path, Manifest] | 
 
 
 def write_repository(engine_dirs: list[Path], out: Path, target: str = "cpu", max_batch_size: int = 8,
-                     instances: int = 1, pipeline_instances: int = 4, max_steps: int = 150) -> list[str]:
+                     instances: int = 1, pipeline_instances: int = 4, max_steps: int = 150,
+                     max_side: int | None = None, max_images: int = 4) -> list[str]:
     """Write the repository for these engine folders into ``out``; returns the model names.
 
     Pipelines follow from what the folders hold: ``txt2img`` for a text → image folder, ``edit`` for an
     InstructPix2Pix one, ``cutout`` where a segmenter is present (which the other two then use too).
+    Each pipeline refuses a request beyond ``max_steps``, ``max_side`` (pixels of a side; None: twice its
+    checkpoint's native side) or ``max_images``.
     """
+    for name, value in (("max_steps", max_steps), ("max_side", max_side or 1), ("max_images", max_images)):
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     if target not in configs.TARGETS:
-        raise ValueError(f"--target must be one of {', '.join(configs.TARGETS)} (got {target!r})")
+        raise InputError(f"--target must be one of {', '.join(configs.TARGETS)} (got {target!r})")
     folders = [(Path(e), load_manifest(Path(e))) for e in engine_dirs]
     by_kind = {m.kind: (e, m) for e, m in folders}
     segmenter = next(((e, m) for e, m in folders if "segmenter" in m.networks), None)
@@ -106,9 +127,10 @@ def write_repository(engine_dirs: list[Path], out: Path, target: str = "cpu", ma
         for service_name, kind in (("txt2img", "txt2img"), ("edit", "pix2pix")):
             if kind in by_kind:
                 models.append(add_pipeline(stage, service_name, by_kind[kind], segmenter, pipeline_instances,
-                                           max_steps))
+                                           max_steps, max_side, max_images))
         if segmenter:
-            models.append(add_pipeline(stage, "cutout", None, segmenter, pipeline_instances, max_steps))
+            models.append(add_pipeline(stage, "cutout", None, segmenter, pipeline_instances, max_steps,
+                                       max_side, max_images))
         write_json_atomic(stage / MARKER, {"target": target, "models": models,
                                            "engines": [str(e.absolute()) for e, _ in folders]})
     return models

@@ -12,6 +12,7 @@ import json
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.contracts import NetworkContract, TensorSpec
 
 DATA_TYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64,
@@ -34,7 +35,7 @@ def network_config(model_name: str, network: str, contract: NetworkContract, dim
                    model_file: str, max_batch_size: int, instances: int) -> mc.ModelConfig:
     """One network as a Triton model: python + ONNX Runtime on CPU, or the GPU container's native backends."""
     if target not in TARGETS:
-        raise ValueError(f"--target must be one of {', '.join(TARGETS)} (got {target!r})")
+        raise InputError(f"--target must be one of {', '.join(TARGETS)} (got {target!r})")
     assert all(s.shape[0] == "batch" for s in (*contract.inputs, *contract.outputs)), contract.name
     config = mc.ModelConfig(name=model_name, max_batch_size=max_batch_size)
     if target == "cpu":

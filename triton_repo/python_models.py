@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.contracts import CONTRACTS, NetworkContract
 from fashiongen.runtime.engines import EngineSet, OrtEngine
 
 from fashiongen.runtime.cutout import CutoutPipeline
 from fashiongen.runtime.images import as_rgb
 
-from .services import SEGMENTER_DIR, SERVICES, from_tensors
+from .services import SEGMENTER_DIR, SERVICES, Limits, from_tensors
 
 
 def _error(message: str, invalid: bool) -> "pb_utils.TritonError":
@@ -40,6 +41,10 @@ class NetworkModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.contract: NetworkContract = CONTRACTS[params["network"]]
         self.engine = OrtEngine(_version_dir(args) / params["model_file"], self.contract, json.loads(params["dims"]))
+
+    def finalize(self) -> None:
+        """Release the ONNX Runtime session (its memory) when Triton unloads the model."""
+        self.engine = None
 
     def execute(self, requests):
         feeds = [{s.name: pb_utils.get_input_tensor_by_name(r, s.name).as_numpy() for s in self.contract.inputs}
@@ -105,13 +110,17 @@ class PipelineModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.service = SERVICES[params["service"]]
-        self.max_steps = int(params.get("max_steps", "150"))
+        self.limits = Limits.from_parameters(params)
         folder = _version_dir(args)
         seg_dir = folder / SEGMENTER_DIR
         self.cutout = CutoutPipeline(EngineSet(seg_dir, _bls_factory(params.get("segmenter_prefix", "")))) \
             if seg_dir.is_dir() else None
         self.pipeline = None if self.service.name == "cutout" else \
             pipeline_for(self.service.name, EngineSet(folder, _bls_factory(params.get("model_prefix", ""))))
+
+    def finalize(self) -> None:
+        """Drop the pipeline and the cutout (their tokenizer and BLS engines) when Triton unloads the model."""
+        self.pipeline = self.cutout = None
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
@@ -125,19 +134,18 @@ class PipelineModel:
         if self.pipeline is None:
             as_rgb(req.image, "image")  # refuses an empty image
         else:
-            if req.steps > self.max_steps:
-                raise ValueError(f"steps must be at most {self.max_steps} on this server (got {req.steps})")
             self.pipeline.resolve(req)
+        self.limits.check(req)  # on the resolved request: a size left out is the checkpoint's native one
         if not spec:
             return req, None
         if self.cutout is None:
-            raise ValueError("cutout: this server has no segmenter (export one with --segmenter)")
+            raise InputError("cutout: this server has no segmenter (export one with --segmenter)")
         return req, self.cutout.resolve_classes(spec, getattr(req, "prompt", None), arg="cutout")
 
     def _one(self, request):
         try:
             req, class_ids = self._parse(request)
-        except ValueError as exc:
+        except InputError as exc:
             return pb_utils.InferenceResponse(error=_error(str(exc), invalid=True))
         try:
             images = req.image[None] if self.pipeline is None else self.pipeline(req, progress=False).images
@@ -160,7 +168,7 @@ class PipelineModel:
                 np.stack([r.mask.astype(np.uint8) * 255 for r in results]))
 
 
-class EmptyCutout(ValueError):
+class EmptyCutout(InputError):
     """The chosen classes cover no pixel: refused rather than answered with a white square."""
 
 

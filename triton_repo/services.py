@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.contracts import NetworkContract, TensorSpec
 from fashiongen.runtime.pix2pix import Pix2PixRequest
 from fashiongen.runtime.txt2img import Txt2ImgRequest
@@ -85,6 +86,41 @@ SERVICES = {s.name: s for s in (TXT2IMG, EDIT, CUTOUT)}
 SEGMENTER_DIR = "segmenter"  # in a pipeline model's version folder: the manifest of the segmenter it uses
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request to a pipeline model may ask, so that no request exhausts the server's memory: the
+    generated or input image's ``height`` / ``width`` and ``num_images`` (``steps`` bounds time only).
+    Written into the model's config when the repository is generated."""
+
+    max_steps: int
+    max_side: int
+    max_images: int
+
+    def check(self, request) -> None:
+        """ValueError naming the first field of ``request`` (a resolved request dataclass) out of bounds."""
+        steps = getattr(request, "steps", None)
+        if steps is not None and steps > self.max_steps:
+            raise InputError(f"steps must be at most {self.max_steps} on this server (got {steps})")
+        image = getattr(request, "image", None)
+        sizes = {"height": getattr(request, "height", None), "width": getattr(request, "width", None)}
+        if image is not None:
+            sizes = {"image height": image.shape[0], "image width": image.shape[1] if image.ndim > 1 else 0}
+        for name, value in sizes.items():
+            if value is not None and value > self.max_side:
+                raise InputError(f"{name} must be at most {self.max_side} pixels on this server (got {value})")
+        images = getattr(request, "num_images", None)
+        if images is not None and images > self.max_images:
+            raise InputError(f"num_images must be at most {self.max_images} on this server (got {images})")
+
+    def parameters(self) -> dict[str, str]:
+        return {"max_steps": str(self.max_steps), "max_side": str(self.max_side),
+                "max_images": str(self.max_images)}
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> "Limits":
+        return cls(**{name: int(params[name]) for name in ("max_steps", "max_side", "max_images")})
+
+
 def to_tensors(service: Service, request) -> dict[str, np.ndarray]:
     """A request dataclass to the service's input tensors (fields left at None are not sent)."""
     out = {}
@@ -110,13 +146,13 @@ def from_tensors(service: Service, tensors: dict[str, np.ndarray]) -> tuple[obje
         array = tensors.get(spec.name)
         if array is None:
             if spec.name in service.required:
-                raise ValueError(f"{spec.name} is required")
+                raise InputError(f"{spec.name} is required")
             continue
         if spec.shape != (1,):
             values[spec.name] = array
             continue
         if array.size != 1:
-            raise ValueError(f"{spec.name} must hold exactly one value (got shape {list(array.shape)})")
+            raise InputError(f"{spec.name} must hold exactly one value (got shape {list(array.shape)})")
         item = array.reshape(-1)[0]
         values[spec.name] = (item.decode("utf-8") if isinstance(item, bytes) else str(item)) \
             if spec.dtype == "bytes" else item.item()
