@@ -5,11 +5,25 @@ Everything is built once per test session in a temporary folder; no weights come
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: What a test (or a parameter) that runs OpenVINO or NNCF, the cpu-fast extra, carries: the ``openvino``
+#: marker, and a skip where the extra is missing, so that the ONNX Runtime tests beside it still run.
+OPENVINO_MARKS = (pytest.mark.openvino,
+                  pytest.mark.skipif(find_spec("openvino") is None or find_spec("nncf") is None,
+                                     reason="the cpu-fast extra (openvino, nncf) is not installed"))
+
+
+def needs_openvino(test):
+    """Decorator: ``test`` runs OpenVINO (see OPENVINO_MARKS)."""
+    for mark in OPENVINO_MARKS:
+        test = mark(test)
+    return test
 
 POSITIVE_TOKEN = "<midjourney-style>"
 NEGATIVE_TOKEN = "<wrong>"

@@ -16,10 +16,10 @@ from PIL import Image
 from fashiongen.runtime.engines import EngineSet, backend_factory
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from conftest import OPENVINO_MARKS, needs_openvino
 from test_txt2img_parity import HEIGHT, NEGATIVE, PROMPT, SEED, STEPS, WIDTH, assert_close_images, reference_images
 
-pytest.importorskip("openvino")
-BACKENDS = ["ort", "openvino"]
+BACKENDS = ["ort", pytest.param("openvino", marks=OPENVINO_MARKS)]
 
 
 def request(scheduler: str | None = None, steps: int = STEPS) -> Txt2ImgRequest:
@@ -116,6 +116,7 @@ def int8_engines(sd_engines, tmp_path_factory):
     return folder
 
 
+@needs_openvino
 def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
     from fashiongen.runtime.manifest import load_manifest
 
@@ -129,6 +130,7 @@ def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
     assert variants["vae_decoder"]["calibration"]["calls"] == 2  # one decode per generation
 
 
+@needs_openvino
 def test_int8_warns_on_a_cpu_without_int8_dot_products(int8_engines, monkeypatch):
     import warnings
 
@@ -147,6 +149,7 @@ def test_int8_warns_on_a_cpu_without_int8_dot_products(int8_engines, monkeypatch
             variant_files(manifest, "openvino", "int8")
 
 
+@needs_openvino
 def test_openvino_warms_up_int8_networks_only(int8_engines, monkeypatch):
     """OpenVINO's f32 kernels pack weights per shape (a tiny warm-up call would pack layouts no real call uses);
     its INT8 ones pack once: only those are warmed up at load."""
@@ -177,6 +180,7 @@ def test_quantize_refuses_networks_it_cannot_do(sd_engines, networks, message, c
     assert code == 2 and "--networks" in err and message in err, err
 
 
+@needs_openvino
 def test_int8_runs_through_the_same_pipeline(int8_engines):
     from fashiongen.runtime.fastmodes import variant_files
     from fashiongen.runtime.manifest import load_manifest
@@ -192,6 +196,7 @@ def test_int8_runs_through_the_same_pipeline(int8_engines):
     assert not np.array_equal(fast, exact), "the INT8 UNet was not used"
 
 
+@needs_openvino
 def test_cli_generate_fast_int8(int8_engines, tmp_path, capsys):
     from fashiongen.cli import main
 
@@ -202,6 +207,7 @@ def test_cli_generate_fast_int8(int8_engines, tmp_path, capsys):
     assert code == 0 and np.asarray(Image.open(out)).shape == (64, 64, 3)
 
 
+@needs_openvino
 def test_fast_mode_on_a_backend_that_cannot_run_it(int8_engines, tmp_path, capsys):
     from fashiongen.cli import main
 
@@ -229,6 +235,7 @@ def test_unknown_fast_mode(sd_engines, tmp_path, capsys):
     assert code == 2 and "--fast: must be one or more of deepcache, int8" in capsys.readouterr().err
 
 
+@needs_openvino
 def test_cli_generate_openvino_matches_diffusers(sd_engines, diffusers_pipe, tmp_path):
     from fashiongen.cli import main
 
@@ -366,6 +373,7 @@ def deepcache_int8_engines(deepcache_engines, tmp_path_factory):
     return folder
 
 
+@needs_openvino
 def test_deepcache_and_int8_combine(deepcache_int8_engines):
     from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
     from fashiongen.runtime.manifest import load_manifest
@@ -390,6 +398,7 @@ def test_deepcache_and_int8_combine(deepcache_int8_engines):
     assert not np.array_equal(both, deepcache_only), "the INT8 DeepCache parts and VAE decoder were not used"
 
 
+@needs_openvino
 def test_cli_generate_fast_deepcache_int8(deepcache_int8_engines, tmp_path):
     from fashiongen.cli import main
 
@@ -400,6 +409,7 @@ def test_cli_generate_fast_deepcache_int8(deepcache_int8_engines, tmp_path):
     assert code == 0 and np.asarray(Image.open(out)).shape == (64, 64, 3)
 
 
+@needs_openvino
 def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engines):
     """A folder quantized before its DeepCache parts were added has no INT8 capture part: say how to fix it."""
     from fashiongen.runtime.fastmodes import variant_files
@@ -414,6 +424,7 @@ def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engin
         variant_files(manifest, "openvino", "int8")
 
 
+@needs_openvino
 def test_deepcache_export_again_forgets_its_old_int8_parts(sd_checkpoint, deepcache_int8_engines, tmp_path):
     from fashiongen.cli import main
     from fashiongen.runtime.manifest import load_manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,6 +13,8 @@ from fashiongen.cli import build_parser
 from fashiongen.random_checkpoints.sd import SDSize
 from fashiongen.training import demo
 from fashiongen.training.ship import half_copy
+
+pytestmark = pytest.mark.slow
 
 
 def test_every_stage_is_a_command_the_cli_takes(tmp_path):

@@ -10,6 +10,8 @@ from PIL import Image
 
 from fashiongen.bench import attribute_classifier as ac
 from fashiongen.bench import quality
+
+pytestmark = pytest.mark.slow
 from fashiongen.runtime.errors import InputError
 
 

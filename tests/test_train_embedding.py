@@ -20,7 +20,7 @@ from fashiongen.training import textual_inversion as ti
 from test_txt2img_parity import assert_close_images
 from trainer_checks import interrupted, refused
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 TOKEN = "<fg-knit>"
 VOCAB = 49408  # CLIP's rows before the new token's
 SIZE = 64

@@ -16,7 +16,7 @@ from fashiongen.random_checkpoints.segmenter import CLOTHES_ID2LABEL  # noqa: E4
 from fashiongen.runtime.errors import InputError  # noqa: E402
 from fashiongen.training import segmenter  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 48        # the images on disk
 RESOLUTION = 32  # trained at (so images and maps are resized)
 TINY = {"hidden_sizes": [8, 16, 24, 32], "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 32,

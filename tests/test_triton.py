@@ -19,6 +19,7 @@ from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
 pytest.importorskip("pytriton", reason="the serve extra is part of the test set-up")
 pytest.importorskip("tritonclient.grpc")
+pytestmark = pytest.mark.triton
 
 from fashiongen.triton_repo import configs  # noqa: E402
 from fashiongen.triton_repo.build import write_repository  # noqa: E402
