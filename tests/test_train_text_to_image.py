@@ -21,7 +21,7 @@ from fashiongen.training import text_to_image as t2i
 from test_txt2img_parity import assert_close_images
 from trainer_checks import interrupted, refused
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 64
 #: A size for --config: the TINY checkpoint's, as JSON a user would write.
 CONFIG = {"unet_channels": [32, 64], "cross_attention_dim": 32, "text_intermediate": 64,
@@ -149,6 +149,49 @@ def test_train_vae_learns_and_sets_the_latent_scale(config_file, data, tmp_path)
     assert train(["--model", out / t2i.MODEL], data, tmp_path / "next", "--steps", 1)["steps"] == 1
 
 
+def test_learning_rate_schedules():
+    from fashiongen.training.options import Schedule
+
+    constant = Schedule(steps=10, batch_size=1, learning_rate=1.0, warmup_steps=4)
+    assert [constant.lr_factor(s) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]
+    cosine = Schedule(steps=10, batch_size=1, learning_rate=1.0, warmup_steps=2, lr_schedule="cosine")
+    factors = [cosine.lr_factor(s) for s in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and factors[6] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(factors[2:], factors[3:])) and factors[-1] > 0
+
+
+def test_colour_basis_whitens_and_recolour_keeps_the_function(sd_checkpoint):
+    """The train-vae loss sees every colour direction with unit variance, and the VAE trained in that basis
+    is the same function once the basis is folded back into its first and last convolutions."""
+    from diffusers import AutoencoderKL
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (6, 16, 16, 1))
+    images = np.clip(grey + rng.integers(-12, 13, (6, 16, 16, 3)), 0, 255).astype(np.uint8)  # mostly brightness
+    basis = autoencoder.colour_basis(images, 0.5)
+    pixels = (images.reshape(-1, 3) / 127.5 - 1.0) @ basis.T
+    variances = np.linalg.eigvalsh(np.cov(pixels.T))
+    assert variances.max() / variances.min() == pytest.approx(1.0, abs=1e-3)
+    assert np.linalg.det(basis) == pytest.approx(1.0, rel=1e-5)
+    assert np.allclose(autoencoder.colour_basis(images, 0.0), np.eye(3), atol=1e-6)
+
+    vae = AutoencoderKL.from_pretrained(Path(sd_checkpoint) / "vae").eval()
+    x = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32))
+    a = torch.from_numpy(basis)
+
+    def roundtrip(model, image):
+        with torch.no_grad():
+            return model.decode(model.encode(image).latent_dist.mean).sample
+
+    before = roundtrip(vae, x)
+    autoencoder.recolour(vae, basis)
+    whitened = roundtrip(vae, torch.einsum("ij,bjhw->bihw", a, x))
+    torch.testing.assert_close(torch.einsum("ij,bjhw->bihw", torch.linalg.inv(a), whitened), before,
+                               atol=1e-4, rtol=1e-4)
+    autoencoder.recolour(vae, np.linalg.inv(basis))
+    torch.testing.assert_close(roundtrip(vae, x), before, atol=1e-4, rtol=1e-4)
+
+
 # -- bad input: one line naming the argument, and no run folder left behind ------------------------------------
 def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_file, data, tmp_path):
     def run(*argv):
@@ -172,6 +215,8 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     refused(lambda: autoencoder.run(vae_args), "--kl-weight")
     vae_args.kl_weight, vae_args.l1_weight = 0.0, float("nan")
     refused(lambda: autoencoder.run(vae_args), "--l1-weight")
+    vae_args.l1_weight, vae_args.colour_whitening = 0.0, 0.7
+    refused(lambda: autoencoder.run(vae_args), "--colour-whitening", "0.5")
     assert not (tmp_path / "run").exists()
 
 

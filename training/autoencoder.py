@@ -6,16 +6,16 @@ tokenizer) whose VAE is trained, and ``fashiongen train --model OUT/model`` trai
 ``--model`` instead fine-tunes the VAE of an existing checkpoint (e.g. on a catalog's look).
 
 The loss is the autoencoder's evidence bound as latent-diffusion trains it, without the adversarial and
-perceptual terms (no LPIPS network can be downloaded here): the mean squared error of the image decoded from a
-posterior *sample* (as Stability's ft-MSE decoder was tuned), ``--l1-weight`` x its mean absolute error, plus
-``--kl-weight`` x the KL divergence to N(0, I). L1 is off by default: it pulls an uncertain pixel to the
-median colour, which on catalog images (mostly white or grey) is none (overfitting 8 product shots on a
-chroma-only loss, L1 + L2 left the output grey, chroma std 0.009 of the images' 0.080 after 75 steps, while L2
-alone reached 0.059 after 100). That is not the whole story: at full size the demo's (16, 32, 64, 64) VAE
-stayed grey both with L1 + L2 (1,500 steps) and with MSE alone (800 steps; hue-rotated inputs move its latents
-by 5%), an open problem of the demo family. At the end the config's
-``scaling_factor`` is set to 1 / std of the data's latents, as SD's 0.18215 was chosen, so that the UNet
-sees unit-variance latents; a fine-tuned VAE keeps its checkpoint's unless ``--rescale`` is given.
+perceptual terms (no LPIPS network can be downloaded here): the squared error of the image decoded from a
+posterior *sample* (as Stability's ft-MSE decoder was tuned), ``--l1-weight`` x its absolute error, plus
+``--kl-weight`` x the KL divergence to N(0, I). The error is measured in the data's own colour basis
+(``--colour-whitening``, see :func:`colour_basis`): in RGB, brightness carries nearly all of a catalog's pixel
+variance, and a small VAE with a 4-channel latent spends its code on brightness edges and drew every garment
+grey for thousands of steps (the demo's first VAE did, with L1 + L2 and with MSE alone). L1 is off by default:
+it pulls an uncertain pixel to the median colour, which on catalog images (mostly white or grey) is none.
+At the end the config's ``scaling_factor`` is set to 1 / std of the data's latents, as SD's 0.18215 was
+chosen, so that the UNet sees unit-variance latents; a fine-tuned VAE keeps its checkpoint's unless
+``--rescale`` is given.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .options import add_schedule_arguments, schedule_from_args
 from .text_to_image import (MODEL, add_base_arguments, add_data_arguments, base_geometry, base_identity,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
 SCALE_SAMPLE = 512  # images whose latents set scaling_factor
+COLOUR_SAMPLE = 512  # images whose pixel covariance sets the colour basis
 
 
 def add_arguments(p) -> None:
@@ -46,6 +49,10 @@ def add_arguments(p) -> None:
     add_schedule_arguments(p, steps=1000, batch_size=8, learning_rate=1e-4, checkpoint_every=250)
     p.add_argument("--l1-weight", type=float, default=0.0,
                    help="weight of an L1 term beside the MSE (default 0: L1 greys out colours the model is unsure of)")
+    p.add_argument("--colour-whitening", type=float, default=0.5, metavar="P",
+                   help="measure the error in the data's colour basis, each direction scaled by variance^-P "
+                        "(default 0.5: every colour direction weighs the same, so hue is learned as fast as "
+                        "brightness; 0: plain RGB MSE)")
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="weight of the KL term (default 1e-6, latent diffusion's; larger gives smoother latents)")
     p.add_argument("--rescale", action="store_true",
@@ -63,20 +70,26 @@ def run(args) -> int:
     for name in ("kl_weight", "l1_weight"):
         if not getattr(args, name) >= 0:
             raise InputError(f"--{name.replace('_', '-')}: must be a non-negative number, got {getattr(args, name)}")
+    if not 0 <= args.colour_whitening <= 0.5:
+        raise InputError(f"--colour-whitening: must be between 0 and 0.5, got {args.colour_whitening}")
     config = read_config(args.config, args.resolution) if args.config is not None else None
     size = training_size(args.resolution, base_geometry(args, config))
     rows = read_data(args.data, require=())
     data_sha256 = data_digest(rows)
     run_folder = RunFolder(args.out, identity_of(args, schedule, base_identity(args, config), data_sha256, size,
-                                                 kl_weight=args.kl_weight, l1_weight=args.l1_weight))
+                                                 kl_weight=args.kl_weight, l1_weight=args.l1_weight,
+                                                 colour_whitening=args.colour_whitening))
     run_folder.begin(args.resume)
     base = prepare_base(args, config, run_folder.out)
     vae = load_base(base)["vae"]
     device = make_accelerator(schedule).device
     images = load_images(rows, size)  # uint8: 10,000 images of 128 px are 0.5 GB
-    loss = ReconstructionLoss(vae, images, schedule, args.kl_weight, args.l1_weight, device)
+    basis = colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)
+    recolour(vae, basis)  # train in the whitened basis; checkpoints hold these coordinates
+    loss = ReconstructionLoss(vae, images, schedule, args.kl_weight, args.l1_weight, basis, device)
     losses = train(run_folder, schedule, {"vae": vae}, loss, resume=args.resume, progress=not args.no_progress,
                    description="train-vae")
+    recolour(vae, np.linalg.inv(basis))  # back to RGB: the saved VAE reads and writes plain pixels
     scale = vae.config.scaling_factor
     if config is not None or args.rescale:
         scale = latent_scale(vae, rows[:SCALE_SAMPLE], size, device, progress=not args.no_progress)
@@ -98,6 +111,7 @@ class ReconstructionLoss:
     schedule: object
     kl_weight: float
     l1_weight: float
+    basis: np.ndarray  # 3x3, pixels are compared (and fed) as basis @ rgb
     device: object
 
     def __call__(self, step: int, micro: int, generator):
@@ -109,7 +123,8 @@ class ReconstructionLoss:
         size = self.schedule.batch_size
         index = batch_indices(len(self.images), size, (step * self.schedule.gradient_accumulation + micro) * size,
                               self.schedule.seed)
-        pixels = torch.from_numpy(to_unit_range(self.images[index])).to(self.device)
+        rgb = torch.from_numpy(to_unit_range(self.images[index]))
+        pixels = torch.einsum("ij,bjhw->bihw", torch.from_numpy(self.basis).float(), rgb).to(self.device)
         posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
             self.device)
@@ -117,6 +132,37 @@ class ReconstructionLoss:
         error = decoded.float() - pixels
         kl = posterior.kl().mean() / pixels[0].numel()
         return error.pow(2).mean() + self.l1_weight * error.abs().mean() + self.kl_weight * kl
+
+
+def colour_basis(images: np.ndarray, power: float) -> np.ndarray:
+    """Sigma^-power of the RGB pixel covariance of uint8 NHWC ``images``, scaled to determinant 1.
+
+    Why: in catalog images brightness carries ~95% of the pixel variance (the colour directions of the demo
+    data have 1/25 and 1/75 of it), so under RGB MSE an autoencoder learns hue that much more slowly and after
+    thousands of steps still draws every garment grey. Measured in this basis (power 0.5) each direction
+    weighs the same; the determinant keeps the loss on RGB's scale.
+    """
+    from .imagefolder import to_unit_range
+
+    pixels = to_unit_range(images).transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(pixels))
+    basis = vectors @ np.diag(np.maximum(values, 1e-8) ** -power) @ vectors.T
+    return (basis / abs(np.linalg.det(basis)) ** (1 / 3)).astype(np.float32)
+
+
+def recolour(vae, basis: np.ndarray) -> None:
+    """Rewrite ``vae`` in place to read ``basis @ rgb`` and write ``basis @ rgb`` while computing the same
+    function: its first and last convolutions absorb the change of basis (exact, the map is linear and zero
+    padding stays zero). ``recolour(vae, inv(basis))`` undoes it."""
+    import torch
+
+    with torch.no_grad():
+        a = torch.from_numpy(np.asarray(basis, dtype=np.float32))
+        conv_in, conv_out = vae.encoder.conv_in, vae.decoder.conv_out
+        conv_in.weight.copy_(torch.einsum("oikl,ij->ojkl", conv_in.weight, torch.linalg.inv(a).to(conv_in.weight)))
+        conv_out.weight.copy_(torch.einsum("ij,jokl->iokl", a.to(conv_out.weight), conv_out.weight))
+        if conv_out.bias is not None:
+            conv_out.bias.copy_(a.to(conv_out.bias) @ conv_out.bias)
 
 
 def latent_scale(vae, rows: list, size: int, device, progress: bool) -> float:

@@ -54,11 +54,14 @@ RECIPE = {
         "cross_attention_dim": 64, "text_layers": 2, "text_heads": 2, "text_intermediate": 256,
         "vae_channels": [16, 32, 64, 64], "sample_size": 16, "norm_groups": 4,
     },
-    "vae": {"steps": 1500, "batch_size": 8, "learning_rate": 3e-3},
-    "worn": {"steps": 2000, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.995, "warmup_steps": 100},
+    "vae": {"steps": 2000, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 100, "lr_schedule": "cosine",
+            "colour_whitening": 0.375},
+    "worn": {"steps": 2500, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.995, "warmup_steps": 100,
+             "lr_schedule": "cosine"},
     "tokens": {"steps": 150, "batch_size": 16, "learning_rate": 5e-3, "images": 600},
     "product": {"steps": 400, "batch_size": 32, "learning_rate": 2e-4, "ema_decay": 0.99},
-    "segmenter": {"steps": 800, "batch_size": 16, "learning_rate": 6e-4, "resolution": 256,
+    "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
+                  "lr_schedule": "cosine", "resolution": 256,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
 }
 
@@ -87,6 +90,8 @@ def stages(work: Path, seed: int) -> list[Stage]:
             out += ["--ema-decay", s["ema_decay"]]
         if "warmup_steps" in s:
             out += ["--warmup-steps", s["warmup_steps"]]
+        if "lr_schedule" in s:
+            out += ["--lr-schedule", s["lr_schedule"]]
         return [str(x) for x in out]
 
     worn, product, release = data / "worn", data / "product", work / "release"
@@ -95,7 +100,7 @@ def stages(work: Path, seed: int) -> list[Stage]:
                           "--size", str(r["dataset"]["size"])], data / "dataset.json", resumable=False),
         Stage("vae", ["train-vae", "--config", str(work / "model-size.json"), "--data", str(worn / "train"),
                       "--data", str(product / "train"), "--resolution", "128", "--out", str(work / "vae"),
-                      *schedule("vae")], work / "vae" / "model" / "training.json", work / "vae",
+                      "--colour-whitening", str(r["vae"]["colour_whitening"]), *schedule("vae")], work / "vae" / "model" / "training.json", work / "vae",
               prepare=lambda: _write_json(work / "model-size.json", r["model"])),
         Stage("worn", ["train", "--model", str(work / "vae" / "model"), "--data", str(worn / "train"),
                        "--train-text-encoder", "--caption-dropout", "0.1", "--resolution", "128",
@@ -249,16 +254,25 @@ def run_stage(stage: Stage, work: Path, log=print) -> float:
 
 
 def run_all(work: Path, seed: int, only: list[str] | None = None, log=print) -> dict:
-    """Every stage in order; wall times add up across resumed sessions in ``work/recipe-times.json``."""
+    """Every stage in order; wall times add up across resumed sessions in ``work/recipe-times.json``.
+
+    The file is read again before each write, so that two drivers given disjoint ``only`` lists (e.g. the
+    segmenter, which needs only the data set, beside the diffusion stages) keep each other's times.
+    """
     work.mkdir(parents=True, exist_ok=True)
     times_file = work / "recipe-times.json"
-    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+
+    def read_times() -> dict:
+        return json.loads(times_file.read_text()) if times_file.is_file() else {}
+
     for stage in stages(work, seed):
         if only and stage.name not in only:
             continue
-        times[stage.name] = times.get(stage.name, 0.0) + run_stage(stage, work, log)
+        seconds = run_stage(stage, work, log)
+        times = read_times()
+        times[stage.name] = times.get(stage.name, 0.0) + seconds
         _write_json(times_file, times)
-    return times
+    return read_times()
 
 
 def ship(work: Path, seed: int, target: Path | None = None) -> Path:

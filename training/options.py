@@ -22,6 +22,16 @@ class Schedule:
     ema_decay: float | None = None
     max_grad_norm: float | None = 1.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # or "cosine": from the learning rate down to 0 at the last step
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's multiplier at optimizer step ``step`` (0-based): linear warm-up, then constant
+        or half a cosine to 0 at ``steps`` (so a resume that extends --steps changes the remaining curve)."""
+        factor = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.lr_schedule == "cosine" and step >= self.warmup_steps:
+            progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+            factor *= 0.5 * (1.0 + np.cos(np.pi * min(1.0, progress)))
+        return float(factor)
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every"):
@@ -42,6 +52,9 @@ def add_schedule_arguments(p, steps: int, batch_size: int, learning_rate: float,
     p.add_argument("--learning-rate", type=float, default=learning_rate, help=f"AdamW learning rate (default "
                    f"{learning_rate:g})")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (default 0)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="after the warm-up: keep the learning rate, or decay it along a cosine to 0 at the last "
+                        "step (default constant)")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights' initialisation, data order and noise")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="autocast precision through accelerate (fp16 needs a GPU; default no)")
@@ -55,6 +68,6 @@ def schedule_from_args(args, ema_decay: float | None = None) -> Schedule:
     schedule = Schedule(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         gradient_accumulation=args.gradient_accumulation, checkpoint_every=args.checkpoint_every,
                         seed=args.seed, mixed_precision=args.mixed_precision, ema_decay=ema_decay,
-                        warmup_steps=args.warmup_steps)
+                        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule)
     schedule.check()
     return schedule

@@ -143,7 +143,7 @@ def train(run: RunFolder, schedule: Schedule, trainable: dict[str, torch.nn.Modu
           description: str = "training") -> list[float]:
     """The loop every trainer shares: AdamW on ``params`` (default: every parameter of ``trainable``),
     ``loss_fn(step, micro, generator) -> loss`` summed over the micro-batches of a step, gradient clipping,
-    linear warm-up, EMA of ``trainable`` if asked, a checkpoint every ``checkpoint_every`` steps and at the end.
+    the learning-rate schedule (warm-up, cosine), EMA of ``trainable`` if asked, a checkpoint every ``checkpoint_every`` steps and at the end.
 
     ``on_step(step)`` runs after each optimizer step (textual inversion restores the frozen rows there).
     Returns the loss of every step, the resumed ones included.
@@ -154,8 +154,7 @@ def train(run: RunFolder, schedule: Schedule, trainable: dict[str, torch.nn.Modu
     params = params if params is not None else [p for m in trainable.values() for p in m.parameters()
                                                 if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=1e-2)
-    warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / schedule.warmup_steps) if schedule.warmup_steps else 1.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
     ema = _ema(trainable, schedule.ema_decay)
     for module in trainable.values():
         module.to(accelerator.device).train()
