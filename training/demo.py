@@ -56,7 +56,7 @@ RECIPE = {
     },
     "vae": {"steps": 2000, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 100, "lr_schedule": "cosine",
             "colour_whitening": 0.375},
-    "worn": {"steps": 2500, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.995, "warmup_steps": 100,
+    "worn": {"steps": 2000, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.995, "warmup_steps": 100,
              "lr_schedule": "cosine"},
     "tokens": {"steps": 150, "batch_size": 16, "learning_rate": 5e-3, "images": 600},
     "product": {"steps": 400, "batch_size": 32, "learning_rate": 2e-4, "ema_decay": 0.99},
