@@ -69,8 +69,7 @@ def record_feeds(engine_dir: Path, factory, prompts: int, steps: int, size: int,
     from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     engines = EngineSet(engine_dir, factory)
-    recorders = {name: RecordingEngine(engines[name]) for name in networks}
-    engines._open.update(recorders)
+    recorders = {name: engines.wrap(name, RecordingEngine) for name in networks}
     pipeline = Txt2ImgPipeline(engines, deepcache=deepcache)
     learned = engines.manifest.tokenizer.get("learned_tokens", {})
     for i in range(prompts):

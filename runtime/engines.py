@@ -215,6 +215,17 @@ class EngineSet:
             self._open[name] = self._factory(name, self.engine_dir / file, CONTRACTS[name], self.manifest.dims)
         return self._open[name]
 
+    def wrap(self, name: str, wrapper: Callable[[Engine], Engine]) -> Engine:
+        """Open network ``name`` and serve ``wrapper(engine)`` in its place from now on (a recorder of its
+        feeds, a timer): the way to interpose on a network without reaching into the set. Returns the wrapper."""
+        self._open[name] = wrapper(self[name])
+        return self._open[name]
+
+    @property
+    def open_networks(self) -> frozenset[str]:
+        """The networks opened so far (a pipeline opens only what it calls)."""
+        return frozenset(self._open)
+
     def release(self, name: str) -> None:
         """Drop a network's session (its memory goes with it)."""
         self._open.pop(name, None)

@@ -99,6 +99,22 @@ def test_release_all_drops_every_session_and_reopens_on_use(sd_engines):
     assert engines["vae_decoder"] is not first  # a fresh session, opened again on use
 
 
+def test_wrap_serves_the_wrapper_in_place_of_the_network(sd_engines):
+    class Counting:
+        def __init__(self, engine):
+            self.engine, self.contract, self.calls = engine, engine.contract, 0
+
+        def run(self, feeds):
+            self.calls += 1
+            return self.engine.run(feeds)
+
+    engines = EngineSet(sd_engines)
+    counting = engines.wrap("vae_decoder", Counting)
+    assert engines["vae_decoder"] is counting and engines.open_networks == {"vae_decoder"}
+    Txt2ImgPipeline(engines)(request(steps=2), progress=False)
+    assert counting.calls == 1
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(InputError, match="backend: must be one of ort, openvino"):
         backend_factory("tensorflow")
@@ -279,7 +295,7 @@ def test_deepcache_runs_through_the_same_pipeline(deepcache_engines, backend):
     engines = EngineSet(deepcache_engines, backend_factory(backend), files=variant_files(manifest, backend, "deepcache"))
     pipeline = Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, "deepcache"))
     result = pipeline(request(), progress=False)
-    assert "unet" not in engines._open and "unet_shallow" in engines._open  # the whole UNet is not even loaded
+    assert "unet" not in engines.open_networks and "unet_shallow" in engines.open_networks  # the whole UNet is not even loaded
     assert result.images.shape == exact.shape
     assert psnr(result.images, exact) > 20, psnr(result.images, exact)
     assert not np.array_equal(result.images, exact), "the shallow steps were not taken"
@@ -393,7 +409,7 @@ def test_deepcache_and_int8_combine(deepcache_int8_engines):
     engines = EngineSet(deepcache_int8_engines, backend_factory("openvino"), files=files)
     both = Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, "int8,deepcache"))(request(),
                                                                                            progress=False).images
-    assert "unet" not in engines._open and {"unet_capture", "unet_shallow"} <= set(engines._open)
+    assert "unet" not in engines.open_networks and {"unet_capture", "unet_shallow"} <= engines.open_networks
     assert psnr(both, exact) > 20, psnr(both, exact)
     assert not np.array_equal(both, deepcache_only), "the INT8 DeepCache parts and VAE decoder were not used"
 
