@@ -396,7 +396,7 @@ def peak_gflops(given: float | None, log) -> tuple[float, str]:
 
 def machine_name() -> str:
     """CPU model, vector ISA and core count (from /proc/cpuinfo where there is one)."""
-    from fashiongen.runtime.engines import cpu_flags
+    from fashiongen.runtime.cpu import cpu_flags
     from fashiongen.runtime.fastmodes import has_int8_dot_product
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""

@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
 
 def _vector_shape() -> tuple[int, int]:
     """(floats per vector, accumulators): 16 x 24 on AVX-512 (32 registers), 8 x 12 on AVX2 (16)."""
-    from fashiongen.runtime.engines import cpu_flags
+    from fashiongen.runtime.cpu import cpu_flags
 
     return (16, 24) if " avx512f" in cpu_flags() else (8, 12)
 

@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .contracts import CONTRACTS, NetworkContract
+from .cpu import cpu_fingerprint, default_threads, warm_up
 from .errors import InputError
 from .manifest import EngineFolderError, Manifest, load_manifest
 
@@ -22,24 +23,6 @@ class Engine(Protocol):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the network once; feeds and outputs are keyed by the contract's tensor names."""
-
-
-def warm_up(engine) -> None:
-    """One call at a tiny shape right after loading. Measured on the full SD 1.5 UNet (2 cores, 256 px): the
-    first real call otherwise pays for weight repacking and first-touch memory, 3.8 s instead of 2.0 s on ONNX
-    Runtime and 2.8 s instead of 0.6 s for OpenVINO's INT8 UNet; after a warm-up at a 8x8 latent (0.4 s and
-    2.2 s) it runs within 5-30% of the steady state. A server's first request, and a one-shot command's
-    single VAE and segmenter calls, no longer carry that cost. Only an optimization: a network that refuses
-    the tiny shape (a custom architecture) just starts cold, and any real problem shows on its first call."""
-    try:
-        engine.run(engine.contract.warmup_feeds(engine.dims))
-    except Exception:  # noqa: BLE001 (see above)
-        pass
-
-
-def default_threads() -> int:
-    """Physical cores, as far as we can tell: extra SMT threads slow ONNX Runtime's conv kernels."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class OrtEngine:
@@ -97,27 +80,6 @@ class OrtEngine:
         self.contract.check_feeds(feeds, self.dims)
         values = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, values))
-
-
-def cpu_flags() -> str:
-    """The machine and its instruction-set flags line (x86 ``flags``, Arm ``Features``; empty where unknown)."""
-    import platform
-
-    flags = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    return flags
-
-
-def cpu_fingerprint() -> str:
-    """A short hash of the CPU's instruction-set flags: a saved optimized graph holds kernels laid out for them
-    (NCHWc blocks of 16 with AVX-512, 8 with AVX2), so a folder moved to another CPU must not reuse it."""
-    import hashlib
-
-    return hashlib.sha256(cpu_flags().encode()).hexdigest()[:8]
 
 
 def optimized_model_path(path: Path, level, version: str) -> Path | None:

@@ -78,7 +78,7 @@ def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir
 def has_int8_dot_product() -> bool:
     """Whether the CPU multiplies INT8 with dedicated dot-product instructions (what makes INT8 pay on x86);
     True where the flags cannot be read (not x86 Linux: no claim either way)."""
-    from .engines import cpu_flags
+    from .cpu import cpu_flags
 
     flags = cpu_flags()
     if " avx2" not in flags:  # not an x86 flags line

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .contracts import NetworkContract
-from .engines import EngineFactory, default_threads, warm_up
+from .cpu import default_threads, warm_up
 from .errors import InputError
 from .manifest import EngineFolderError
+
+if TYPE_CHECKING:
+    from .engines import EngineFactory
 
 PRECISIONS = ("f32", "bf16")
 

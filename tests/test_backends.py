@@ -150,16 +150,16 @@ def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
 def test_int8_warns_on_a_cpu_without_int8_dot_products(int8_engines, monkeypatch):
     import warnings
 
-    import fashiongen.runtime.engines as engines_module
+    import fashiongen.runtime.cpu as cpu_module
     from fashiongen.runtime.fastmodes import variant_files
     from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(int8_engines)
-    monkeypatch.setattr(engines_module, "cpu_flags", lambda: "x86_64flags\t: fpu sse avx avx2 fma")
+    monkeypatch.setattr(cpu_module, "cpu_flags", lambda: "x86_64flags\t: fpu sse avx avx2 fma")
     with pytest.warns(UserWarning, match="no INT8 dot-product instructions"):
         variant_files(manifest, "openvino", "int8")
     for flags in ("x86_64flags\t: avx2 avx512f avx512_vnni", "x86_64flags\t: avx2 avx_vnni", "aarch64Features\t: asimd"):
-        monkeypatch.setattr(engines_module, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(cpu_module, "cpu_flags", lambda flags=flags: flags)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             variant_files(manifest, "openvino", "int8")

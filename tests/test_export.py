@@ -78,15 +78,45 @@ def test_runtime_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_runtime_sources_name_no_torch_side_module():
-    root = Path(__file__).resolve().parents[1] / "runtime"
-    for path in root.rglob("*.py"):
-        for line in path.read_text().splitlines():
-            words = line.strip().split()
-            if words[:1] in (["import"], ["from"]) and len(words) > 1:
-                top = words[1].split(".")[0]
-                assert top not in {"torch", "diffusers", "transformers", "export", "bench", "fashiongen"}, \
-                    f"{path.name}: {line.strip()}"
+#: What each source folder may import of the project (beyond itself) and whether it is torch side. The
+#: command line (fashiongen/) and the benches sit on top and may import anything.
+LAYERS = {
+    "runtime": (set(), False),
+    "triton_repo": ({"fashiongen.runtime"}, False),
+    "export": ({"fashiongen.runtime"}, True),
+    "random_checkpoints": ({"fashiongen.runtime"}, True),
+    "training": ({"fashiongen.runtime", "fashiongen.export", "fashiongen.random_checkpoints",
+                  "fashiongen.demo_family"}, True),
+}
+TORCH_SIDE = {"torch", "diffusers", "transformers", "accelerate", "peft", "optimum", "nncf"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module an absolute import of ``path`` names (function-level imports included), as its first two
+    parts; a relative import that climbs out of the package is reported as such."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {".".join(alias.name.split(".")[:2]) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add(f"(relative, level {node.level})" if node.level > 1 else
+                      "" if node.level else ".".join(node.module.split(".")[:2]))
+    return found - {""}
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_each_package_imports_only_the_layers_below_it(folder):
+    allowed, torch_side = LAYERS[folder]
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / folder).rglob("*.py"):
+        for module in _imports(path):
+            project = module.startswith("fashiongen") or module.split(".")[0] in LAYERS or "relative" in module
+            if project:
+                assert module in allowed or module == f"fashiongen.{folder}", f"{path.relative_to(root)}: {module}"
+            elif not torch_side:
+                assert module.split(".")[0] not in TORCH_SIDE, f"{path.relative_to(root)}: imports {module}"
 
 
 def test_weights_exact_in_fp16_are_stored_in_fp16_with_the_same_outputs(tmp_path):
