@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashiongen.runtime.files import atomic_file
+
 __all__ = [
     "SDSize",
     "TINY",
@@ -480,8 +482,7 @@ def write_textual_inversion(path: str | os.PathLike, vectors: np.ndarray | torch
         raise ValueError(f"path {str(p)!r}: a {fmt!r} embedding file ends in {' or '.join(_TI_SUFFIXES[fmt])}")
     p.parent.mkdir(parents=True, exist_ok=True)
 
-    tmp = p.with_name(f".{p.name}.tmp")
-    try:
+    with atomic_file(p) as tmp:
         if fmt == "a1111":
             torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": t}, "name": token,
                         "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None}, tmp)
@@ -493,9 +494,6 @@ def write_textual_inversion(path: str | os.PathLike, vectors: np.ndarray | torch
                 save_file({token: value}, str(tmp))
             else:
                 torch.save({token: value}, tmp)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p
 
 

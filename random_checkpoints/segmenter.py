@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from fashiongen.runtime.files import replace_folder
+
 __all__ = ["SegformerSize", "TINY_SEGFORMER", "FULL_B2", "CLOTHES_ID2LABEL", "write_segformer_checkpoint", "main"]
 
 # The label table of mattmdjaga/segformer_b2_clothes (its config.json), in id order.
@@ -114,9 +116,7 @@ def write_segformer_checkpoint(out_dir: str | os.PathLike, size: SegformerSize =
     try:
         model.save_pretrained(stage, safe_serialization=True)
         (stage / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(size), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
+        replace_folder(stage, out)
     finally:
         if stage.exists():
             shutil.rmtree(stage)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.files import replace_folder
 
 CACHE = Path(os.environ.get("FASHIONGEN_TRITON_HOME", Path(sys.prefix) / "fashiongen-tritonserver"))
 
@@ -56,8 +57,7 @@ def install_server(home: Path = CACHE) -> Path:
     if not source_stub.is_file():
         raise ServeError(f"nvidia-pytriton has no python-backend stub for Python {version}")
     shutil.copy2(source_stub, staging / "backends" / "python" / "triton_python_backend_stub")
-    shutil.rmtree(home, ignore_errors=True)
-    os.replace(staging, home)
+    replace_folder(staging, home)
     return home
 
 
