@@ -39,12 +39,7 @@ from pathlib import Path
 from statistics import median
 from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache"
-RESULTS = ROOT / "bench" / "results"
-PROMPT = "a <midjourney-style> photo of a black short sleeve crewneck crop top"
-NEGATIVE = "<wrong>, blurry"
-PLAIN_PROMPT = "a photo of a black short sleeve crewneck crop top"  # for pipelines without the learned tokens
+from .common import CACHE, NEGATIVE, PLAIN_PROMPT, PROMPT, RESULTS, ROOT, StageClock, psnr
 REFERENCE = "fashiongen-ort"
 EXACT = ("fashiongen-ort", "fashiongen-openvino")
 
@@ -128,20 +123,6 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class Clock:
-    def __init__(self):
-        self.stages: dict[str, list[float]] = {}
-
-    def wrap(self, name, fn):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.stages.setdefault(name, []).append(time.perf_counter() - start)
-        return timed
 
 
 def worker_diffusers(a, clock):
@@ -250,7 +231,7 @@ def worker_optimum(a, clock, kind):
 
 def run_worker(a) -> int:
     spawned = a.spawned
-    clock = Clock()
+    clock = StageClock()
     if a.worker == "diffusers-pytorch":
         generate = worker_diffusers(a, clock)
     elif a.worker.startswith("optimum"):
@@ -409,15 +390,6 @@ def machine_name() -> str:
 
 
 # -- reporting ---------------------------------------------------------------------------------------------
-def psnr(a, b) -> float | None:
-    import numpy as np
-
-    if a is None or b is None or a.shape != b.shape:
-        return None
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def med(runs: list[dict], key: str):
     values = [r[key] for r in runs if r.get(key) is not None]
     return median(values) if values else None

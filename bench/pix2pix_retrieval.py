@@ -28,10 +28,8 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache"
-RESULTS = ROOT / "bench" / "results"
-PROMPT = "black short sleeve crewneck crop top"
+from .common import CACHE, RESULTS, diffusers_clock
+from .common import GARMENT as PROMPT
 
 
 # -- preparation (cached) -----------------------------------------------------------------------------------
@@ -66,31 +64,6 @@ def prepare_clip(full_size: bool) -> tuple[Path, Path]:
 
 
 # -- pix2pix ------------------------------------------------------------------------------------------------
-class TorchStages:
-    """Wall-clock time of each network call inside diffusers' pipeline (hooks on modules, wrapped VAE calls)."""
-
-    def __init__(self, pipe):
-        self.stages: dict[str, list[float]] = {}
-        self._t0: dict[str, float] = {}
-        for name, module in (("text_encoder", pipe.text_encoder), ("unet", pipe.unet)):
-            module.register_forward_pre_hook(lambda *_, n=name: self._t0.__setitem__(n, time.perf_counter()))
-            module.register_forward_hook(lambda *_, n=name: self._add(n, time.perf_counter() - self._t0[n]))
-        pipe.vae.encode = self._timed("vae_encoder", pipe.vae.encode)
-        pipe.vae.decode = self._timed("vae_decoder", pipe.vae.decode)
-
-    def _add(self, name, seconds):
-        self.stages.setdefault(name, []).append(seconds)
-
-    def _timed(self, name, fn):
-        def call(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._add(name, time.perf_counter() - start)
-        return call
-
-
 def summarize(stages: dict[str, list[float]], total: float) -> dict[str, float]:
     networks = sum(sum(v) for k, v in stages.items() if k != "scheduler")
     return {"text_encoder": sum(stages.get("text_encoder", [0])), "vae_encoder": sum(stages.get("vae_encoder", [0])),
@@ -111,11 +84,11 @@ def bench_pix2pix(args) -> tuple[str, dict]:
     image = product_image(0, args.size, args.size)
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(ckpt, safety_checker=None, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    timer = TorchStages(pipe)
+    timer = diffusers_clock(pipe, ("encode", "decode"))
     ours = Pix2PixPipeline(EngineSet(engines))
 
     def run_diffusers(steps):
-        timer.stages = {}
+        timer.reset()
         start = time.perf_counter()
         with torch.inference_mode():
             pipe(PROMPT, image=Image.fromarray(image), num_inference_steps=steps, guidance_scale=7.5,

@@ -37,11 +37,9 @@ from statistics import median
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache"
-RESULTS = ROOT / "bench" / "results"
+from .common import CACHE, GARMENT, RESULTS
 POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
-README_PROMPT = "black short sleeve crewneck crop top"
+README_PROMPT = GARMENT
 GARMENT_CLASSES = ("Upper-clothes", "Skirt", "Pants", "Dress")
 SHOWN = ("type", "colour", "pattern", "sleeve", "neckline", "length")
 

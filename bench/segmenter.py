@@ -23,9 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache"
-RESULTS = ROOT / "bench" / "results"
+from .common import CACHE, RESULTS
 STAGES = ("preprocess", "network", "postprocess", "total")
 
 

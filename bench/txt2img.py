@@ -20,11 +20,7 @@ from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache"
-RESULTS = ROOT / "bench" / "results"
-PROMPT = "a <midjourney-style> photo of a black short sleeve crewneck crop top"
-NEGATIVE = "<wrong>, blurry"
+from .common import CACHE, NEGATIVE, PROMPT, RESULTS, diffusers_clock
 
 
 def prepare(full_size: bool) -> tuple[Path, Path, dict[str, Path]]:
@@ -43,39 +39,6 @@ def prepare(full_size: bool) -> tuple[Path, Path, dict[str, Path]]:
         print(f"exporting {engines} ...", flush=True)
         export_pipeline(ckpt, engines, [load_embedding(path, token) for token, path in tokens.items()])
     return ckpt, engines, tokens
-
-
-class TorchStageTimer:
-    """Wall-clock time of each network call inside diffusers' pipeline, via forward hooks."""
-
-    def __init__(self, pipe):
-        self.stages: dict[str, list[float]] = {}
-        for name, module in (("text_encoder", pipe.text_encoder), ("unet", pipe.unet)):
-            module.register_forward_pre_hook(self._start(name))
-            module.register_forward_hook(self._stop(name))
-        original_decode = pipe.vae.decode
-
-        def timed_decode(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original_decode(*args, **kwargs)
-            finally:
-                self.stages.setdefault("vae_decoder", []).append(time.perf_counter() - start)
-        pipe.vae.decode = timed_decode
-        self._t0: dict[str, float] = {}
-
-    def _start(self, name):
-        def hook(*_):
-            self._t0[name] = time.perf_counter()
-        return hook
-
-    def _stop(self, name):
-        def hook(*_):
-            self.stages.setdefault(name, []).append(time.perf_counter() - self._t0[name])
-        return hook
-
-    def reset(self):
-        self.stages = {}
 
 
 def run_diffusers(pipe, timer, steps, size, seed) -> dict[str, float]:
@@ -141,7 +104,7 @@ def main(argv=None) -> int:
     for token, path in tokens.items():
         pipe.load_textual_inversion(str(path), token=token)
     pipe.set_progress_bar_config(disable=True)
-    timer = TorchStageTimer(pipe)
+    timer = diffusers_clock(pipe)
     pipeline = Txt2ImgPipeline(EngineSet(engines))
 
     results: dict[str, list[dict[str, float]]] = {"diffusers": [], "fashiongen": []}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterator
 
 # -- the segmenter's layout (mattmdjaga/segformer_b2_clothes, ATR's 18 classes) ------------------------------
 SEGMENT_CLASSES = ("Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt",

@@ -65,7 +65,7 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import replace_folder
 
 from .attributes import (
-    COLOURS, DRESS, HELD_OUT, NEUTRAL_COLOURS, PANTS, SEGMENT_CLASSES, SKIRT, STRIPE_COLOURS, TYPES, UPPER_CLOTHES,
+    COLOURS, HELD_OUT, NEUTRAL_COLOURS, PANTS, SEGMENT_CLASSES, SKIRT, STRIPE_COLOURS, TYPES, UPPER_CLOTHES,
     FACE, HAIR, LEFT_ARM, LEFT_LEG, LEFT_SHOE, RIGHT_ARM, RIGHT_LEG, RIGHT_SHOE, Garment, caption,
     training_garments,
 )
@@ -620,12 +620,9 @@ def _figure_shapes(rng, body: Body, g: Garment, style: Style) -> tuple[list, int
         a = body.leg_point(side, 1.0)
         toe = a + (side * 0.014, 0.034)
         if shoe_kind == 0:  # flat shoe
-            shoe = np.concatenate([[a + (-0.019, 0.004), a + (0.019, 0.004)], _ellipse(*toe, 0.031, 0.019, n=14)])
-            from_hull = shoe  # convex enough to draw as one polygon
             shapes.append((_SHOE_PART[side], _ellipse(*toe, 0.031, 0.019, n=14)))
             shapes.append((_SHOE_PART[side], np.array([a + (-0.019, 0.0), a + (0.019, 0.0), toe + (0.02, -0.005),
                                                        toe + (-0.02, -0.005)])))
-            del from_hull
         else:  # ankle boot
             shapes.append((_SHOE_PART[side], np.array([a + (-0.022, -0.045), a + (0.022, -0.045), a + (0.024, 0.02),
                                                        a + (-0.024, 0.02)])))
