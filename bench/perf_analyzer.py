@@ -1,4 +1,4 @@
-"""NVIDIA ``perf_analyzer`` against a running Triton server, where it runs (see shared/triton-cpu.md).
+"""NVIDIA ``perf_analyzer`` against a running Triton server, where it runs.
 
 ``tritonclient[all]==2.50.0`` is installed into a venv of its own (``bench/.cache/venv-perf-analyzer``,
 once); its ``perf_analyzer`` binary needs ``libb64.so.0d`` and ``libcudart.so.12``, which resolve through

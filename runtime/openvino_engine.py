@@ -1,7 +1,7 @@
 """The engine interface on OpenVINO (CPU): the same ONNX files as ONNX Runtime, or an OpenVINO IR
 (``.xml`` + ``.bin``, e.g. an INT8 UNet written by ``fashiongen quantize``).
 
-Settings that matter on a small CPU (measured on 2 cores, AVX-512, no AMX; see DESIGN.md):
+Settings that matter on a small CPU (the figures: bench/results/ and the README's CPU section):
 
 - ``INFERENCE_PRECISION_HINT = f32``: OpenVINO's CPU default on AVX-512 parts is bf16, which is ~1.45x
   *slower* than f32 without AMX, and it also moves the image. ``precision="bf16"`` asks for it anyway.

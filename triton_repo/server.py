@@ -1,6 +1,6 @@
 """``fashiongen serve``: run the ``tritonserver`` binary that the nvidia-pytriton wheel bundles.
 
-Set-up done by code (see shared/triton-cpu.md): the binary, backends and caches are copied out of the
+Set-up done by code: the binary, backends and caches are copied out of the
 wheel once into a cache folder with the python-backend stub for this Python; ``LD_LIBRARY_PATH`` gets the
 wheel's libraries and this Python's ``lib/``; ``PATH`` starts with this environment's ``bin/`` so the
 stub's embedded Python imports numpy, onnxruntime and this project from here.
