@@ -129,10 +129,3 @@ def seeded_feeds(contract: NetworkContract, shapes: dict[str, tuple[int, ...]], 
         else:
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     return feeds
-
-
-def files_of(onnx_path: Path) -> list[Path]:
-    """The graph and its weights file (when it has one)."""
-    data = Path(str(onnx_path) + ".data")
-    return [Path(onnx_path)] + ([data] if data.exists() else [])
-

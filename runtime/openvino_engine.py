@@ -30,14 +30,6 @@ if TYPE_CHECKING:
 PRECISIONS = ("f32", "bf16")
 
 
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _import_openvino():
     try:
         import openvino as ov

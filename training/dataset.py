@@ -83,7 +83,6 @@ class DatasetError(InputError):
 # -- part ids of the high-resolution id map ------------------------------------------------------------------------
 (P_BG, P_HAIR, P_FACE, P_FACE_DARK, P_SKIN, P_ARM_L, P_ARM_R, P_LEG_L, P_LEG_R, P_SHOE_L, P_SHOE_R,
  P_G, P_G_STRIPE, P_G_DARK, P_G_LIGHT, P_TOP2, P_TOP2_DARK, P_BOT2, P_BOT2_DARK) = range(19)
-N_PARTS = 19
 GARMENT_PARTS = (P_G, P_G_STRIPE, P_G_DARK, P_G_LIGHT)
 SKIN_PARTS = (P_FACE, P_SKIN, P_ARM_L, P_ARM_R, P_LEG_L, P_LEG_R)
 

@@ -7,7 +7,6 @@ The repository is written beside its destination and renamed into place when com
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fashiongen.runtime.errors import InputError
@@ -134,7 +133,3 @@ def write_repository(engine_dirs: list[Path], out: Path, target: str = "cpu", ma
         write_json_atomic(stage / MARKER, {"target": target, "models": models,
                                            "engines": [str(e.absolute()) for e, _ in folders]})
     return models
-
-
-def read_marker(repo: Path) -> dict:
-    return json.loads((Path(repo) / MARKER).read_text())
