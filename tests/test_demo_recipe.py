@@ -40,6 +40,31 @@ def test_a_stage_already_done_is_skipped(tmp_path):
     assert demo.run_stage(stage, tmp_path, log=lambda line: None) == 0.0
 
 
+def test_the_segmenter_runs_beside_the_diffusion_stages_on_one_thread_each(tmp_path, monkeypatch):
+    import threading
+
+    worn_started = threading.Event()
+    calls = []
+
+    def fake_stage(stage, work, log, threads=None):
+        calls.append((stage.name, threads, threading.current_thread().name))
+        if stage.name == "segmenter":  # still training while the diffusion stages start
+            assert worn_started.wait(timeout=30)
+        if stage.name == "worn":
+            worn_started.set()
+        return 1.0
+
+    monkeypatch.setattr(demo, "run_stage", fake_stage)
+    times = demo.run_all(tmp_path, demo.SEED, log=lambda line: None)
+    order = [name for name, _, _ in calls]
+    threads = {name: n for name, n, _ in calls}
+    assert order[0] == "dataset" and threads["dataset"] is None
+    assert threads["segmenter"] == 1 and threads["vae"] == 1 and threads["worn"] == 1
+    assert dict((name, thread) for name, _, thread in calls)["segmenter"] == "beside"
+    assert order.index("release") > order.index("segmenter") and threads["release"] is None
+    assert set(times) == set(order) and all(v == 1.0 for v in times.values())
+
+
 def test_half_copy_stores_fp16_that_loads_back_exactly(sd_checkpoint, tmp_path):
     out = half_copy(Path(sd_checkpoint), tmp_path / "half")
     source = load_file(str(Path(sd_checkpoint) / "unet" / "diffusion_pytorch_model.safetensors"))
