@@ -159,11 +159,13 @@ def readme_command_seconds(runs: int, extra: list[str]) -> dict:
 # -- fast-mode variants ---------------------------------------------------------------------------------------
 def with_int8(engines: Path, size: int) -> Path:
     """A copy of ``engines`` (in the bench cache) with the INT8 networks (``fashiongen quantize``, calibrated at
-    ``size`` px), made once, so that the shipped folder stays as it is."""
+    ``size`` px), made once per set of networks, so that the shipped folder stays as it is."""
     from fashiongen.runtime.manifest import load_manifest
 
     copy = CACHE / f"quality-{engines.name}-int8"
-    if copy.is_dir() and "int8" in load_manifest(copy).variants:
+    source = {name: entry.sha256 for name, entry in load_manifest(engines).networks.items()}
+    if copy.is_dir() and "int8" in (made := load_manifest(copy)).variants and \
+            {name: entry.sha256 for name, entry in made.networks.items()} == source:  # not another family's copy
         return copy
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(engines, copy, ignore=shutil.ignore_patterns("cache"))
