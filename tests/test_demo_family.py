@@ -88,3 +88,33 @@ def test_the_readme_command_draws_a_black_crop_top_on_white(tmp_path, capsys):
     assert 0.03 < garment.mean() < 0.6, garment.mean()  # a garment, not a blank square nor the whole frame
     assert (image[~garment] >= 240).all(axis=-1).mean() > 0.95  # on white
     assert np.median(image[garment].max(axis=-1)) < 90  # black
+
+
+@pytest.mark.skipif(not (demo_family.DEMO_DIR / "engines" / "segmenter" / "manifest.json").is_file(),
+                    reason="this checkout has no shipped demo segmenter")
+def test_the_shipped_segmenter_finds_the_garment_of_a_new_render(tmp_path, capsys):
+    """On renders of a seed the segmenter never saw, the tops it cuts out cover their label maps' tops."""
+    import json
+
+    from fashiongen.runtime.cutout import CutoutPipeline
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.training.attributes import SEGMENT_CLASSES
+    from fashiongen.training.dataset import write_dataset
+
+    write_dataset(tmp_path / "set", count=12, seed=4242, size=128, test_fraction=0.0, unseen_count=0, progress=False)
+    folder = tmp_path / "set" / "worn" / "train"
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    tops = [r for r in rows if r["type"] in ("t-shirt", "crop top", "tank top", "shirt", "sweater")]
+    assert tops
+    cutout = CutoutPipeline(EngineSet(demo_family.engine_folder(None, "demo-segmenter")))
+    upper = SEGMENT_CLASSES.index("Upper-clothes")
+    ious = []
+    for row in tops:
+        image = np.asarray(Image.open(folder / row["file_name"]).convert("RGB"))
+        truth = np.asarray(Image.open(folder / row["label_file"])) == upper
+        mask = cutout([image], [upper]).results[0].mask
+        ious.append((mask & truth).sum() / max(1, (mask | truth).sum()))
+    assert np.mean(ious) > 0.75, ious
+    out = tmp_path / "top.png"  # and the command, with no --engines
+    assert main(["cutout", str(folder / tops[0]["file_name"]), "--class", "Upper-clothes", "--out", str(out)]) == 0
+    assert out.is_file(), capsys.readouterr().err

@@ -65,6 +65,26 @@ def test_the_segmenter_runs_beside_the_diffusion_stages_on_one_thread_each(tmp_p
     assert set(times) == set(order) and all(v == 1.0 for v in times.values())
 
 
+def test_ship_copies_only_the_parts_named(tmp_path):
+    from fashiongen.training.ship import ship_family
+    from trainer_checks import refused
+
+    work = tmp_path / "work"
+    for name in ("worn", "product", "segmenter"):
+        (work / "release" / name).mkdir(parents=True)
+        (work / "release" / name / "config.json").write_text("{}")
+        (work / "engines" / name).mkdir(parents=True)
+        (work / "engines" / name / "manifest.json").write_text("{}")
+        (work / "engines" / name / "cache").mkdir()
+    (work / "release" / "embeddings").mkdir()
+    out = ship_family(work, tmp_path / "shipped", {"seed": 1}, parts=("segmenter",))
+    assert sorted(p.name for p in (out / "engines").iterdir()) == ["segmenter"]
+    assert sorted(p.name for p in (out / "weights").iterdir()) == ["segmenter"]
+    assert not (out / "engines" / "segmenter" / "cache").exists()
+    assert json.loads((out / "recipe.json").read_text())["shipped"] == ["segmenter"]
+    refused(lambda: ship_family(work, tmp_path / "other", {}, parts=("wron",)), "parts", "wron")
+
+
 def test_half_copy_stores_fp16_that_loads_back_exactly(sd_checkpoint, tmp_path):
     out = half_copy(Path(sd_checkpoint), tmp_path / "half")
     source = load_file(str(Path(sd_checkpoint) / "unet" / "diffusion_pytorch_model.safetensors"))

@@ -10,9 +10,9 @@ from PIL import Image
 
 from fashiongen.bench import attribute_classifier as ac
 from fashiongen.bench import quality
+from fashiongen.runtime.errors import InputError
 
 pytestmark = pytest.mark.slow
-from fashiongen.runtime.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,9 @@ def test_the_grid_has_a_cell_per_shot(tmp_path):
                        cell=32)
     width, height = Image.open(out).size
     assert (width, height) == (150 + 2 * 32, 2 * (32 + 28))
+
+
+def test_the_vae_ceiling_judges_round_trips_of_held_out_products(classifier_file, data, sd_engines):
+    ceiling = quality.vae_ceiling(ac.load_classifier(classifier_file), sd_engines, data, limit=2)
+    assert set(ceiling) == set(quality.SHOWN)
+    assert ceiling["type"]["total"] == 2 and 0 <= ceiling["type"]["accuracy"] <= 1

@@ -16,8 +16,8 @@ printed and logged, so what the demo does is what a user would type):
 7. ``release``: fp16 copies of the models and the tokens (what is exported, measured and shipped).
 8. ``export``: the three engine folders (``fashiongen export``), from the fp16 copies; the worn one also
    holds the DeepCache parts (``fashiongen deepcache``), so ``generate --fast deepcache`` runs on it.
-9. ``ship`` (with ``--ship``): the weights and the engine folders into ``fashiongen/demo_models/``,
-   with ``recipe.json`` (every command, seed, wall time, final losses).
+9. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
+   ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses).
 
 Every stage is deterministic from ``--seed``, skipped when its output exists, and resumed from its last
 checkpoint when it was interrupted: run the same command again. The segmenter needs only the data set, so it
@@ -316,14 +316,14 @@ def run_all(work: Path, seed: int, only: list[str] | None = None, log=print) -> 
     return read_times()
 
 
-def ship(work: Path, seed: int, target: Path | None = None) -> Path:
-    """Copy the trained family into the package: engine folders (without their CPU-specific caches) and the
-    weights in fp16, plus ``recipe.json``: the commands, seed, wall times and final losses."""
+def ship(work: Path, seed: int, target: Path | None = None, parts: tuple[str, ...] | None = None) -> Path:
+    """Copy the trained family (or its ``parts``) into the package: engine folders (without their CPU-specific
+    caches) and the weights in fp16, plus ``recipe.json``: the commands, seed, wall times and final losses."""
     from fashiongen.demo_family import DEMO_DIR
 
-    from .ship import ship_family
+    from .ship import PARTS, ship_family
 
-    return ship_family(work, target or DEMO_DIR, recipe={"seed": seed, "recipe": RECIPE,
+    return ship_family(work, target or DEMO_DIR, parts=parts or PARTS, recipe={"seed": seed, "recipe": RECIPE,
                                              "stages": [{"name": s.name, "command": "fashiongen " + " ".join(s.argv)}
                                                         for s in stages(work, seed)],
                                              "wall_seconds": json.loads((work / "recipe-times.json").read_text())})
@@ -334,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, logs, engines)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of everything (default {SEED})")
     parser.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
-    parser.add_argument("--ship", action="store_true", help="then copy the family into the package (fashiongen/demo_models/)")
+    parser.add_argument("--ship", nargs="?", const="worn,product,segmenter", default=None, metavar="PARTS",
+                        help="then copy the family into the package (fashiongen/demo_models/); PARTS, comma-separated, "
+                             "ships only those of worn, product, segmenter (default: all)")
     args = parser.parse_args(argv)
     try:
         started = time.perf_counter()
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stages: {', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items())}; "
               f"total {sum(times.values()) / 60:.1f} min (this session {(time.perf_counter() - started) / 60:.1f})")
         if args.ship:
-            print(f"shipped to {ship(args.work, args.seed)}")
+            print(f"shipped to {ship(args.work, args.seed, parts=tuple(args.ship.split(',')))}")
     except InputError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

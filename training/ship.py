@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import atomic_file, staged_folder
 
 MARKER = "recipe.json"
@@ -44,13 +45,23 @@ def copy_engines(source: Path, out: Path) -> None:
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("cache"))
 
 
-def ship_family(work: Path, target: Path, recipe: dict) -> Path:
-    """``target/weights/*`` (fp16 model folders and the learned tokens), ``target/engines/*``, ``recipe.json``."""
+PARTS = ("worn", "product", "segmenter")
+
+
+def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] = PARTS) -> Path:
+    """``target/weights/*`` (fp16 model folders, and the learned tokens with ``worn``), ``target/engines/*`` and
+    ``recipe.json``, for the ``parts`` of the family that are shipped (a part that misses its quality bar is
+    left out: its name then says "not installed" rather than drawing the wrong garment)."""
     work = Path(work)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise InputError(f"parts: expected some of {', '.join(PARTS)}, got {', '.join(parts) or 'none'}")
     with staged_folder(target, MARKER, "a shipped demo family", arg="target") as stage:
-        shutil.copytree(work / "release", stage / "weights")
-        for name in ("worn", "product", "segmenter"):
+        for name in parts:
+            shutil.copytree(work / "release" / name, stage / "weights" / name)
             copy_engines(work / "engines" / name, stage / "engines" / name)
+        if "worn" in parts:
+            shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
         with atomic_file(stage / MARKER) as tmp:
-            tmp.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps({**recipe, "shipped": list(parts)}, indent=2, sort_keys=True) + "\n")
     return Path(target)
