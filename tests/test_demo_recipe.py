@@ -120,3 +120,13 @@ def test_the_studio_token_data_covers_every_type(tmp_path):
     by_name = {json.loads(line)["file_name"]: json.loads(line)["type"]
                for line in (source / "metadata.jsonl").read_text().splitlines()}
     assert {by_name[name] for name in chosen} == types
+
+
+def test_a_finished_segmenter_leaves_both_threads_to_the_main_chain(tmp_path, monkeypatch):
+    calls = []
+    segmenter = next(s for s in demo.stages(tmp_path, demo.SEED) if s.name == "segmenter")
+    segmenter.done.parent.mkdir(parents=True)
+    segmenter.done.write_text("{}")
+    monkeypatch.setattr(demo, "run_stage", lambda stage, work, log, threads=None: calls.append((stage.name, threads)) or 1.0)
+    demo.run_all(tmp_path, demo.SEED, log=lambda line: None)
+    assert all(threads is None for _, threads in calls), calls
