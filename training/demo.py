@@ -62,7 +62,7 @@ RECIPE = {
     "worn": {"steps": 4000, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.998, "warmup_steps": 100,
              "lr_schedule": "cosine", "snr_gamma": 5.0},
     "tokens": {"steps": 150, "batch_size": 16, "learning_rate": 5e-3, "images": 600},
-    "product": {"steps": 1000, "batch_size": 32, "learning_rate": 2e-4, "ema_decay": 0.995, "snr_gamma": 5.0},
+    "product": {"steps": 2000, "batch_size": 32, "learning_rate": 2e-4, "ema_decay": 0.995, "snr_gamma": 5.0},
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine", "resolution": 256,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
