@@ -48,12 +48,14 @@ def lora_targets(model: torch.nn.Module, network: str, targets: str = "attention
 def write_random_lora(path: str | os.PathLike, models: dict[str, torch.nn.Module], fmt: str = "kohya",
                       targets: str = "attention", rank: int = 4, alpha: float | None = None,
                       conv_rank: int | None = None, conv_alpha: float | None = None, alphas: str | None = "keys",
-                      seed: int = 0, std: float = 0.1, dtype: torch.dtype = torch.float32) -> Path:
+                      seed: int = 0, std: float = 0.1, dtype: torch.dtype = torch.float32,
+                      text_model_prefix: bool = True) -> Path:
     """Write a random LoRA for ``models`` (``{"unet": ..., "text_encoder": ...}``, either or both) to ``path``.
 
     ``rank`` / ``alpha`` are the linear layers' (``network_dim`` / ``network_alpha``), ``conv_rank`` /
     ``conv_alpha`` the 3x3 convs' (default: the same); ``alpha=None`` writes no alpha at all. For ``fmt="peft"``,
-    ``alphas`` says where the alphas go: ``"metadata"``, ``"keys"`` or ``None``."""
+    ``alphas`` says where the alphas go: ``"metadata"``, ``"keys"`` or ``None``, and ``text_model_prefix=False``
+    drops ``text_model.`` from the text encoder's names (diffusers saving a transformers 5 CLIPTextModel)."""
     if fmt not in ("kohya", "peft"):
         raise ValueError(f"fmt must be 'kohya' or 'peft', got {fmt!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -74,7 +76,8 @@ def write_random_lora(path: str | os.PathLike, models: dict[str, torch.nn.Module
                 stem = prefix + (name if network == "unet" else "text_model." + name).replace(".", "_")
                 keys = (f"{stem}.lora_down.weight", f"{stem}.lora_up.weight", f"{stem}.alpha")
             else:
-                stem = f"{network}.{name if network == 'unet' else 'text_model.' + name}"
+                te_prefix = "text_model." if text_model_prefix else ""
+                stem = f"{network}.{name if network == 'unet' else te_prefix + name}"
                 keys = (f"{stem}.lora_A.weight", f"{stem}.lora_B.weight", f"{stem}.alpha")
             tensors[keys[0]], tensors[keys[1]] = down.to(dtype).contiguous(), up.to(dtype).contiguous()
             if a is not None and (fmt == "kohya" or alphas == "keys"):

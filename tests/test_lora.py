@@ -30,6 +30,8 @@ CASES = {
                                                      conv_rank=2, conv_alpha=1.0)),
     "peft-alpha-keys": (("unet", "text_encoder"), dict(fmt="peft", alphas="keys", targets="locon", alpha=2.0,
                                                        conv_rank=2, conv_alpha=1.0)),
+    # diffusers saving a transformers 5 CLIPTextModel: no "text_model." in the text encoder's keys
+    "peft-flat-text-encoder": (("unet", "text_encoder"), dict(fmt="peft", alphas=None, text_model_prefix=False)),
     # LCM-LoRA as latent-consistency/lcm-lora-sdv1-5 ships: kohya keys, UNet only, every alpha = the rank
     "lcm-lora": (("unet",), dict(fmt="kohya", targets="lcm", rank=8, alpha=8.0)),
 }
@@ -102,6 +104,47 @@ def test_merge_equals_diffusers_fuse_lora(case, sd_checkpoint, base_models, lora
     (record,) = records
     assert record["scale"] == 0.7 and record["format"] == ("kohya" if case.startswith(("kohya", "lcm")) else "peft")
     assert record["layers"]["unet"] > 0 and (record["layers"]["text_encoder"] > 0) == ("text_encoder" in networks)
+
+
+def test_a_kohya_file_with_some_alphas_missing_merges_as_diffusers_does(tmp_path, sd_checkpoint, base_models,
+                                                                       lora_files):
+    """A layer without ``.alpha`` beside layers with one gets the alpha stated most often (not its rank)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(lora_files["kohya-locon"]))  # linear layers alpha 2, convs alpha 1
+    dropped = sorted(k for k in state if k.endswith(".alpha"))[::3]
+    save_file({k: v for k, v in state.items() if k not in dropped}, str(tmp_path / "some.safetensors"))
+    ours, _ = merged(base_models, [(tmp_path / "some.safetensors", 0.7)])
+    ref = diffusers_fused(sd_checkpoint, [(tmp_path / "some.safetensors", 0.7)])
+    for network in ("unet", "text_encoder"):
+        assert max_diff(ours[network], getattr(ref, network)) < 1e-5, network
+
+
+def test_per_layer_alphas_are_applied_per_layer(tmp_path, base_models, lora_files):
+    """kohya's definition, W + scale * alpha / rank * up @ down, layer by layer, whatever the other layers' alphas.
+
+    (diffusers 0.42.1 is no reference here: it keys the alphas of kohya's attention layers under names peft
+    does not match, which peft warns of, and gives those layers the most common alpha instead.)"""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(lora_files["kohya-alpha"]))
+    stems = sorted(k[: -len(".alpha")] for k in state if k.endswith(".alpha"))
+    for i, stem in enumerate(stems):
+        state[f"{stem}.alpha"] = torch.tensor((1.0, 2.0, 4.0)[i % 3], dtype=torch.float16)
+    save_file(state, str(tmp_path / "mixed.safetensors"))
+    ours, _ = merged(base_models, [(tmp_path / "mixed.safetensors", 0.7)])
+    index = {net: {name.removeprefix("text_model.").replace(".", "_"): name
+                   for name, _ in base_models[net].named_modules()} for net in base_models}
+    for i, stem in enumerate(stems):
+        network, key = ("unet", stem[len("lora_unet_"):]) if stem.startswith("lora_unet_") else \
+            ("text_encoder", stem[len("lora_te_text_model_"):])
+        name = index[network][key]
+        down, up = state[f"{stem}.lora_down.weight"].double(), state[f"{stem}.lora_up.weight"].double()
+        weight = base_models[network].get_submodule(name).weight.double()
+        expected = weight + 0.7 * (1.0, 2.0, 4.0)[i % 3] / down.shape[0] * (up.flatten(1) @ down.flatten(1)).reshape(
+            weight.shape)
+        got = ours[network].get_submodule(name).weight.double()
+        assert (got - expected).abs().max().item() < 1e-6, stem
 
 
 def test_two_loras_add_up_in_any_order(sd_checkpoint, base_models, lora_files):
