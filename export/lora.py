@@ -261,16 +261,20 @@ def _alpha_factors(lora: LoraFile, network: str, layers: list[tuple[LoraLayer, s
             for layer, _ in layers]
 
 
-def _delta(lora: LoraFile, layer: LoraLayer, weight: torch.Tensor) -> torch.Tensor:
-    """``up @ down`` in the weight's shape (a conv: the 1x1 ``up`` kernel composed with ``down``'s), float64."""
-    down, up = layer.down.to(torch.float64), layer.up.to(torch.float64)
+def _check_fit(lora: LoraFile, layer: LoraLayer, weight: torch.Tensor) -> None:
+    down, up = layer.down, layer.up
     fits = (down.ndim == up.ndim == weight.ndim and up.shape[0] == weight.shape[0]
             and up.shape[1] == down.shape[0] and down.shape[1:] == weight.shape[1:]
             and all(k == 1 for k in up.shape[2:]))
     if not fits:
         raise LoraError(f"lora: '{lora.path}': layer '{layer.name}' (down {list(down.shape)}, up {list(up.shape)}) "
                         f"does not fit the {layer.network}'s weight {list(weight.shape)}: a LoRA for another model?")
-    return (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(weight.shape)
+
+
+def _delta(layer: LoraLayer, shape: torch.Size) -> torch.Tensor:
+    """``up @ down`` in the weight's shape (a conv: the 1x1 ``up`` kernel composed with ``down``'s), float64."""
+    down, up = layer.down.to(torch.float64), layer.up.to(torch.float64)
+    return (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(shape)
 
 
 def _resolve(lora: LoraFile, models: dict[str, torch.nn.Module]) -> dict[str, list[tuple[LoraLayer, str]]]:
@@ -300,19 +304,23 @@ def _resolve(lora: LoraFile, models: dict[str, torch.nn.Module]) -> dict[str, li
 def merge_loras(models: dict[str, torch.nn.Module], loras: list[LoraFile]) -> list[dict]:
     """Add every file's layers to ``models`` (``{"unet": ..., "text_encoder": ...}``) in place.
 
-    Every file is checked before any weight changes. Returns one manifest record per file."""
-    deltas: dict[tuple[str, str], torch.Tensor] = {}
+    Every file is checked before any weight changes. A module's updates from all files are summed in float64 and
+    added at once (one module's float64 sum in memory at a time: a full-size UNet's would be gigabytes). Returns
+    one manifest record per file."""
+    updates: dict[tuple[str, str], list[tuple[LoraLayer, float]]] = collections.defaultdict(list)
     records = []
     for lora in loras:
         resolved = _resolve(lora, models)
         for network, layers in resolved.items():
-            modules = dict(models[network].named_modules())
             for (layer, name), factor in zip(layers, _alpha_factors(lora, network, layers)):
-                delta = _delta(lora, layer, modules[name].weight) * (lora.scale * factor)
-                deltas[network, name] = deltas[network, name] + delta if (network, name) in deltas else delta
+                _check_fit(lora, layer, models[network].get_submodule(name).weight)
+                updates[network, name].append((layer, lora.scale * factor))
         records.append(lora.record({net: len(layers) for net, layers in resolved.items()}))
     with torch.no_grad():
-        for (network, name), delta in deltas.items():
+        for (network, name), terms in updates.items():
             weight = models[network].get_submodule(name).weight
-            weight.copy_((weight.to(torch.float64) + delta).to(weight.dtype))
+            total = weight.to(torch.float64)
+            for layer, factor in terms:
+                total += _delta(layer, weight.shape) * factor
+            weight.copy_(total.to(weight.dtype))
     return records
