@@ -41,24 +41,25 @@ PEFT_PARTS = {"lora_A.weight": "down", "lora_B.weight": "up", "alpha": "alpha"}
 
 # What a key gives away about a format this does not merge (checked before anything else).
 UNSUPPORTED = (
-    ("hada_", "LoHa (LyCORIS hada_* keys)"),
-    ("lokr_", "LoKr (LyCORIS lokr_* keys)"),
-    ("dora_scale", "DoRA (dora_scale keys)"),
-    ("lora_magnitude_vector", "DoRA (lora_magnitude_vector keys)"),
-    ("lora_mid", "LoCon with Tucker decomposition (lora_mid keys)"),
-    ("boft_", "BOFT (boft_* keys)"),
-    ("oft_", "OFT (oft_* keys)"),
+    (".hada_", "LoHa (LyCORIS hada_* keys)"),
+    (".lokr_", "LoKr (LyCORIS lokr_* keys)"),
+    (".dora_scale", "DoRA (dora_scale keys)"),
+    (".lora_magnitude_vector", "DoRA (lora_magnitude_vector keys)"),
+    (".lora_mid.", "LoCon with Tucker decomposition (lora_mid keys)"),
+    (".boft_", "BOFT (boft_* keys)"),
+    (".oft_", "OFT (oft_* keys)"),
     (".diff", "a LyCORIS full weight difference (.diff keys)"),
     (".w_norm", "LyCORIS norm layers (.w_norm keys)"),
     (".a1.weight", "GLoRA (.a1/.b1 keys)"),
     (".on_input", "(IA)^3 (on_input keys)"),
-    ("lora_embedding_", "an embedding LoRA (lora_embedding_A/B keys)"),
+    (".lora_embedding_", "an embedding LoRA (lora_embedding_A/B keys)"),
     ("lora_te2_", "an SDXL LoRA (lora_te2_ keys: a second text encoder; this exports SD 1.x)"),
-    ("lora_B.bias", "a LoRA with bias terms (lora_B.bias keys)"),
-    ("lora_up.bias", "a LoRA with bias terms (lora_up.bias keys)"),
+    (".lora_B.bias", "a LoRA with bias terms (lora_B.bias keys)"),
+    (".lora_up.bias", "a LoRA with bias terms (lora_up.bias keys)"),
     (".lora.down.weight", "diffusers' old attention-processor LoRA (.lora.down keys); re-save it with diffusers"),
     ("_lora.down.weight", "diffusers' old attention-processor LoRA (to_q_lora keys); re-save it with diffusers"),
-    ("lora_linear_layer", "diffusers' old attention-processor LoRA (lora_linear_layer keys); re-save it with diffusers"),
+    (".lora_linear_layer.", "diffusers' old attention-processor LoRA (lora_linear_layer keys); re-save it with "
+     "diffusers"),
 )
 
 

@@ -11,7 +11,8 @@
 Targets, as the trainers pick them: ``"attention"`` (sd-scripts' LoRA: the UNet's transformer blocks with
 proj_in / proj_out, the text encoder's attention and MLP), ``"locon"`` (also the ResNet convs, time-embedding
 projections, shortcuts, down- and upsampler convs: sd-scripts' ``conv_dim``) and ``"lcm"`` (LCM-LoRA's target
-list, the same modules, UNet only).
+list, the same modules, UNet only). At full SD 1.5 size, ``fmt="kohya", targets="lcm", rank=64, alpha=64`` in
+fp16 writes 278 layers, 134.6 MB.
 """
 from __future__ import annotations
 
