@@ -1,6 +1,7 @@
 """``fashiongen export``: a local Stable Diffusion 1.x checkpoint folder to an engine folder.
 
-Stages: load the checkpoint (local files only), bake learned tokens into tokenizer and text encoder,
+Stages: load the checkpoint (local files only), merge LoRA files into the UNet and the text encoder (see
+:mod:`.lora`), bake learned tokens into tokenizer and text encoder,
 export ``text_encoder``, ``unet``, ``vae_decoder``, ``vae_encoder`` (each validated against PyTorch at a
 shape other than the one traced), write ``tokenizer.json`` and ``manifest.json``. Everything is built in
 a temporary folder beside the destination and renamed into place only when complete.
@@ -25,6 +26,7 @@ from fashiongen.runtime.files import staged_folder
 from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
 
 from .embeddings import LearnedEmbedding, bake_embeddings
+from .lora import LoraFile, merge_loras
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .segformer_export import SEGMENTER_STAGES, export_segmenter
 
@@ -200,11 +202,17 @@ SD_STAGES = 6  # load, learned tokens, four networks
 
 
 def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, manifest: Manifest,
-              bar) -> None:
-    """Export an SD 1.x checkpoint (with its learned tokens) into ``stage``, filling in ``manifest``."""
+              bar, loras: list[LoraFile] = ()) -> None:
+    """Export an SD 1.x checkpoint (with its LoRAs merged, its learned tokens) into ``stage``, filling in
+    ``manifest``."""
     bar.set_description("load checkpoint")
     parts = load_checkpoint(model_dir)
     bar.update(1)
+    if loras:
+        bar.set_description("merge LoRA")
+        manifest.source["loras"] = merge_loras({"unet": parts["unet"], "text_encoder": parts["text_encoder"]},
+                                               list(loras))
+        bar.update(1)
     bar.set_description("learned tokens")
     learned = bake_embeddings(parts["tokenizer"], parts["text_encoder"], list(embeddings))
     bar.update(1)
@@ -223,18 +231,20 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
 
 def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embeddings: list[LearnedEmbedding] = (),
                          segmenter_dir: Path | None = None, opset: int = DEFAULT_OPSET,
-                         progress: bool = True) -> Manifest:
+                         progress: bool = True, loras: list[LoraFile] = ()) -> Manifest:
     """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest."""
     if model_dir is None and segmenter_dir is None:
         raise InputError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
     if model_dir is None and embeddings:
         raise InputError("--embedding needs --model: learned tokens belong to a text encoder")
-    total = (SD_STAGES if model_dir else 0) + (SEGMENTER_STAGES if segmenter_dir else 0)
+    if model_dir is None and loras:
+        raise InputError("--lora needs --model: a LoRA is merged into a UNet and a text encoder")
+    total = (SD_STAGES + bool(loras) if model_dir else 0) + (SEGMENTER_STAGES if segmenter_dir else 0)
     bar = tqdm(total=total, unit="stage", disable=not progress)
     with staged_folder(out_dir, MANIFEST_NAME, "an engine folder") as stage:
         manifest = Manifest(kind="segmenter", dims={}, networks={}, opset=opset, versions=versions())
         if model_dir is not None:
-            export_sd(model_dir, embeddings, stage, manifest, bar)
+            export_sd(model_dir, embeddings, stage, manifest, bar, loras)
         if segmenter_dir is not None:
             export_segmenter(segmenter_dir, stage, manifest, bar)
         write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())
@@ -243,6 +253,6 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
 
 
 def export_pipeline(model_dir: Path, out_dir: Path, embeddings: list[LearnedEmbedding] = (),
-                    opset: int = DEFAULT_OPSET, progress: bool = True) -> Manifest:
+                    opset: int = DEFAULT_OPSET, progress: bool = True, loras: list[LoraFile] = ()) -> Manifest:
     """Export an SD 1.x checkpoint alone (the common case)."""
-    return export_engine_folder(out_dir, model_dir, embeddings, opset=opset, progress=progress)
+    return export_engine_folder(out_dir, model_dir, embeddings, opset=opset, progress=progress, loras=loras)

@@ -20,7 +20,7 @@ from fashiongen.runtime.errors import InputError
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a local SD 1.x checkpoint folder to an ONNX engine folder",
                        description="Load a local diffusers Stable Diffusion 1.x checkpoint (never a hub), bake "
-                       "textual-inversion tokens into its tokenizer and text encoder, export text_encoder, unet, "
+                       "textual-inversion tokens into its tokenizer and text encoder (after merging any --lora), export text_encoder, unet, "
                        "vae_decoder and vae_encoder to ONNX (each validated against PyTorch) and write "
                        "manifest.json. With --segmenter, also (or only) a SegFormer clothes segmenter. The folder "
                        "appears only when complete.")
@@ -34,6 +34,12 @@ def _add_export(sub) -> None:
                    help="textual-inversion file (A1111 .pt, civitai .safetensors, diffusers learned_embeds); "
                    "TOKEN overrides the name stored in the file (default: stored name, else the file's stem). "
                    "Repeatable.")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",
+                   help="LoRA safetensors file merged into the UNet and text encoder before export, SCALE times its "
+                   "strength (default 1; diffusers' fuse_lora(lora_scale=SCALE)): kohya / A1111 lora_unet_* / "
+                   "lora_te_* (LoCon conv layers and LCM-LoRA included) or diffusers / peft lora_A / lora_B. LoHa, "
+                   "LoKr, DoRA and pickled .pt / .bin files are refused. Repeatable (the LoRAs add up); the "
+                   "manifest records each file's hash and scale.")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_export)
@@ -41,12 +47,17 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     from fashiongen.export.embeddings import load_embedding, parse_embedding_arg
+    from fashiongen.export.lora import parse_lora_arg, read_lora
     from fashiongen.export.sd_export import export_engine_folder
 
     embeddings = [load_embedding(*parse_embedding_arg(a)) for a in args.embedding]
+    loras = [read_lora(*parse_lora_arg(a)) for a in args.lora]  # every file checked before the checkpoint loads
     manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, loras=loras)
     print(f"wrote {args.out} ({manifest.kind})")
+    for lora in manifest.source.get("loras", []):
+        print(f"  LoRA {lora['file']} x{lora['scale']:g}: {lora['layers']['unet']} UNet and "
+              f"{lora['layers']['text_encoder']} text encoder layers merged")
     for name, entry in manifest.networks.items():
         print(f"  {name:13s} {entry.file:20s} max abs diff vs PyTorch {entry.validation['max_abs_diff']:.2e}")
     return 0
