@@ -285,7 +285,7 @@ def prepare_fast_modes(ckpt: Path, engines: Path, modes: set, log):
     if "int8" in wanted:
         from fashiongen.export.quantize import default_networks
 
-        missing = [n for n in default_networks(manifest) if n not in manifest.variants.get("int8", {})]
+        missing = [n for n in default_networks(manifest) if n not in manifest.variant_networks("int8")]
         if missing:
             from fashiongen.export.quantize import quantize_networks
 
@@ -354,7 +354,7 @@ def flop_floor(engines: Path, manifest, size: int, peak: float) -> dict:
     possible times at ``peak`` GFLOP/s."""
     from fashiongen.runtime.contracts import UNET, VAE_DECODER
 
-    latent = size // int(manifest.vae["downscale"])
+    latent = size // int(manifest.vae.downscale)
     sizes = {"latent_height": latent, "latent_width": latent, "image_height": size, "image_width": size}
     unet = network_gflop(engines / "unet.onnx", UNET, manifest.dims, {**sizes, "batch": 2})
     vae = network_gflop(engines / "vae_decoder.onnx", VAE_DECODER, manifest.dims, {**sizes, "batch": 1})

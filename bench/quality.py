@@ -133,7 +133,7 @@ def vae_ceiling(classifier, engines: Path, data: Path, limit: int) -> dict:
     from fashiongen.runtime.images import decoded_to_uint8, uint8_to_model_input
 
     networks = EngineSet(engines)
-    scale = float(networks.manifest.vae["scaling_factor"])
+    scale = float(networks.manifest.vae.scaling_factor)
     images, truths = load_examples(data, "product", "test")
     round_trips = []
     for image in images[:limit]:

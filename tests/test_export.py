@@ -27,7 +27,7 @@ def test_manifest_lists_every_network_with_its_validation(sd_engines):
         assert 0 <= entry.validation["max_abs_diff"] < 1e-4
         # validated at batch 1, a shape other than the traced batch of 2
         assert all(shape[0] == 1 for shape in entry.validation["shapes"].values()) or name == "text_encoder"
-    assert manifest.tokenizer["learned_tokens"] == {
+    assert manifest.tokenizer.learned_tokens == {
         POSITIVE_TOKEN: [POSITIVE_TOKEN, f"{POSITIVE_TOKEN}_1", f"{POSITIVE_TOKEN}_2"],
         NEGATIVE_TOKEN: [NEGATIVE_TOKEN, f"{NEGATIVE_TOKEN}_1"],
     }
