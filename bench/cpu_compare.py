@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import CACHE, RESULTS, ROOT, psnr
+from .common import CACHE, RESULTS, ROOT, add_seed_argument, psnr
 from .cpu_report import REFERENCE, chart, fmt, goals, machine_name, markdown, med
 from .cpu_workers import CONTENDERS, FASHIONGEN, RSS_ONLY, has_cutout, run_worker, setup
 from .flops import flop_floor, peak_gflops
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=1,
                         help="images per process (default 1): the first is timed stage by stage (end to end after "
                         "loading); more give the warm, steady-state end to end too (each adds a third to the run)")
-    parser.add_argument("--seed", type=int, default=19687)
+    add_seed_argument(parser)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", default=None, help="comma-separated contenders (default: all available)")
     parser.add_argument("--optimum", action="store_true", help="also optimum-onnx and optimum-intel (own venvs)")

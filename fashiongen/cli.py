@@ -35,7 +35,7 @@ def _add_export(sub) -> None:
                    "TOKEN overrides the name stored in the file (default: stored name, else the file's stem). "
                    "Repeatable.")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_progress_argument(p)
     p.set_defaults(run=_run_export)
 
 
