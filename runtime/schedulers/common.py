@@ -62,8 +62,9 @@ def unsupported():
     return setting(False, lambda value: not value)
 
 
-def choice(default, *allowed):
-    return setting(default, one_of(*allowed))
+def choice(default, *others):
+    """One of ``default`` and ``others``."""
+    return setting(default, one_of(default, *others))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from .common import (F32, ONE, Scheduler, ThresholdingConfig, alpha_before, chec
 
 @dataclass(frozen=True)
 class DDIMConfig(ThresholdingConfig):
-    prediction_type: str = choice("epsilon", "epsilon", "sample", "v_prediction")
+    prediction_type: str = choice("epsilon", "sample", "v_prediction")
     clip_sample: bool = flag(True)
     set_alpha_to_one: bool = flag(True)
     clip_sample_range: float = setting(1.0, is_number)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (F32, ONE, Scheduler, SchedulerConfig, check_steps, choice, first_index, flag,
+from .common import (F32, ONE, SPACINGS, Scheduler, SchedulerConfig, check_steps, choice, first_index, flag,
                      interpolated_sigmas, is_number, is_optional_number, noise_generator, optional_flag,
                      ramp_sigmas, setting, spaced_timesteps, torch_linspace_f32, train_sigmas, unsupported,
                      with_final_sigma)
@@ -19,46 +19,46 @@ from .common import (F32, ONE, Scheduler, SchedulerConfig, check_steps, choice, 
 
 @dataclass(frozen=True)
 class EulerConfig(SchedulerConfig):
-    prediction_type: str = choice("epsilon", "epsilon", "v_prediction", "sample", "original_sample")
-    interpolation_type: str = choice("linear", "linear", "log_linear")
+    prediction_type: str = choice("epsilon", "v_prediction", "sample", "original_sample")
+    interpolation_type: str = choice("linear", "log_linear")
     use_karras_sigmas: bool = optional_flag()
     use_exponential_sigmas: bool = optional_flag()
     use_beta_sigmas: bool = unsupported()  # needs scipy's beta ppf
     sigma_min: float | None = setting(None, is_optional_number)
     sigma_max: float | None = setting(None, is_optional_number)
-    timestep_spacing: str = choice("linspace", "linspace", "leading", "trailing")
-    timestep_type: str = choice("discrete", "discrete", "continuous")
+    timestep_spacing: str = choice("linspace", *SPACINGS)
+    timestep_type: str = choice("discrete", "continuous")
     rescale_betas_zero_snr: bool = flag()
-    final_sigmas_type: str = choice("zero", "zero", "sigma_min")
+    final_sigmas_type: str = choice("zero", "sigma_min")
 
 
 @dataclass(frozen=True)
 class EulerAncestralConfig(SchedulerConfig):
-    prediction_type: str = choice("epsilon", "epsilon", "v_prediction")
-    timestep_spacing: str = choice("linspace", "linspace", "leading", "trailing")
+    prediction_type: str = choice("epsilon", "v_prediction")
+    timestep_spacing: str = choice("linspace", *SPACINGS)
     rescale_betas_zero_snr: bool = flag()
 
 
 @dataclass(frozen=True)
 class LMSConfig(SchedulerConfig):
-    prediction_type: str = choice("epsilon", "epsilon", "v_prediction", "sample")
+    prediction_type: str = choice("epsilon", "v_prediction", "sample")
     use_karras_sigmas: bool = optional_flag()
     use_exponential_sigmas: bool = optional_flag()
     use_beta_sigmas: bool = unsupported()
-    timestep_spacing: str = choice("linspace", "linspace", "leading", "trailing")
+    timestep_spacing: str = choice("linspace", *SPACINGS)
 
 
 @dataclass(frozen=True)
 class HeunConfig(SchedulerConfig):
     beta_start: float = setting(0.00085, is_number)
     beta_end: float = setting(0.012, is_number)
-    prediction_type: str = choice("epsilon", "epsilon", "v_prediction", "sample")
+    prediction_type: str = choice("epsilon", "v_prediction", "sample")
     use_karras_sigmas: bool = optional_flag()
     use_exponential_sigmas: bool = optional_flag()
     use_beta_sigmas: bool = unsupported()
     clip_sample: bool = flag()
     clip_sample_range: float = setting(1.0, is_number)
-    timestep_spacing: str = choice("linspace", "linspace", "leading", "trailing")
+    timestep_spacing: str = choice("linspace", *SPACINGS)
 
 
 class SigmaScheduler(Scheduler):

@@ -12,26 +12,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (F32, ONE, Scheduler, ThresholdingConfig, check_steps, choice, first_index, flag, is_int,
-                     is_number, is_optional_number, interpolated_sigmas, optional_flag, ramp_sigmas, setting,
+from .common import (F32, ONE, SPACINGS, Scheduler, ThresholdingConfig, check_steps, choice, first_index, flag,
+                     interpolated_sigmas, is_int, is_number, is_optional_number, optional_flag, ramp_sigmas, setting,
                      spaced_timesteps, threshold_sample, train_sigmas, unsupported, with_final_sigma)
-
-_PREDICTIONS = ("epsilon", "sample", "v_prediction")
-
 
 @dataclass(frozen=True)
 class MultistepConfig(ThresholdingConfig):
     """The settings DPM-Solver multistep and UniPC share, with diffusers' defaults for both."""
 
-    prediction_type: str = choice("epsilon", *_PREDICTIONS)
+    prediction_type: str = choice("epsilon", "sample", "v_prediction")
     lower_order_final: bool = flag(True)
     use_karras_sigmas: bool = optional_flag()
     use_exponential_sigmas: bool = optional_flag()
     use_beta_sigmas: bool = unsupported()      # needs scipy's beta ppf
     use_flow_sigmas: bool = unsupported()      # flow-matching models: not implemented
     flow_shift: float = 1.0
-    final_sigmas_type: str = choice("zero", "zero", "sigma_min")
-    timestep_spacing: str = choice("linspace", "linspace", "leading", "trailing")
+    final_sigmas_type: str = choice("zero", "sigma_min")
+    timestep_spacing: str = choice("linspace", *SPACINGS)
     rescale_betas_zero_snr: bool = flag()
     use_dynamic_shifting: bool = unsupported()
     time_shift_type: str = "exponential"
@@ -39,13 +36,13 @@ class MultistepConfig(ThresholdingConfig):
 
 @dataclass(frozen=True)
 class DPMSolverConfig(MultistepConfig):
-    solver_order: int = choice(2, 1, 2)  # third order: not implemented
-    algorithm_type: str = choice("dpmsolver++", "dpmsolver++", "dpmsolver", "deis")  # SDE variants: not implemented
-    solver_type: str = choice("midpoint", "midpoint", "heun", "logrho", "bh1", "bh2")
+    solver_order: int = choice(2, 1)  # third order: not implemented
+    algorithm_type: str = choice("dpmsolver++", "dpmsolver", "deis")  # SDE variants: not implemented
+    solver_type: str = choice("midpoint", "heun", "logrho", "bh1", "bh2")
     euler_at_final: bool = flag()
     use_lu_lambdas: bool = unsupported()
     lambda_min_clipped: float = setting(-float("inf"), is_number)
-    variance_type: str | None = choice(None, None, "learned", "learned_range")
+    variance_type: str | None = choice(None, "learned", "learned_range")
 
     @classmethod
     def settle(cls, owner: str, values: dict) -> None:
@@ -63,7 +60,7 @@ class DPMSolverConfig(MultistepConfig):
 class UniPCConfig(MultistepConfig):
     solver_order: int = setting(2, lambda v: is_int(v) and 1 <= v <= 3)
     predict_x0: bool = flag(True)
-    solver_type: str = choice("bh2", "bh1", "bh2", "midpoint", "heun", "logrho")
+    solver_type: str = choice("bh2", "bh1", "midpoint", "heun", "logrho")
     disable_corrector: tuple = setting((), lambda v: isinstance(v, (list, tuple)) and all(is_int(i) for i in v))
     solver_p: None = setting(None, lambda v: v is None)  # another scheduler as the predictor: not implemented
     sigma_min: float | None = setting(None, is_optional_number)

@@ -12,7 +12,7 @@ from .common import F32, ONE, Scheduler, SchedulerConfig, alpha_before, check_st
 
 @dataclass(frozen=True)
 class PNDMConfig(SchedulerConfig):
-    prediction_type: str = choice("epsilon", "epsilon", "v_prediction")
+    prediction_type: str = choice("epsilon", "v_prediction")
     skip_prk_steps: bool = flag()
     set_alpha_to_one: bool = flag()
 
