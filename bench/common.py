@@ -14,6 +14,13 @@ GARMENT = "black short sleeve crewneck crop top"
 PROMPT = f"a <midjourney-style> photo of a {GARMENT}"
 PLAIN_PROMPT = f"a photo of a {GARMENT}"  # for pipelines without the learned tokens
 NEGATIVE = "<wrong>, blurry"
+#: The benches' seed: every contender of a bench draws the same noise from it.
+SEED = 19687
+
+
+def add_seed_argument(parser) -> None:
+    """``--seed``, as every bench that renders from one seed takes it."""
+    parser.add_argument("--seed", type=int, default=SEED)
 
 
 class StageClock:

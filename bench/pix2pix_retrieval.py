@@ -28,7 +28,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from .common import CACHE, RESULTS, diffusers_clock
+from .common import CACHE, RESULTS, add_seed_argument, diffusers_clock
 from .common import GARMENT as PROMPT
 
 
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     parser.add_argument("--catalog-size", type=int, default=100_000, help="vectors searched (default 100000)")
     parser.add_argument("--skip-pix2pix", action="store_true", help="only the query path")
     parser.add_argument("--skip-query", action="store_true", help="only pix2pix")
-    parser.add_argument("--seed", type=int, default=19687)
+    add_seed_argument(parser)
     args = parser.parse_args(argv)
 
     import torch

@@ -37,7 +37,7 @@ from statistics import median
 
 import numpy as np
 
-from .common import CACHE, GARMENT, RESULTS
+from .common import CACHE, GARMENT, RESULTS, SEED
 POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
 README_PROMPT = GARMENT
 CEILING = "product/test through the VAE (ceiling)"  # the judge's row on VAE round trips
@@ -133,7 +133,7 @@ def vae_ceiling(classifier, engines: Path, data: Path, limit: int) -> dict:
     from fashiongen.runtime.images import decoded_to_uint8, uint8_to_model_input
 
     networks = EngineSet(engines)
-    scale = float(networks.manifest.vae["scaling_factor"])
+    scale = float(networks.manifest.vae.scaling_factor)
     images, truths = load_examples(data, "product", "test")
     round_trips = []
     for image in images[:limit]:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the judge; trained on --data when the file is missing")
     p.add_argument("--prompts", type=int, default=200, help="prompts per split (default 200)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, as generate's)")
-    p.add_argument("--seed", type=int, default=19687, help="seed of the first prompt (default 19687)")
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed of the first prompt (default {SEED})")
     p.add_argument("--size", type=int, default=128, help="the INT8 calibration's image size (default 128, the demo's)")
     p.add_argument("--deepcache", type=int, nargs="*", default=[2, 3], help="DeepCache intervals (default 2 3)")
     p.add_argument("--quick", action="store_true", help="approaches 1 and 3 only (no token ablation, no fast modes)")

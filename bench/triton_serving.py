@@ -89,7 +89,7 @@ def load_test(server: TritonServer, size: int, steps: int, per_client: int, budg
 def unet_overhead(server: TritonServer, engines: Path, size: int, calls: int) -> dict:
     manifest = load_manifest(engines)
     dims = manifest.dims
-    latent = size // manifest.vae["downscale"]
+    latent = size // manifest.vae.downscale
     rng = np.random.default_rng(0)
     feeds = {"sample": rng.standard_normal((2, dims["unet_in_channels"], latent, latent), dtype=np.float32),
              "timestep": np.full((2,), 500.0, np.float32),
@@ -125,7 +125,7 @@ def perf_analyzer_profile(server: TritonServer, engines: Path, size: int, interv
         return {"unavailable": str(error)}
     manifest = load_manifest(engines)
     dims = manifest.dims
-    latent = size // manifest.vae["downscale"]
+    latent = size // manifest.vae.downscale
     hidden = (dims["text_length"], dims["text_hidden"])
     runs = (("unet", {"sample": (dims["unet_in_channels"], latent, latent), "timestep": (1,),
                       "encoder_hidden_states": hidden}, "random"),

@@ -20,7 +20,7 @@ from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from .common import CACHE, NEGATIVE, PROMPT, RESULTS, diffusers_clock
+from .common import CACHE, NEGATIVE, PROMPT, RESULTS, add_seed_argument, diffusers_clock
 
 
 def prepare(full_size: bool) -> tuple[Path, Path, dict[str, Path]]:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender, interleaved (default 3)")
-    parser.add_argument("--seed", type=int, default=19687)
+    add_seed_argument(parser)
     args = parser.parse_args(argv)
 
     import torch

@@ -22,7 +22,7 @@ import torch
 
 from fashiongen.runtime.contracts import CLIP_IMAGE, CLIP_TEXT
 from fashiongen.runtime.files import staged_folder
-from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file, write_json_atomic
+from fashiongen.runtime.manifest import MANIFEST_NAME, ClipSection, Manifest, sha256_file, write_json_atomic
 
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .sd_export import CheckpointError, quiet_libraries, tokenizer_section, versions
@@ -132,7 +132,7 @@ def export_clip_folder(model_dir: Path, out_dir: Path, opset: int = DEFAULT_OPSE
                 module, contract, sample, checked, dims, stage / f"{contract.name}.onnx", opset)
             bar.update(1)
         manifest.tokenizer = tokenizer_section(tokenizer, {}, stage)
-        manifest.clip = {"fingerprint": checkpoint_fingerprint(model_dir), "image": image_preprocessing(processor)}
+        manifest.clip = ClipSection(fingerprint=checkpoint_fingerprint(model_dir), image=image_preprocessing(processor))
         manifest.source["clip"] = str(Path(model_dir).absolute())
         write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())
     bar.close()

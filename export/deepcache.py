@@ -20,7 +20,7 @@ import torch
 
 from fashiongen.runtime.contracts import UNET_CAPTURE, UNET_SHALLOW
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, require_kind, write_json_atomic
+from fashiongen.runtime.manifest import MANIFEST_NAME, Variant, load_manifest, require_kind, write_json_atomic
 
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .sd_export import load_checkpoint
@@ -100,7 +100,7 @@ class UNetShallowNet(torch.nn.Module):
 def _drop_stale_int8(manifest) -> None:
     """INT8 copies of earlier DeepCache parts were quantized from other files: forget them (``--fast
     deepcache,int8`` then says to run ``fashiongen quantize`` again rather than mixing old and new parts)."""
-    int8 = manifest.variants.get("int8", {})
+    int8 = manifest.variant_networks("int8")
     for name in ("unet_capture", "unet_shallow"):
         int8.pop(name, None)
     if "int8" in manifest.variants and not int8:
@@ -164,10 +164,10 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shall
     _drop_stale_int8(manifest)
     manifest.dims["deep_channels"] = dims["deep_channels"]
     manifest.networks.update(entries)
-    manifest.variants["deepcache"] = {
-        "unet_capture": {"file": "unet_capture.onnx", "backend": None},
-        "unet_shallow": {"file": "unet_shallow.onnx", "backend": None},
-        "interval": interval, "shallow_layers": shallow_layers, "of_layers": layers, "split_max_abs_diff": split_diff,
-    }
+    manifest.variants["deepcache"] = Variant(
+        networks={"unet_capture": {"file": "unet_capture.onnx", "backend": None},
+                  "unet_shallow": {"file": "unet_shallow.onnx", "backend": None}},
+        settings={"interval": interval, "shallow_layers": shallow_layers, "of_layers": layers,
+                  "split_max_abs_diff": split_diff})
     write_json_atomic(engine_dir / MANIFEST_NAME, manifest.to_json())
-    return manifest.variants["deepcache"]
+    return manifest.variants["deepcache"].settings

@@ -25,7 +25,8 @@ import numpy as np
 
 from fashiongen.runtime.engines import EngineSet
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.manifest import MANIFEST_NAME, load_manifest, require_kind, sha256_file, write_json_atomic
+from fashiongen.runtime.manifest import (MANIFEST_NAME, Variant, load_manifest, require_kind, sha256_file,
+                                         write_json_atomic)
 
 CALIBRATION_PROMPTS = [
     "a photo of a black short sleeve crewneck crop top",
@@ -71,7 +72,7 @@ def record_feeds(engine_dir: Path, factory, prompts: int, steps: int, size: int,
     engines = EngineSet(engine_dir, factory)
     recorders = {name: engines.wrap(name, RecordingEngine) for name in networks}
     pipeline = Txt2ImgPipeline(engines, deepcache=deepcache)
-    learned = engines.manifest.tokenizer.get("learned_tokens", {})
+    learned = engines.manifest.tokenizer.learned_tokens
     for i in range(prompts):
         prompt = CALIBRATION_PROMPTS[i % len(CALIBRATION_PROMPTS)]
         if "<midjourney-style>" in prompt and "<midjourney-style>" not in learned:
@@ -125,7 +126,7 @@ def quantize_networks(engine_dir: Path, networks=None, prompts: int = 4, steps: 
     networks = check_networks(manifest, networks, engine_dir)
     started = time.perf_counter()
     log(f"recording calibration: {prompts} prompt(s) x {steps} steps at {size} px ...")
-    deepcache = int(manifest.variants["deepcache"]["interval"]) if "unet_shallow" in networks else None
+    deepcache = int(manifest.variants["deepcache"].settings["interval"]) if "unet_shallow" in networks else None
     unet_source = "unet_capture" if deepcache else "unet"
     sources = {name: unet_source if name in SAME_INPUTS_AS_UNET else name for name in networks}
     recorded = record_feeds(engine_dir, openvino_factory(threads), prompts, steps, size,
@@ -152,6 +153,6 @@ def quantize_networks(engine_dir: Path, networks=None, prompts: int = 4, steps: 
                                       f"{', DeepCache on' if deepcache else ''})"},
             "seconds": {"record": record_seconds, "quantize": round(time.perf_counter() - began, 1)}}
         current = load_manifest(engine_dir)  # re-read: write only our entry over what is there now
-        current.variants.setdefault("int8", {})[name] = entries[name]
+        current.variants.setdefault("int8", Variant()).networks[name] = entries[name]
         write_json_atomic(engine_dir / MANIFEST_NAME, current.to_json())
     return entries

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from fashiongen.runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import staged_folder
-from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, NetworkEntry, write_json_atomic
+from fashiongen.runtime.manifest import (MANIFEST_NAME, Manifest, NetworkEntry, TokenizerSection, VaeSection,
+                                         write_json_atomic)
 
 from .embeddings import LearnedEmbedding, bake_embeddings
 from .lora import LoraFile, merge_loras
@@ -178,14 +179,14 @@ def export_networks(parts: dict, dims: dict[str, int], down: int, out_dir: Path,
     return entries
 
 
-def tokenizer_section(tokenizer, learned: dict[str, list[str]], out_dir: Path) -> dict:
+def tokenizer_section(tokenizer, learned: dict[str, list[str]], out_dir: Path) -> TokenizerSection:
     """Save ``tokenizer.json`` (added tokens included) and describe how to frame and pad prompts."""
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         shutil.copyfile(Path(tmp) / "tokenizer.json", out_dir / "tokenizer.json")
-    return {"file": "tokenizer.json", "model_max_length": tokenizer.model_max_length,
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id, "learned_tokens": learned}
+    return TokenizerSection(file="tokenizer.json", model_max_length=tokenizer.model_max_length,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, learned_tokens=learned)
 
 
 def versions() -> dict[str, str]:
@@ -223,7 +224,7 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
     manifest.kind = "pix2pix" if dims["unet_in_channels"] == 2 * dims["latent_channels"] else "txt2img"
     manifest.tokenizer = tokenizer_section(parts["tokenizer"], learned, stage)
     manifest.scheduler_config = parts["scheduler_config"]
-    manifest.vae = {"scaling_factor": parts["vae"].config.scaling_factor, "downscale": down}
+    manifest.vae = VaeSection(scaling_factor=parts["vae"].config.scaling_factor, downscale=down)
     manifest.source["model"] = str(Path(model_dir).absolute())
     manifest.source["embeddings"] = [{"file": str(e.source), "token": e.token, "vectors": len(e.vectors)}
                                      for e in embeddings]

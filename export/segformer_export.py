@@ -18,7 +18,7 @@ import torch
 
 from fashiongen.runtime.contracts import SEGMENTER
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.manifest import Manifest
+from fashiongen.runtime.manifest import Manifest, SegmenterSection
 
 from .onnx_export import export_network_entry, seeded_feeds
 
@@ -123,11 +123,8 @@ def export_segmenter(segmenter_dir: Path, stage: Path, manifest: Manifest, bar) 
                                  seeded_feeds(SEGMENTER, check, 1), dims, stage / ONNX_NAME, manifest.opset)
     manifest.networks["segmenter"] = entry
     manifest.dims.update(dims)
-    manifest.segmenter = {
-        "id2label": {str(k): v for k, v in sorted(id2label.items())},
-        "preprocess": preprocessing_settings(processor),
-        "logit_stride": 4,
-    }
+    manifest.segmenter = SegmenterSection(id2label={str(k): v for k, v in sorted(id2label.items())},
+                                          preprocess=preprocessing_settings(processor), logit_stride=4)
     manifest.source["segmenter"] = str(Path(segmenter_dir).absolute())
     bar.update(1)
 

@@ -40,9 +40,7 @@ def _add_edit(sub) -> None:
                         help="catalog index written by `fashiongen index`: edit the catalog image nearest the prompt")
     p.add_argument("--prompt", required=True, help="the edit, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
-    p.add_argument("--match", choices=("both", "image", "caption"), default=None,
-                   help="with --from-catalog: compare the prompt with catalog images, their captions, or both "
-                        "(mean of the two cosines; the default when the index has captions, else image)")
+    options.add_match_argument(p, when="with --from-catalog: ")
     p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")
     p.add_argument("--image-guidance", type=float, default=1.5,
                    help="image guidance scale: how closely to keep the input (default 1.5; < 1 turns guidance off)")
@@ -128,7 +126,7 @@ def _add_index(sub) -> None:
                    help="re-caption and re-embed the whole catalog (needed to change the CLIP or the captioner)")
     p.add_argument("--approximate", action="store_true",
                    help="HNSW (approximate) faiss indexes instead of exact flat search")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_progress_argument(p)
     p.set_defaults(run=_run_index)
 
 
@@ -149,14 +147,10 @@ def _add_search(sub) -> None:
     p.add_argument("index", type=Path, metavar="INDEX_DIR", help="index folder written by `fashiongen index`")
     p.add_argument("--prompt", required=True, help="what to look for, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("-k", type=int, default=5, help="how many results (default 5; at most the catalog's size)")
-    p.add_argument("--match", choices=("both", "image", "caption"), default=None,
-                   help="compare the prompt with catalog images, their captions, or both (mean of the two cosines; "
-                        "the default when the index has captions, else image)")
+    options.add_match_argument(p)
     p.add_argument("--clip-engines", type=Path, default=None, metavar="DIR",
                    help="a CLIP engine folder to embed the prompt with instead of the index's own copy")
-    p.add_argument("--providers", default="CPUExecutionProvider",
-                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    options.add_ort_arguments(p)
     p.set_defaults(run=_run_search)
 
 

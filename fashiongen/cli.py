@@ -41,7 +41,7 @@ def _add_export(sub) -> None:
                    "LoKr, DoRA and pickled .pt / .bin files are refused. Repeatable (the LoRAs add up); the "
                    "manifest records each file's hash and scale.")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_progress_argument(p)
     p.set_defaults(run=_run_export)
 
 

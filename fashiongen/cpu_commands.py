@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fashiongen.options import add_txt2img_engines_argument
 from fashiongen.runtime.errors import InputError
 
 
@@ -45,7 +46,7 @@ def register(sub) -> None:
                        "deep features), each validated against PyTorch, into an existing engine folder of the same "
                        "checkpoint. Then: fashiongen generate --fast deepcache (any backend).")
     p.add_argument("--model", required=True, type=Path, help="the checkpoint folder the engine folder was exported from")
-    p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
+    add_txt2img_engines_argument(p)
     p.add_argument("--interval", type=int, default=3, help="whole UNet every N-th step (default 3)")
     p.add_argument("--shallow-layers", type=int, default=1, metavar="N",
                    help="layers of the last up block the steps in between recompute (default 1, as in the DeepCache "
@@ -59,7 +60,7 @@ def register(sub) -> None:
                        "manifest entries (variants.int8). Then: fashiongen generate --backend openvino --fast int8 "
                        "(or --fast deepcache,int8 after `fashiongen deepcache`). Needs the cpu-fast extra "
                        "(openvino, nncf).")
-    p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
+    add_txt2img_engines_argument(p)
     p.add_argument("--networks", default=None, metavar="NAME[,NAME]",
                    help="networks to quantize: unet, unet_capture, unet_shallow, vae_decoder (default: each of them "
                    "the folder has; the unet_ parts exist after `fashiongen deepcache`)")

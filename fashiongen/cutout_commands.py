@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fashiongen import demo_family
+from fashiongen import demo_family, options
 from fashiongen.runtime.compositing import CompositeOptions, mask_image
 from fashiongen.runtime.cutout import MIN_AREA, CutoutBatch, CutoutPipeline, check_min_area
 from fashiongen.runtime.engines import EngineSet, ort_factory
@@ -214,10 +214,8 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", default=None, help="text describing the garment, read by --class auto")
     p.add_argument("--out", required=True, type=Path,
                    help="PNG file to write (with several images: OUT-0.png, OUT-1.png, ...)")
-    p.add_argument("--timings", action="store_true", help="print per-stage timings")
-    p.add_argument("--providers", default="CPUExecutionProvider",
-                   help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    options.add_timings_argument(p)
+    options.add_ort_arguments(p)
     add_cutout_arguments(p, standalone=True)
     p.set_defaults(run=run_cutout_command)
 

@@ -1,7 +1,10 @@
-"""Options that several commands share (generate, edit): sampling, output, and the ONNX Runtime session."""
+"""Options that several commands share, each defined once: sampling, output, timings, the ONNX Runtime
+session, catalog matching, the engine folder of the CPU commands."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from fashiongen.training.options import add_progress_argument
 
 
 def add_sampling_arguments(p, steps: int, images_help: str) -> None:
@@ -13,14 +16,37 @@ def add_sampling_arguments(p, steps: int, images_help: str) -> None:
                    help=f"{', '.join(SCHEDULER_NAMES)} (default: the checkpoint's own, with all its settings)")
     p.add_argument("--num-images", type=int, default=1, help=f"{images_help} (out-0.png, out-1.png, ...)")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    add_timings_argument(p)
+
+
+def add_timings_argument(p) -> None:
     p.add_argument("--timings", action="store_true", help="print per-stage timings")
 
 
-def add_session_arguments(p) -> None:
+def add_ort_arguments(p) -> None:
+    """The ONNX Runtime session: execution providers and threads."""
     p.add_argument("--providers", default="CPUExecutionProvider",
                    help="comma-separated ONNX Runtime execution providers (default CPUExecutionProvider)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_session_arguments(p) -> None:
+    """The ONNX Runtime session and the progress bar of a command that runs a pipeline."""
+    add_ort_arguments(p)
+    add_progress_argument(p)
+
+
+def add_match_argument(p, when: str = "") -> None:
+    """``--match``: what of the catalog a prompt is compared with; ``when`` prefixes the help (the condition
+    under which the option applies)."""
+    p.add_argument("--match", choices=("both", "image", "caption"), default=None,
+                   help=f"{when}compare the prompt with catalog images, their captions, or both (mean of the two "
+                        "cosines; the default when the index has captions, else image)")
+
+
+def add_txt2img_engines_argument(p) -> None:
+    """``--engines`` of the commands that add to a txt2img engine folder (deepcache, quantize)."""
+    p.add_argument("--engines", required=True, type=Path, help="txt2img engine folder from `fashiongen export`")
 
 
 def write_images(images, out: Path) -> None:

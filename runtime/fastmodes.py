@@ -48,12 +48,10 @@ def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir
     modes = parse_fast(fast)
     files = {}
     for mode in modes:
-        networks = manifest.variants.get(mode)
+        networks = manifest.variant_networks(mode)
         if not networks:
             raise InputError(f"fast: {engine_dir} has no {mode} networks; write them with `{HOW_TO_MAKE[mode]}`")
         for network, entry in networks.items():
-            if not isinstance(entry, dict):  # a setting of the mode (e.g. deepcache's interval), not a network
-                continue
             if entry.get("backend") not in (None, backend):
                 raise InputError(f"fast: {mode} is not available on backend {backend}: its {network} is "
                                  f"{entry.get('format', 'a model')} that runs on backend {entry['backend']} only "
@@ -68,7 +66,7 @@ def variant_files(manifest: Manifest, backend: str, fast: str | None, engine_dir
                       "against 36 dB on a VNNI CPU); fast mode deepcache alone is the one for it")
     # The UNet networks this run uses must all be INT8, not silently fp32.
     needed = ("unet_capture", "unet_shallow") if "deepcache" in modes else ("unet",)
-    missing = [n for n in needed if n not in manifest.variants["int8"]]
+    missing = [n for n in needed if n not in manifest.variant_networks("int8")]
     if missing:
         raise InputError(f"fast: {fast}: {engine_dir} has no INT8 {' and '.join(missing)}; run "
                          f"`{HOW_TO_MAKE['int8']} --networks {','.join(missing)}`")
@@ -95,7 +93,7 @@ def deepcache_interval(manifest: Manifest, fast: str | None, override: int | Non
             raise InputError("deepcache_interval: needs the deepcache fast mode")
         return None
     if override is None:
-        return int(manifest.variants["deepcache"]["interval"])
+        return int(manifest.variants["deepcache"].settings["interval"])
     if isinstance(override, bool) or not isinstance(override, int) or override < 2:
         raise InputError(f"deepcache_interval: must be an integer >= 2 (got {override!r})")
     return override

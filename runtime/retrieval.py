@@ -54,15 +54,15 @@ class ClipEncoder:
     def __init__(self, engines: EngineSet, arg: str = "clip_engines"):
         manifest = engines.manifest
         missing = [n for n in ("clip_text", "clip_image") if n not in manifest.networks]
-        if missing or not manifest.clip.get("fingerprint"):
+        if missing or manifest.clip is None or not manifest.clip.fingerprint:
             holds = KINDS.get(manifest.kind, (f"a '{manifest.kind}' folder",))[0]
             raise EngineFolderError(f"{arg}: '{engines.engine_dir}' is not a CLIP engine folder (it holds {holds}; "
                                     f"no {', '.join(missing) or 'clip section'})")
         self.engines = engines
         self.tokenizer = PromptTokenizer.from_manifest_section(engines.engine_dir, manifest.tokenizer)
-        self.fingerprint: str = manifest.clip["fingerprint"]
+        self.fingerprint: str = manifest.clip.fingerprint
         self.source: str = manifest.source.get("clip", "?")
-        self.preprocessing: dict = manifest.clip["image"]
+        self.preprocessing: dict = manifest.clip.image
         self.dim = int(manifest.dims["clip_projection"])
 
     @classmethod

@@ -6,7 +6,7 @@ logits at 1/4 of the input size), then logits upsampled bilinearly to the image'
 argmax, as ``post_process_semantic_segmentation(target_sizes=...)`` does with
 ``F.interpolate(mode="bilinear", align_corners=False)`` (:func:`upsample_bilinear`).
 
-Classes are chosen by name or id from the checkpoint's own labels (``manifest.segmenter["id2label"]``,
+Classes are chosen by name or id from the checkpoint's own labels (``manifest.segmenter.id2label``,
 the one class table), or from the prompt through :data:`GARMENT_WORDS` (garment words -> label names).
 """
 from __future__ import annotations
@@ -239,8 +239,8 @@ class Segmenter:
             raise EngineFolderError(f"{arg}: '{engines.engine_dir}' has no segmenter (it holds {holds}); export "
                                     "one with `fashiongen export --segmenter SEGFORMER_DIR --out ...`")
         self.engines = engines
-        self.id2label = {int(k): str(v) for k, v in manifest.segmenter["id2label"].items()}
-        self.preprocess = SegPreprocess.from_manifest(manifest.segmenter["preprocess"])
+        self.id2label = manifest.segmenter.labels
+        self.preprocess = SegPreprocess.from_manifest(manifest.segmenter.preprocess)
         self.max_batch = max(1, int(max_batch))
 
     def open(self) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import TokenizerSection
+
 DROPPED_WORDS_SHOWN = 8  # an over-long prompt's warning shows this many words of the dropped text
 
 
@@ -29,10 +31,10 @@ class PromptTokenizer:
         self._learned_re = re.compile("|".join(re.escape(n) for n in names)) if names else None
 
     @classmethod
-    def from_manifest_section(cls, engine_dir: Path, section: dict) -> "PromptTokenizer":
-        return cls(Path(engine_dir) / section["file"], model_max_length=section["model_max_length"],
-                   bos_token_id=section["bos_token_id"], eos_token_id=section["eos_token_id"],
-                   pad_token_id=section["pad_token_id"], learned_tokens=section.get("learned_tokens"))
+    def from_manifest_section(cls, engine_dir: Path, section: TokenizerSection) -> "PromptTokenizer":
+        return cls(Path(engine_dir) / section.file, model_max_length=section.model_max_length,
+                   bos_token_id=section.bos_token_id, eos_token_id=section.eos_token_id,
+                   pad_token_id=section.pad_token_id, learned_tokens=section.learned_tokens)
 
     def expand_learned_tokens(self, prompt: str) -> str:
         """Replace each multi-vector learned token by all of its per-vector tokens."""

@@ -54,7 +54,7 @@ class Txt2ImgPipeline:
         manifest = engines.manifest
         self.tokenizer = PromptTokenizer.from_manifest_section(engines.engine_dir, manifest.tokenizer)
         self.dims = manifest.dims
-        self.downscale = int(manifest.vae["downscale"])
+        self.downscale = int(manifest.vae.downscale)
         self.native_size = int(manifest.dims["sample_size"]) * self.downscale
 
     # -- request checks, before any compute ---------------------------------------------------------

@@ -136,7 +136,7 @@ def int8_engines(sd_engines, tmp_path_factory):
 def test_quantize_writes_the_variants_into_the_manifest(int8_engines):
     from fashiongen.runtime.manifest import load_manifest
 
-    variants = load_manifest(int8_engines).variants["int8"]
+    variants = load_manifest(int8_engines).variants["int8"].networks
     assert sorted(variants) == ["unet", "vae_decoder"]  # no DeepCache parts in this folder
     for entry in variants.values():
         assert entry["backend"] == "openvino" and (int8_engines / entry["file"]).is_file()
@@ -279,7 +279,7 @@ def test_deepcache_parts_are_exact_splits(deepcache_engines):
     from fashiongen.runtime.manifest import load_manifest
 
     manifest = load_manifest(deepcache_engines)
-    assert manifest.variants["deepcache"]["split_max_abs_diff"] <= 1e-4
+    assert manifest.variants["deepcache"].settings["split_max_abs_diff"] <= 1e-4
     for name in ("unet_capture", "unet_shallow"):
         assert manifest.networks[name].validation["max_abs_diff"] <= 1e-4
     assert manifest.dims["deep_channels"] > 0
@@ -312,7 +312,7 @@ def test_deepcache_with_more_shallow_layers(sd_checkpoint, deepcache_engines, tm
     shutil.copytree(deepcache_engines, folder, ignore=shutil.ignore_patterns("cache"))
     assert main(["deepcache", "--model", str(sd_checkpoint), "--engines", str(folder), "--shallow-layers", "2"]) == 0
     manifest = load_manifest(folder)
-    entry = manifest.variants["deepcache"]
+    entry = manifest.variants["deepcache"].settings
     assert entry["shallow_layers"] == 2 and entry["of_layers"] == 2 and entry["split_max_abs_diff"] <= 1e-4
     exact = Txt2ImgPipeline(EngineSet(folder))(request(), progress=False).images
     engines = EngineSet(folder, files=variant_files(manifest, "ort", "deepcache"))
@@ -356,7 +356,7 @@ def test_deepcache_interval_override(deepcache_engines, tmp_path, capsys):
 
     manifest = load_manifest(deepcache_engines)
     assert deepcache_interval(manifest, "deepcache", 5) == 5
-    assert deepcache_interval(manifest, "deepcache") == manifest.variants["deepcache"]["interval"]
+    assert deepcache_interval(manifest, "deepcache") == manifest.variants["deepcache"].settings["interval"]
     base = ["generate", "--engines", str(deepcache_engines), "--prompt", PROMPT, "--steps", "6", "--height", "64",
             "--width", "64", "--out", str(tmp_path / "dc.png"), "--no-progress"]
     assert main(base + ["--fast", "deepcache", "--deepcache-interval", "5"]) == 0
@@ -398,7 +398,7 @@ def test_deepcache_and_int8_combine(deepcache_int8_engines):
     files = variant_files(manifest, "openvino", "int8,deepcache")
     assert files == {"unet_capture": "unet_capture.int8.xml", "unet_shallow": "unet_shallow.int8.xml",
                      "vae_decoder": "vae_decoder.int8.xml"}
-    calibration = manifest.variants["int8"]["unet_shallow"]["calibration"]
+    calibration = manifest.variants["int8"].networks["unet_shallow"]["calibration"]
     assert calibration["calls"] == 2 * 3 and "DeepCache on" in calibration["source"]  # 5 calls, every 3rd whole
     exact = Txt2ImgPipeline(EngineSet(deepcache_int8_engines, backend_factory("openvino")))(request(),
                                                                                             progress=False).images
@@ -429,13 +429,13 @@ def test_cli_generate_fast_deepcache_int8(deepcache_int8_engines, tmp_path):
 def test_deepcache_int8_needs_an_int8_capture_part(deepcache_engines, int8_engines):
     """A folder quantized before its DeepCache parts were added has no INT8 capture part: say how to fix it."""
     from fashiongen.runtime.fastmodes import variant_files
-    from fashiongen.runtime.manifest import load_manifest
+    from fashiongen.runtime.manifest import Variant, load_manifest
 
     manifest = load_manifest(deepcache_engines)
     manifest.variants["int8"] = load_manifest(int8_engines).variants["int8"]  # unet and vae_decoder only
     with pytest.raises(InputError, match=r"no INT8 unet_capture and unet_shallow; .* --networks unet_capture,unet_shallow"):
         variant_files(manifest, "openvino", "deepcache,int8")
-    manifest.variants["int8"] = {"vae_decoder": manifest.variants["int8"]["vae_decoder"]}
+    manifest.variants["int8"] = Variant({"vae_decoder": manifest.variants["int8"].networks["vae_decoder"]})
     with pytest.raises(InputError, match=r"fast: int8: .* has no INT8 unet; .* --networks unet`"):
         variant_files(manifest, "openvino", "int8")
 
@@ -449,7 +449,8 @@ def test_deepcache_export_again_forgets_its_old_int8_parts(sd_checkpoint, deepca
     shutil.copytree(deepcache_int8_engines, folder, ignore=shutil.ignore_patterns("cache"))
     assert main(["deepcache", "--model", str(sd_checkpoint), "--engines", str(folder), "--interval", "4"]) == 0
     manifest = load_manifest(folder)
-    assert sorted(manifest.variants["int8"]) == ["vae_decoder"] and manifest.variants["deepcache"]["interval"] == 4
+    assert sorted(manifest.variant_networks("int8")) == ["vae_decoder"]
+    assert manifest.variants["deepcache"].settings["interval"] == 4
 
 
 @pytest.mark.parametrize("fast", ["int4", "deepcache,turbo", "int8,,deepcache"])

@@ -160,7 +160,7 @@ def test_one_engine_folder_with_sd_and_segmenter(capsys, tmp_path, sd_checkpoint
     manifest = load_manifest(both)
     assert manifest.kind == "txt2img" and {"unet", "segmenter"} <= set(manifest.networks)
     present, _ = present_and_absent(segmenter_engines, raw_generated)
-    label = manifest.segmenter["id2label"][str(present)]
+    label = manifest.segmenter.labels[present]
     out = tmp_path / "shot.png"
     assert main(["generate", "--engines", str(both), "--out", str(out), "--cutout", label, "--transparent",
                  "--frame", "96", "--mask-out", str(tmp_path / "mask.png"), *GEN]) == 0

@@ -50,8 +50,8 @@ def test_export_writes_network_labels_and_preprocessing(segmenter_engines, segfo
     assert entry.validation["shapes"]["pixel_values"] != [2, 3, 96, 64]   # checked at another shape
     assert entry.inputs[0]["shape"] == ["batch", 3, "seg_height", "seg_width"]
     assert manifest.dims["seg_classes"] == 18
-    assert {int(k): v for k, v in manifest.segmenter["id2label"].items()} == LABELS
-    pre = manifest.segmenter["preprocess"]
+    assert manifest.segmenter.labels == LABELS
+    pre = manifest.segmenter.preprocess
     assert pre["size"] == {"height": 64, "width": 64} and pre["resample"] == 2 and pre["do_normalize"]
     assert manifest.source["segmenter"] == str(segformer_checkpoint.absolute())
 
@@ -111,7 +111,7 @@ def test_shortest_edge_segmenter_matches_transformers(tmp_path, segformer_checkp
     config = json.loads((checkpoint / "preprocessor_config.json").read_text())
     (checkpoint / "preprocessor_config.json").write_text(json.dumps({**config, "size": {"shortest_edge": 48}}))
     export_engine_folder(tmp_path / "engines", segmenter_dir=checkpoint, progress=False)
-    assert load_manifest(tmp_path / "engines").segmenter["preprocess"]["size"] == {"shortest_edge": 48}
+    assert load_manifest(tmp_path / "engines").segmenter.preprocess["size"] == {"shortest_edge": 48}
     processor = SegformerImageProcessor.from_pretrained(checkpoint, local_files_only=True)
     model = SegformerForSemanticSegmentation.from_pretrained(checkpoint, local_files_only=True).eval()
     segmenter = Segmenter(EngineSet(tmp_path / "engines"))

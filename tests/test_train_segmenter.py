@@ -95,7 +95,7 @@ def test_output_loads_with_transformers_and_exports(trained, tmp_path):
     assert (processor.size["height"], processor.size["width"]) == (RESOLUTION, RESOLUTION)
     engines = export_engine_folder(tmp_path / "engines", segmenter_dir=folder, progress=False)
     manifest = load_manifest(tmp_path / "engines")
-    assert engines.kind == manifest.kind and manifest.segmenter["preprocess"]["size"] == {"height": RESOLUTION,
+    assert engines.kind == manifest.kind and manifest.segmenter.preprocess["size"] == {"height": RESOLUTION,
                                                                                           "width": RESOLUTION}
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,8 +178,8 @@ def _text(s: str) -> np.ndarray:
     return np.array([s.encode()], dtype=np.object_)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-@pytest.mark.parametrize("extra, field", [
+# Each kind of bad field a txt2img request can carry, with what the refusal must name.
+BAD_FIELDS = [
     ({"prompt": _text("  ")}, "prompt"),
     ({"steps": np.array([0], np.int32)}, "steps"),
     ({"steps": np.array([51], np.int32)}, "steps must be at most 50"),
@@ -188,13 +189,86 @@ def _text(s: str) -> np.ndarray:
     ({"scheduler": _text("turbo")}, "unknown 'turbo'"),
     ({"steps": np.array([2.0], np.float32)}, "steps"),  # wrong dtype: refused by Triton itself
     ({"seed": np.array([1, 2], np.uint64)}, "seed"),    # wrong shape
-])
-def test_bad_request_is_refused_and_server_stays_up(server, in_process, protocol, extra, field):
-    inputs = {"prompt": _text(PROMPT), **extra}
-    status, message = _infer_error(protocol, server, inputs)
+]
+
+
+def _assert_refused(protocol, server, extra, field) -> None:
+    status, message = _infer_error(protocol, server, {"prompt": _text(PROMPT), **extra})
     assert status in ("StatusCode.INVALID_ARGUMENT", "400"), (status, message)
     assert field in message
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("extra, field", BAD_FIELDS)
+def test_bad_request_is_refused_and_server_stays_up(server, in_process, protocol, extra, field):
+    _assert_refused(protocol, server, extra, field)
     assert request_pipeline(grpc_url(server), "txt2img", REQUEST)["image"].shape == (1, 64, 48, 3)
+
+
+def _rss_kib(pid: int) -> int:
+    """VmRSS of process ``pid`` in KiB (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+
+
+def _session_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and of every process in its session (tritonserver starts one of its own: that is the
+    server and the python-backend stubs that run its models), in KiB."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == pid:  # the session id (the 6th field of stat; the 4th after the command name)
+            total += _rss_kib(int(stat.parent.name))
+    return total
+
+
+@pytest.mark.slow
+def test_soak_good_and_bad_requests_from_16_clients(server, in_process):
+    """16 clients, 640 requests: every kind of bad field on both protocols interleaved with good requests.
+    Every good one is answered with the in-process image, every bad one refused, all within a time bound (a
+    few seconds here; 60 s leaves room for a loaded machine); and after a warm-up of the same mix the server's
+    memory stays put: the tritonserver process grows by at most 16 MiB and it with its model stubs by at most
+    64 MiB, so a leak of 25 KiB or 100 KiB a request (a latent, an output, a session) is caught."""
+    seeds = [5, 6, 7]
+    good = {s: Txt2ImgRequest(prompt=PROMPT, seed=s, steps=2, height=32, width=32) for s in seeds}
+    expected = {s: in_process(r, progress=False).images for s, r in good.items()}
+    bad = [(protocol, extra, field) for extra, field in BAD_FIELDS for protocol in ("grpc", "http")]
+    clients, per_client = 16, 40
+
+    def one(k: int, deadline: float) -> str:
+        """Request ``k`` of the mix: every third a good one, the others each kind of bad one in turn."""
+        assert time.monotonic() < deadline, "the soak ran out of time"
+        if k % 3 == 0:
+            seed = seeds[k // 3 % len(seeds)]
+            out = request_pipeline(grpc_url(server), "txt2img", good[seed], timeout_s=60)
+            assert_same_image(out["image"], expected[seed])
+            return "good"
+        protocol, extra, field = bad[(k - k // 3 - 1) % len(bad)]  # the bad requests before this one, in turn
+        _assert_refused(protocol, server, extra, field)
+        return "bad"
+
+    def run(requests: int, seconds: float) -> list[str]:
+        deadline = time.monotonic() + seconds
+        with ThreadPoolExecutor(clients) as pool:
+            return list(pool.map(lambda k: one(k, deadline), range(requests)))
+
+    pid = server.process.pid
+    run(2 * clients, 60)  # warm-up: every model instance has run and allocated its buffers
+    before, before_all = _rss_kib(pid), _session_rss_kib(pid)
+    started = time.monotonic()
+    kinds = run(clients * per_client, 60)
+    elapsed = time.monotonic() - started
+    after, after_all = _rss_kib(pid), _session_rss_kib(pid)
+    assert len(kinds) == 640 and kinds.count("good") == 214 and kinds.count("bad") == 426
+    assert elapsed < 60, f"640 requests took {elapsed:.0f} s"
+    assert before > 0 and after - before <= 16 * 1024, f"tritonserver RSS {before} -> {after} KiB"
+    assert after_all - before_all <= 64 * 1024, f"server and stubs RSS {before_all} -> {after_all} KiB"
 
 
 # -- edit and cutout on the server --------------------------------------------------------------------

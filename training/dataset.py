@@ -69,6 +69,7 @@ from .attributes import (
     FACE, HAIR, LEFT_ARM, LEFT_LEG, LEFT_SHOE, RIGHT_ARM, RIGHT_LEG, RIGHT_SHOE, Garment, caption,
     training_garments,
 )
+from .options import add_progress_argument
 
 
 VERSION = 1
@@ -921,7 +922,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unseen-count", type=int, default=None,
                         help="items of held-out combinations (default max(50, count // 20))")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

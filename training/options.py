@@ -61,6 +61,12 @@ def add_schedule_arguments(p, steps: int, batch_size: int, learning_rate: float,
     p.add_argument("--checkpoint-every", type=int, default=checkpoint_every,
                    help=f"write a resumable checkpoint every N steps (default {checkpoint_every})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_progress_argument(p)
+
+
+def add_progress_argument(p) -> None:
+    """``--no-progress``, every command's (the command line's too: this module is torch-free and the layer below
+    it)."""
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -75,7 +75,7 @@ def default_max_side(manifest: Manifest | None) -> int:
     """Twice the checkpoint's native image side (1024 for SD 1.5), or CUTOUT_MAX_SIDE without a generator."""
     if manifest is None:
         return CUTOUT_MAX_SIDE
-    return 2 * int(manifest.dims["sample_size"]) * int(manifest.vae["downscale"])
+    return 2 * int(manifest.dims["sample_size"]) * int(manifest.vae.downscale)
 
 
 def add_pipeline(root: Path, service_name: str, source: tuple[Path, Manifest] | None,
@@ -93,7 +93,7 @@ def add_pipeline(root: Path, service_name: str, source: tuple[Path, Manifest] | 
     if source:
         engine_dir, manifest = source
         files = {MANIFEST_NAME: engine_dir / MANIFEST_NAME,
-                 manifest.tokenizer["file"]: engine_dir / manifest.tokenizer["file"]}
+                 manifest.tokenizer.file: engine_dir / manifest.tokenizer.file}
     _write_model(root, service_name, config, files, "PipelineModel")
     if segmenter:
         (root / service_name / "1" / SEGMENTER_DIR).mkdir()
