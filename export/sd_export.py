@@ -206,8 +206,6 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
               bar, loras: list[LoraFile] = (), tiny_vae_dir: Path | None = None) -> None:
     """Export an SD 1.x checkpoint (with its LoRAs merged, its learned tokens, and a tiny VAE beside its own)
     into ``stage``, filling in ``manifest``."""
-    if tiny_vae_dir is not None:  # refused before the checkpoint loads
-        check_tiny_vae(tiny_vae_dir, json.loads((check_checkpoint(model_dir) / "vae/config.json").read_text()))
     bar.set_description("load checkpoint")
     parts = load_checkpoint(model_dir)
     bar.update(1)
@@ -249,6 +247,8 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         raise InputError("--lora needs --model: a LoRA is merged into a UNet and a text encoder")
     if model_dir is None and tiny_vae_dir is not None:
         raise InputError("--tiny-vae needs --model: a tiny VAE decodes a checkpoint's latents")
+    if tiny_vae_dir is not None:  # refused before anything loads
+        check_tiny_vae(tiny_vae_dir, json.loads((check_checkpoint(model_dir) / "vae/config.json").read_text()))
     total = (SD_STAGES + bool(loras) + (TINY_VAE_STAGES if tiny_vae_dir else 0) if model_dir else 0) + \
         (SEGMENTER_STAGES if segmenter_dir else 0)
     bar = tqdm(total=total, unit="stage", disable=not progress)

@@ -63,7 +63,10 @@ def read_tiny_config(folder: Path, arg: str = ARG) -> dict:
     try:
         config = json.loads(config_file.read_text())
     except OSError:
-        raise InputError(f"{arg}: '{folder}' has no config.json (not a diffusers AutoencoderTiny folder)") from None
+        hint = f"; a train-tiny-vae run folder? its model is '{folder / 'model'}'" \
+            if (folder / "model" / "config.json").is_file() else ""
+        raise InputError(f"{arg}: '{folder}' has no config.json (not a diffusers AutoencoderTiny folder{hint})") \
+            from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{arg}: '{config_file}' is not JSON ({exc.msg}, line {exc.lineno})") from None
     name = config.get("_class_name") if isinstance(config, dict) else None
