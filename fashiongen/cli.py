@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving_commands.register(sub)  # triton-repo, serve
     catalog_commands.register(sub)  # edit, index, search
     cpu_commands.register(sub)  # quantize
-    training_commands.register(sub)  # dataset, train-vae, train, train-embedding, train-segmenter
+    training_commands.register(sub)  # dataset, train-vae, train-tiny-vae, train, train-embedding, train-segmenter
     return parser
 
 
