@@ -236,3 +236,29 @@ def test_triton_repository_serves_the_tiny_networks_and_takes_a_decoder_field(ti
     request = Txt2ImgRequest(prompt=PROMPT, decoder="tiny")
     parsed, extras = from_tensors(SERVICES["txt2img"], to_tensors(SERVICES["txt2img"], request))
     assert parsed.decoder == "tiny" and not extras
+
+
+@pytest.mark.triton
+def test_server_side_pipeline_takes_the_decoder_field(tiny_engines, tmp_path):
+    """A real tritonserver on a repository of the tiny folder: ``decoder: tiny`` runs vae_decoder_tiny there."""
+    pytest.importorskip("pytriton", reason="the serve extra is part of the test set-up")
+    from fashiongen.triton_repo.build import write_repository
+    from fashiongen.triton_repo.client import request_pipeline
+    from fashiongen.triton_repo.server import ServerOptions, TritonServer, free_port
+
+    write_repository([tiny_engines], tmp_path / "repo", max_steps=10)
+    request = Txt2ImgRequest(prompt=PROMPT, seed=SEED, steps=2, height=64, width=48, decoder="tiny")
+    local = Txt2ImgPipeline(EngineSet(tiny_engines))
+    options = ServerOptions(repo=tmp_path / "repo", http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port(), startup_timeout=120)
+    with TritonServer(options) as server:
+        url = f"grpc://{server.grpc_url}"
+        remote = {}
+        for decoder in ("tiny", "full"):
+            remote[decoder] = request_pipeline(url, "txt2img", Txt2ImgRequest(**{**request.__dict__,
+                                                                               "decoder": decoder}))["image"]
+            ours = local(Txt2ImgRequest(**{**request.__dict__, "decoder": decoder}), progress=False).images
+            assert np.abs(remote[decoder].astype(int) - ours.astype(int)).max() <= 1, decoder
+        assert np.abs(remote["tiny"].astype(int) - remote["full"].astype(int)).max() > 10  # two decoders ran
+        with pytest.raises(ValueError, match="decoder: must be one of full, tiny"):
+            request_pipeline(url, "txt2img", Txt2ImgRequest(**{**request.__dict__, "decoder": "small"}))
