@@ -25,8 +25,8 @@ import numpy as np
 from fashiongen.runtime.errors import InputError
 
 from .options import add_schedule_arguments, schedule_from_args
-from .text_to_image import (MODEL, RECORD, add_data_arguments, data_digest, identity_of, load_images, read_data,
-                            training_record, training_size)
+from .text_to_image import (MODEL, RECORD, add_data_arguments, data_digest, identity_of, load_images,
+                            read_config_object, read_data, training_record, training_size)
 
 PSNR_SAMPLE = 64  # images whose reconstruction the record measures
 
@@ -57,17 +57,7 @@ def read_tiny_config(path: Path | None) -> dict:
 
     if path is None:
         return {k: list(v) for k, v in TAESD.items()}
-    try:
-        config = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"--config: cannot read '{path}' ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--config: '{path}' is not JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"--config: '{path}' must hold a JSON object with some of {', '.join(SIZE_KEYS)}")
-    unknown = sorted(set(config) - set(SIZE_KEYS))
-    if unknown:
-        raise InputError(f"--config: '{path}' has unknown key '{unknown[0]}' (expected some of {', '.join(SIZE_KEYS)})")
+    config = read_config_object(path, list(SIZE_KEYS), "AutoencoderTiny size keys")
     size = {k: list(v) for k, v in TAESD.items()}
     for key, value in config.items():
         if not (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
