@@ -262,3 +262,15 @@ def test_server_side_pipeline_takes_the_decoder_field(tiny_engines, tmp_path):
         assert np.abs(remote["tiny"].astype(int) - remote["full"].astype(int)).max() > 10  # two decoders ran
         with pytest.raises(ValueError, match="decoder: must be one of full, tiny"):
             request_pipeline(url, "txt2img", Txt2ImgRequest(**{**request.__dict__, "decoder": "small"}))
+
+
+@pytest.mark.parametrize("command", ["generate", "edit", "export", "train-tiny-vae"])
+def test_help_renders_and_names_the_options(capsys, command):
+    from fashiongen.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert {"generate": "--decoder", "edit": "--decoder", "export": "--tiny-vae",
+            "train-tiny-vae": "--teacher-weight"}[command] in text
