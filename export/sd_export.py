@@ -30,6 +30,7 @@ from .embeddings import LearnedEmbedding, bake_embeddings
 from .lora import LoraFile, merge_loras
 from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .segformer_export import SEGMENTER_STAGES, export_segmenter
+from .tiny_vae import TINY_VAE_STAGES, check_tiny_vae, export_tiny_vae
 
 REQUIRED = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
             "tokenizer", "scheduler/scheduler_config.json")
@@ -203,9 +204,9 @@ SD_STAGES = 6  # load, learned tokens, four networks
 
 
 def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, manifest: Manifest,
-              bar, loras: list[LoraFile] = ()) -> None:
-    """Export an SD 1.x checkpoint (with its LoRAs merged, its learned tokens) into ``stage``, filling in
-    ``manifest``."""
+              bar, loras: list[LoraFile] = (), tiny_vae_dir: Path | None = None) -> None:
+    """Export an SD 1.x checkpoint (with its LoRAs merged, its learned tokens, and a tiny VAE beside its own)
+    into ``stage``, filling in ``manifest``."""
     bar.set_description("load checkpoint")
     parts = load_checkpoint(model_dir)
     bar.update(1)
@@ -225,6 +226,10 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
     manifest.tokenizer = tokenizer_section(parts["tokenizer"], learned, stage)
     manifest.scheduler_config = parts["scheduler_config"]
     manifest.vae = VaeSection(scaling_factor=parts["vae"].config.scaling_factor, downscale=down)
+    if tiny_vae_dir is not None:
+        tiny_entries, manifest.vae.tiny = export_tiny_vae(tiny_vae_dir, parts["vae"].config.scaling_factor, dims,
+                                                          down, stage, manifest.opset, bar)
+        manifest.networks.update(tiny_entries)
     manifest.source["model"] = str(Path(model_dir).absolute())
     manifest.source["embeddings"] = [{"file": str(e.source), "token": e.token, "vectors": len(e.vectors)}
                                      for e in embeddings]
@@ -232,7 +237,8 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
 
 def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embeddings: list[LearnedEmbedding] = (),
                          segmenter_dir: Path | None = None, opset: int = DEFAULT_OPSET,
-                         progress: bool = True, loras: list[LoraFile] = ()) -> Manifest:
+                         progress: bool = True, loras: list[LoraFile] = (),
+                         tiny_vae_dir: Path | None = None) -> Manifest:
     """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest."""
     if model_dir is None and segmenter_dir is None:
         raise InputError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
@@ -240,12 +246,17 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         raise InputError("--embedding needs --model: learned tokens belong to a text encoder")
     if model_dir is None and loras:
         raise InputError("--lora needs --model: a LoRA is merged into a UNet and a text encoder")
-    total = (SD_STAGES + bool(loras) if model_dir else 0) + (SEGMENTER_STAGES if segmenter_dir else 0)
+    if model_dir is None and tiny_vae_dir is not None:
+        raise InputError("--tiny-vae needs --model: a tiny VAE decodes a checkpoint's latents")
+    if tiny_vae_dir is not None:  # refused before anything loads
+        check_tiny_vae(tiny_vae_dir, json.loads((check_checkpoint(model_dir) / "vae/config.json").read_text()))
+    total = (SD_STAGES + bool(loras) + (TINY_VAE_STAGES if tiny_vae_dir else 0) if model_dir else 0) + \
+        (SEGMENTER_STAGES if segmenter_dir else 0)
     bar = tqdm(total=total, unit="stage", disable=not progress)
     with staged_folder(out_dir, MANIFEST_NAME, "an engine folder") as stage:
         manifest = Manifest(kind="segmenter", dims={}, networks={}, opset=opset, versions=versions())
         if model_dir is not None:
-            export_sd(model_dir, embeddings, stage, manifest, bar, loras)
+            export_sd(model_dir, embeddings, stage, manifest, bar, loras, tiny_vae_dir)
         if segmenter_dir is not None:
             export_segmenter(segmenter_dir, stage, manifest, bar)
         write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())

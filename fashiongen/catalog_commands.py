@@ -69,7 +69,7 @@ def _run_edit(args) -> int:
     request = Pix2PixRequest(image=image, prompt=args.prompt,
                              negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
                              guidance=args.guidance, image_guidance=args.image_guidance, scheduler=args.scheduler,
-                             num_images=args.num_images)
+                             num_images=args.num_images, decoder=args.decoder)
     if args.server_side:
         _find_in_catalog(search, request, args.match)
         options.write_images(serving_commands.request_server_side(args, "edit", request), args.out)

@@ -40,6 +40,12 @@ def _add_export(sub) -> None:
                    "lora_te_* (LoCon conv layers and LCM-LoRA included) or diffusers / peft lora_A / lora_B. LoHa, "
                    "LoKr, DoRA and pickled .pt / .bin files are refused. Repeatable (the LoRAs add up); the "
                    "manifest records each file's hash and scale.")
+    p.add_argument("--tiny-vae", type=Path, default=None, metavar="DIR",
+                   help="diffusers AutoencoderTiny folder (TAESD layout: config.json + "
+                   "diffusion_pytorch_model.safetensors, e.g. madebyollin/taesd or `fashiongen train-tiny-vae`'s "
+                   "output): its decoder and encoder are exported beside the full VAE as vae_decoder_tiny and "
+                   "vae_encoder_tiny; then `generate/edit --decoder tiny`. Its latent channels must be the "
+                   "checkpoint's")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     options.add_progress_argument(p)
     p.set_defaults(run=_run_export)
@@ -53,7 +59,7 @@ def _run_export(args) -> int:
     embeddings = [load_embedding(*parse_embedding_arg(a)) for a in args.embedding]
     loras = [read_lora(*parse_lora_arg(a)) for a in args.lora]  # every file checked before the checkpoint loads
     manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
-                                    progress=not args.no_progress, loras=loras)
+                                    progress=not args.no_progress, loras=loras, tiny_vae_dir=args.tiny_vae)
     print(f"wrote {args.out} ({manifest.kind})")
     for lora in manifest.source.get("loras", []):
         print(f"  LoRA {lora['file']} x{lora['scale']:g}: {lora['layers']['unet']} UNet and "
@@ -93,7 +99,8 @@ def _run_generate(args) -> int:
     check_writable(args.out)
     request = Txt2ImgRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                              steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
-                             height=args.height, width=args.width, num_images=args.num_images)
+                             height=args.height, width=args.width, num_images=args.num_images,
+                             decoder=args.decoder)
     if args.server_side:
         return _run_generate_server_side(args, request)
     args.engines = engine_folder(args.engines, "demo")
@@ -130,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving_commands.register(sub)  # triton-repo, serve
     catalog_commands.register(sub)  # edit, index, search
     cpu_commands.register(sub)  # quantize
-    training_commands.register(sub)  # dataset, train-vae, train, train-embedding, train-segmenter
+    training_commands.register(sub)  # dataset, train-vae, train-tiny-vae, train, train-embedding, train-segmenter
     return parser
 
 

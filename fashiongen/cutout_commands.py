@@ -59,7 +59,7 @@ def add_cutout_arguments(parser: argparse.ArgumentParser, standalone: bool = Fal
                    help="also write the garment mask (255 garment, 0 elsewhere) at the source image's size")
     g.add_argument("--min-area", type=float, default=None, metavar="FRAC",
                    help=f"the least share of the image the garment must cover (default {MIN_AREA}, i.e. "
-                   f"{MIN_AREA:.1%}); below it the image gets no product shot, as when the class is absent")
+                   f"{MIN_AREA:.1%}%); below it the image gets no product shot, as when the class is absent")
 
 
 def _options(args) -> CompositeOptions:

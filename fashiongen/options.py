@@ -14,6 +14,10 @@ def add_sampling_arguments(p, steps: int, images_help: str) -> None:
     p.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     p.add_argument("--scheduler", default=None,
                    help=f"{', '.join(SCHEDULER_NAMES)} (default: the checkpoint's own, with all its settings)")
+    p.add_argument("--decoder", choices=("full", "tiny"), default=None,
+                   help="the VAE that turns latents into pixels (and, for edit, the input image into latents): full, "
+                   "or tiny (TAESD, added by `fashiongen export --tiny-vae`; faster, slightly softer). Default: full, "
+                   "or the only one the engine folder has")
     p.add_argument("--num-images", type=int, default=1, help=f"{images_help} (out-0.png, out-1.png, ...)")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
     add_timings_argument(p)

@@ -11,6 +11,8 @@ COMMANDS = {
     "dataset": ("fashiongen.training.dataset",
                 "draw the procedural fashion data set (worn and product views, label maps, captions)"),
     "train-vae": ("fashiongen.training.autoencoder", "train the VAE of an SD 1.x folder on imagefolders"),
+    "train-tiny-vae": ("fashiongen.training.tiny_autoencoder",
+                       "distil a tiny VAE (TAESD, AutoencoderTiny) from an SD 1.x folder's VAE on imagefolders"),
     "train": ("fashiongen.training.text_to_image",
               "train or fine-tune an SD 1.x checkpoint on captioned images (text to image)"),
     "train-embedding": ("fashiongen.training.textual_inversion",

@@ -127,6 +127,23 @@ VAE_ENCODER = NetworkContract(
     doc="VAE encoder: an image in [-1, 1] to the mean of its latent distribution (unscaled).",
 )
 
+# The tiny autoencoder (TAESD, diffusers' AutoencoderTiny; ``export --tiny-vae``): the full VAE's I/O under
+# their own names, so that both live in one engine folder and a request picks one (``decoder``).
+VAE_DECODER_TINY = NetworkContract(
+    "vae_decoder_tiny",
+    inputs=VAE_DECODER.inputs,
+    outputs=VAE_DECODER.outputs,
+    doc="Tiny VAE decoder: latents (scaled as in the loop) to an image in about [-1, 1], as the full decoder.",
+)
+
+VAE_ENCODER_TINY = NetworkContract(
+    "vae_encoder_tiny",
+    inputs=VAE_ENCODER.inputs,
+    # TAESD's encoder predicts the scaled latent; divided by the checkpoint's scaling factor on export.
+    outputs=VAE_ENCODER.outputs,
+    doc="Tiny VAE encoder: an image in [-1, 1] to an estimate of the full VAE's latent mean (unscaled).",
+)
+
 SEGMENTER = NetworkContract(
     "segmenter",
     inputs=(_f32("pixel_values", "batch", 3, "seg_height", "seg_width"),),
@@ -153,5 +170,5 @@ CLIP_IMAGE = NetworkContract(
 )
 
 CONTRACTS: dict[str, NetworkContract] = {
-    c.name: c for c in (TEXT_ENCODER, UNET, UNET_CAPTURE, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, SEGMENTER,
-                        CLIP_TEXT, CLIP_IMAGE)}
+    c.name: c for c in (TEXT_ENCODER, UNET, UNET_CAPTURE, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, VAE_DECODER_TINY,
+                        VAE_ENCODER_TINY, SEGMENTER, CLIP_TEXT, CLIP_IMAGE)}

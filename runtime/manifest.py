@@ -81,7 +81,14 @@ class VaeSection(Section):
 
     scaling_factor: float
     downscale: int
+    tiny: dict[str, Any] | None = None  # the AutoencoderTiny exported beside it (`export --tiny-vae`): source, hash
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if out["tiny"] is None:  # a folder without one keeps the format it always had
+            del out["tiny"]
+        return out
 
 
 @dataclass

@@ -4,7 +4,8 @@
 Stages, each timed: ``text_encoder`` (the text pipeline's own prompt encoding), ``vae_encoder`` (the input
 image to its latent mode, unscaled, as diffusers' ``retrieve_latents(..., sample_mode="argmax")``),
 ``denoise`` (the shared loop; the UNet sees the noisy latents concatenated with the image latents along
-channels, 8 in all) and ``vae_decoder``.
+channels, 8 in all) and ``vae_decoder``. The request's ``decoder`` picks the full VAE or the tiny one
+(``export --tiny-vae``) for both ends: ``tiny`` encodes the input image with the tiny encoder too.
 
 Guidance is three-way, in one batched UNet call per step: rows ``[text, image, unconditional]`` take
 ``(prompt, image)``, ``(negative, image)``, ``(negative, zeros)`` and combine as
@@ -31,7 +32,7 @@ from .manifest import require_kind
 from .rng import TorchGenerator
 from .schedulers import make_scheduler
 from .timings import StageTimings
-from .txt2img import Txt2ImgPipeline
+from .txt2img import DECODERS, Txt2ImgPipeline, choose_decoder
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Pix2PixRequest:
     image_guidance: float = 1.5       # how closely to keep the input image
     scheduler: str | None = None      # None: the checkpoint's own
     num_images: int = 1
+    decoder: str | None = None        # "full" | "tiny" (encoder and decoder); None: full, or the only one
 
 
 @dataclass
@@ -93,7 +95,8 @@ class Pix2PixPipeline:
         check_guidance("image_guidance", request.image_guidance)
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail
         check_steps(request.steps, self.max_steps, scheduler)
-        return Pix2PixRequest(**{**request.__dict__, "image": image})
+        decoder = choose_decoder(self.engines, request.decoder, encoder=True)
+        return Pix2PixRequest(**{**request.__dict__, "image": image, "decoder": decoder})
 
     # -- stages -------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, guided: bool) -> np.ndarray:
@@ -104,9 +107,10 @@ class Pix2PixPipeline:
         negative, positive = np.split(hidden, 2)
         return np.concatenate([positive, negative, negative])
 
-    def encode_image(self, image: np.ndarray, num_images: int, guided: bool) -> np.ndarray:
+    def encode_image(self, image: np.ndarray, num_images: int, guided: bool, decoder: str = "full") -> np.ndarray:
         """The image's latent mode (unscaled) x n; guided: ``[image, image, zeros]``."""
-        mean = self.engines["vae_encoder"].run({"image": uint8_to_model_input(image)})["latent_mean"]
+        encoder = self.engines[DECODERS[decoder][1]]
+        mean = encoder.run({"image": uint8_to_model_input(image)})["latent_mean"]
         latents = np.repeat(mean, num_images, axis=0)
         if not guided:
             return latents
@@ -120,12 +124,12 @@ class Pix2PixPipeline:
         scheduler.set_timesteps(req.steps)
         generator = TorchGenerator(req.seed)
         unet = self.engines["unet"]  # open (and so check) every network before computing anything
-        self.engines["vae_encoder"], self.engines["vae_decoder"]
+        self.engines[DECODERS[req.decoder][1]], self.engines[DECODERS[req.decoder][0]]
 
         with timings.measure("text_encoder"):
             text = self.encode_prompt(req.prompt, req.negative_prompt, req.num_images, guided)
         with timings.measure("vae_encoder"):
-            image_latents = self.encode_image(req.image, req.num_images, guided)
+            image_latents = self.encode_image(req.image, req.num_images, guided, req.decoder)
         height, width = req.image.shape[:2]
         shape = (req.num_images, self.dims["latent_channels"], height // self.downscale, width // self.downscale)
         latents = initial_latents(generator, shape, scheduler)
@@ -143,5 +147,5 @@ class Pix2PixPipeline:
 
         latents = denoise(latents, scheduler, predict, generator, timings, progress)
         with timings.measure("vae_decoder"):
-            images = self.text.decode(latents)
+            images = self.text.decode(latents, req.decoder)
         return Pix2PixResult(images=images, timings=timings)

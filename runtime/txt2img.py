@@ -1,7 +1,8 @@
 """Text → image: Stable Diffusion 1.x over any engine backend, equal to diffusers' StableDiffusionPipeline.
 
 Stages, each timed: ``encode_prompt`` (text encoder, negative and positive prompts in one batch),
-``denoise`` (classifier-free guidance in one batched UNet call per step), ``decode`` (VAE decoder).
+``denoise`` (classifier-free guidance in one batched UNet call per step), ``decode`` (VAE decoder: the full
+one, or the tiny one that ``export --tiny-vae`` adds, by the request's ``decoder``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,26 @@ class Txt2ImgRequest:
     height: int | None = None      # None: the checkpoint's native size
     width: int | None = None
     num_images: int = 1
+    decoder: str | None = None     # "full" | "tiny"; None: full, or the only one the folder has
+
+
+#: The networks of each decoder choice: (decoder, encoder). The tiny ones are TAESD (``export --tiny-vae``).
+DECODERS = {"full": ("vae_decoder", "vae_encoder"), "tiny": ("vae_decoder_tiny", "vae_encoder_tiny")}
+
+
+def choose_decoder(engines: EngineSet, decoder: str | None, encoder: bool = False) -> str:
+    """The request's ``decoder`` checked against the folder (None: full, or tiny where only that one is there);
+    ``encoder``: the choice must have its encoder too (pix2pix encodes its input image with it)."""
+    if decoder is None:
+        return "full" if engines.has("vae_decoder") or not engines.has("vae_decoder_tiny") else "tiny"
+    if decoder not in DECODERS:
+        raise InputError(f"decoder: must be one of {', '.join(DECODERS)} (got {decoder!r})")
+    missing = [n for n in DECODERS[decoder][:1 + encoder] if not engines.has(n)]
+    if missing:
+        how = "; add one with `fashiongen export --tiny-vae DIR`" if decoder == "tiny" else ""
+        raise InputError(f"decoder: '{engines.engine_dir}' has no {decoder} VAE ({' and '.join(missing)} not in "
+                         f"its manifest){how}")
+    return decoder
 
 
 @dataclass
@@ -71,7 +92,8 @@ class Txt2ImgPipeline:
         check_guidance("guidance", request.guidance)
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail
         check_steps(request.steps, self.max_steps, scheduler)
-        return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width})
+        decoder = choose_decoder(self.engines, request.decoder)
+        return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width, "decoder": decoder})
 
     # -- stages -------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, guided: bool) -> np.ndarray:
@@ -81,8 +103,8 @@ class Txt2ImgPipeline:
         hidden = self.engines["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
         return np.repeat(hidden, num_images, axis=0)
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        images = self.engines["vae_decoder"].run({"latent": latents.astype(np.float32)})["image"]
+    def decode(self, latents: np.ndarray, decoder: str = "full") -> np.ndarray:
+        images = self.engines[DECODERS[decoder][0]].run({"latent": latents.astype(np.float32)})["image"]
         return decoded_to_uint8(images)
 
     def __call__(self, request: Txt2ImgRequest, progress: bool = True) -> Txt2ImgResult:
@@ -99,7 +121,7 @@ class Txt2ImgPipeline:
         # open (and so check) every network before computing anything
         unet = self.engines["unet_capture" if self.deepcache else "unet"]
         shallow = self.engines["unet_shallow"] if self.deepcache else None
-        self.engines["vae_decoder"]
+        self.engines[DECODERS[req.decoder][0]]
 
         with timings.measure("text_encoder"):
             text = self.encode_prompt(req.prompt, req.negative_prompt, req.num_images, guided)
@@ -131,4 +153,4 @@ class Txt2ImgPipeline:
 
         latents = denoise(latents, scheduler, predict, generator, timings, progress)
         with timings.measure("vae_decoder"):
-            return self.decode(latents)
+            return self.decode(latents, req.decoder)

@@ -187,6 +187,7 @@ BAD_FIELDS = [
     ({"height": np.array([1024], np.int32)}, "height must be at most 512 pixels"),  # twice the native 256
     ({"num_images": np.array([5], np.int32)}, "num_images must be at most 4"),
     ({"scheduler": _text("turbo")}, "unknown 'turbo'"),
+    ({"decoder": _text("tiny")}, "no tiny VAE"),     # this folder was exported without --tiny-vae
     ({"steps": np.array([2.0], np.float32)}, "steps"),  # wrong dtype: refused by Triton itself
     ({"seed": np.array([1, 2], np.uint64)}, "seed"),    # wrong shape
 ]

@@ -80,22 +80,28 @@ def add_data_arguments(p, what: str) -> None:
                    "checkpoint's native size; with --config, sample_size x 8)")
 
 
-def read_config(path: Path, resolution: int | None) -> dict:
-    """The SDSize fields in ``--config`` (checked by building one); ``sample_size`` follows ``resolution``."""
-    from fashiongen.random_checkpoints.sd import SDSize
-
+def read_config_object(path: Path, known: list[str], what: str) -> dict:
+    """The JSON object in ``--config``: one line naming the file if it cannot be read, is not a JSON object of
+    ``what``, or has a key not in ``known``."""
     try:
         config = json.loads(Path(path).read_text())
     except OSError as exc:
         raise InputError(f"--config: cannot read '{path}' ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"--config: '{path}' is not JSON ({exc.msg}, line {exc.lineno})") from None
-    known = [f.name for f in fields(SDSize)]
     if not isinstance(config, dict):
-        raise InputError(f"--config: '{path}' must hold a JSON object of SDSize fields ({', '.join(known)})")
+        raise InputError(f"--config: '{path}' must hold a JSON object of {what} ({', '.join(known)})")
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise InputError(f"--config: '{path}' has unknown key '{unknown[0]}' (expected some of {', '.join(known)})")
+    return config
+
+
+def read_config(path: Path, resolution: int | None) -> dict:
+    """The SDSize fields in ``--config`` (checked by building one); ``sample_size`` follows ``resolution``."""
+    from fashiongen.random_checkpoints.sd import SDSize
+
+    config = read_config_object(path, [f.name for f in fields(SDSize)], "SDSize fields")
     size = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     if resolution is not None and "sample_size" not in size:
         size["sample_size"] = resolution // 2 ** (len(size.get("vae_channels", SDSize.vae_channels)) - 1)

@@ -41,6 +41,8 @@ class CutoutRequest:
 # Optional on every pipeline: cut the garment out of the result (auto | CLASS[,CLASS]); the mask comes back
 # as ``mask`` (N x H x W, 255 = garment), or N x 0 x 0 when no cutout was asked.
 _CUTOUT = _scalar("cutout", "bytes")
+# Optional: "full" or "tiny" (the tiny VAE, where the engine folder was exported with --tiny-vae).
+_DECODER = _scalar("decoder", "bytes")
 _IMAGES = TensorSpec("image", "uint8", ("num_images", "height", "width", 3))
 _MASKS = TensorSpec("mask", "uint8", ("num_images", "mask_height", "mask_width"))
 _INPUT_IMAGE = TensorSpec("image", "uint8", ("height", "width", 3))
@@ -51,7 +53,7 @@ TXT2IMG = Service(
     NetworkContract(
         "txt2img",
         inputs=(*_COMMON, _scalar("height", "int32"), _scalar("width", "int32"), _scalar("num_images", "int32"),
-                _CUTOUT),
+                _CUTOUT, _DECODER),
         outputs=(_IMAGES, _MASKS),
         doc="Text → image, the whole denoising loop on the server; the UNet calls batch across requests.",
     ),
@@ -63,7 +65,7 @@ EDIT = Service(
     NetworkContract(
         "edit",
         inputs=(_INPUT_IMAGE, *_COMMON, _scalar("image_guidance", "float32"), _scalar("num_images", "int32"),
-                _CUTOUT),
+                _CUTOUT, _DECODER),
         outputs=(_IMAGES, _MASKS),
         doc="InstructPix2Pix edit of an image toward the prompt, on the server.",
     ),

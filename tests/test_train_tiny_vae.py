@@ -1,0 +1,105 @@
+"""``fashiongen train-tiny-vae`` on the tiny SD checkpoint (64 px images, a 16-channel tiny VAE, a few steps).
+
+The loss falls; an interrupted run resumes to the same losses and weights; the output is an AutoencoderTiny folder
+that diffusers loads and ``export --tiny-vae`` takes; bad input is refused in one line.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fashiongen.random_checkpoints.tiny_vae import TINY_TAESD
+from fashiongen.training import tiny_autoencoder as tiny
+from test_train_text_to_image import SIZE, data, parse  # noqa: F401 (data: the fixture, four 64 px shots)
+from trainer_checks import interrupted, refused
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-config") / "tiny.json"
+    path.write_text(json.dumps({k: list(v) for k, v in TINY_TAESD.items()}))
+    return path
+
+
+def train(model, data, out, config, *extra) -> dict:
+    """Run train-tiny-vae; return its training.json."""
+    args = parse(tiny, ["--model", model, "--config", config, "--data", data, "--out", out, "--resolution", SIZE,
+                        "--batch-size", 4, "--learning-rate", 2e-3, "--steps", 4, "--checkpoint-every", 2,
+                        "--no-progress", *extra])
+    assert tiny.run(args) == 0
+    return json.loads((Path(out) / tiny.MODEL / tiny.RECORD).read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(sd_checkpoint, data, config_file, tmp_path_factory) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(sd_checkpoint, data, out, config_file, "--steps", 8, "--teacher-weight", 0.5)
+    return out
+
+
+def test_loss_falls_and_the_record_measures_quality(trained):
+    record = json.loads((trained / tiny.MODEL / tiny.RECORD).read_text())
+    losses = record["step_losses"]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+    quality = record["quality"]
+    assert quality["images"] == 4 and quality["teacher_psnr_vs_image"] > 0
+    assert record["tiny_config"]["num_decoder_blocks"] == [1, 1, 1, 1]
+
+
+def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, config_file, tmp_path,  # noqa: F811
+                                                                monkeypatch):
+    whole = train(sd_checkpoint, data, tmp_path / "whole", config_file)
+    interrupted(monkeypatch, lambda: train(sd_checkpoint, data, tmp_path / "cut", config_file), 2)
+    assert not (tmp_path / "cut" / tiny.MODEL).exists()
+    resumed = train(sd_checkpoint, data, tmp_path / "cut", config_file, "--resume")
+    assert resumed["step_losses"] == whole["step_losses"] and len(whole["step_losses"]) == 4
+    a, b = (load_file(str(tmp_path / run / tiny.MODEL / WEIGHTS)) for run in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_output_loads_in_diffusers_and_exports(trained, sd_checkpoint, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    from fashiongen.export.sd_export import export_engine_folder
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+    model = trained / tiny.MODEL
+    vae = AutoencoderTiny.from_pretrained(model, local_files_only=True)
+    assert vae.config.decoder_block_out_channels == [16, 16, 16, 16] and vae.config.scaling_factor == 1.0
+    manifest = export_engine_folder(tmp_path / "engines", sd_checkpoint, progress=False, tiny_vae_dir=model)
+    assert manifest.networks["vae_decoder_tiny"].validation["max_abs_diff"] <= 1e-4
+    images = Txt2ImgPipeline(EngineSet(tmp_path / "engines"))(
+        Txt2ImgRequest(prompt="a red dress", steps=2, height=SIZE, width=SIZE, decoder="tiny"), progress=False).images
+    assert images.shape == (1, SIZE, SIZE, 3)
+
+
+def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_path):  # noqa: F811
+    def run(*argv, model=sd_checkpoint, config=config_file, data_dir=data):
+        return lambda: tiny.run(parse(tiny, ["--model", model, "--config", config, "--data", data_dir, "--out",
+                                             tmp_path / "run", "--no-progress", *argv]))
+
+    refused(run(data_dir=tmp_path / "missing"), "--data", "is not a folder")
+    no_vae = tmp_path / "no-vae"
+    shutil.copytree(sd_checkpoint, no_vae, ignore=shutil.ignore_patterns("vae"))
+    refused(run(model=no_vae), "--model", "no vae/config.json")
+    refused(run(model=tmp_path / "nowhere"), "--model", "is not a folder")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"num_decoder_blocks": [1, 1, 1, 1], "channels": 8}))
+    refused(run(config=unknown), "--config", "unknown key 'channels'")
+    shallow = tmp_path / "shallow.json"
+    shallow.write_text(json.dumps({"decoder_block_out_channels": [8, 8, 8], "num_decoder_blocks": [1, 1, 1]}))
+    refused(run(config=shallow), "--config", "downscale 4", "8")
+    mismatched = tmp_path / "mismatched.json"
+    mismatched.write_text(json.dumps({"num_encoder_blocks": [1, 1]}))
+    refused(run(config=mismatched), "--config", "num_encoder_blocks 2")
+    refused(run("--teacher-weight", "-1"), "--teacher-weight")
+    assert not (tmp_path / "run").exists()

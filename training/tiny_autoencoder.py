@@ -1,0 +1,241 @@
+"""``fashiongen train-tiny-vae``: distil a tiny autoencoder (TAESD, diffusers' AutoencoderTiny) from the VAE of an
+SD 1.x folder on imagefolders.
+
+The teacher is the folder's AutoencoderKL, frozen. Its posterior means of the training images, times its
+``scaling_factor`` (the latents the UNet works in, which TAESD's encoder predicts and its decoder takes, so that
+the tiny VAE's own ``scaling_factor`` is 1), are computed once at the start. Each step the tiny encoder learns to
+predict those latents (MSE) and the tiny decoder to redraw the image from them (MSE in pixels), plus
+``--teacher-weight`` x the MSE to the teacher decoder's image of the same latents (off by default: it costs a
+teacher decode a step). No adversarial or perceptual loss (TAESD's own has both; no network for them can be
+downloaded here), so the result is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
+``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
+(default TAESD's own). The output, ``OUT/model``, is an AutoencoderTiny folder (TAESD's diffusers layout) with
+``training.json``, which records how close it comes to the images and to the teacher (PSNR); then
+``fashiongen export --model SD_DIR --tiny-vae OUT/model``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashiongen.runtime.errors import InputError
+
+from .options import add_schedule_arguments, schedule_from_args
+from .text_to_image import (MODEL, RECORD, add_data_arguments, data_digest, identity_of, load_images,
+                            read_config_object, read_data, training_record, training_size)
+
+PSNR_SAMPLE = 64  # images whose reconstruction the record measures
+
+
+def add_arguments(p) -> None:
+    p.description = ("Distil a tiny autoencoder (TAESD architecture, diffusers' AutoencoderTiny) from the VAE of an "
+                     "SD 1.x folder on imagefolders: the tiny encoder learns the teacher's scaled latent means, the "
+                     "tiny decoder the images from them. The result is OUT/model, an AutoencoderTiny folder that "
+                     "`fashiongen export --tiny-vae` takes.")
+    p.add_argument("--model", type=Path, required=True, metavar="DIR",
+                   help="SD 1.x diffusers folder whose VAE (vae/, an AutoencoderKL) is the teacher")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.json",
+                   help="the tiny VAE's size: a JSON object with some of encoder_block_out_channels, "
+                   "decoder_block_out_channels, num_encoder_blocks, num_decoder_blocks (AutoencoderTiny's keys; "
+                   "default TAESD's: 64 channels, (1, 3, 3, 3) and (3, 3, 3, 1) blocks)")
+    add_data_arguments(p, "metadata.jsonl rows with file_name; captions are not needed")
+    p.add_argument("--out", type=Path, required=True, help="run folder; the tiny VAE goes to OUT/model")
+    add_schedule_arguments(p, steps=2000, batch_size=8, learning_rate=2e-4, checkpoint_every=250)
+    p.add_argument("--teacher-weight", type=float, default=0.0,
+                   help="weight of an MSE to the teacher decoder's image of the same latents, beside the MSE to the "
+                   "image itself (default 0; each step then also runs the teacher's decoder)")
+    p.set_defaults(command_name="train-tiny-vae")
+
+
+def read_tiny_config(path: Path | None) -> dict:
+    """The size keys of ``--config`` over TAESD's (checked: known keys, positive integers, matching lengths)."""
+    from fashiongen.random_checkpoints.tiny_vae import SIZE_KEYS, TAESD
+
+    if path is None:
+        return {k: list(v) for k, v in TAESD.items()}
+    config = read_config_object(path, list(SIZE_KEYS), "AutoencoderTiny size keys")
+    size = {k: list(v) for k, v in TAESD.items()}
+    for key, value in config.items():
+        if not (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                          for v in value)):
+            raise InputError(f"--config: '{path}': {key} must be a non-empty list of positive integers, got {value!r}")
+        size[key] = value
+    for part in ("encoder", "decoder"):
+        channels, blocks = size[f"{part}_block_out_channels"], size[f"num_{part}_blocks"]
+        if len(channels) != len(blocks):
+            raise InputError(f"--config: '{path}': {part}_block_out_channels has {len(channels)} levels, "
+                             f"num_{part}_blocks {len(blocks)}; they must match")
+    if len(set(size["encoder_block_out_channels"])) != 1:  # diffusers' EncoderTiny keeps the width at each stride
+        raise InputError(f"--config: '{path}': encoder_block_out_channels must all be equal (AutoencoderTiny's "
+                         f"encoder keeps one width), got {size['encoder_block_out_channels']}")
+    return size
+
+
+def teacher_geometry(model_dir: Path) -> dict:
+    """The teacher VAE's config, checked: ``--model`` must have ``vae/`` holding an AutoencoderKL."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"--model: '{model_dir}' is not a folder (an SD 1.x diffusers folder is the teacher)")
+    config_file = model_dir / "vae" / "config.json"
+    if not config_file.is_file():
+        hint = f" (a run folder? its model is '{model_dir / MODEL}')" if (model_dir / MODEL).is_dir() else ""
+        raise InputError(f"--model: '{model_dir}' has no vae/config.json: the teacher is an SD folder's VAE{hint}")
+    config = json.loads(config_file.read_text())
+    if config.get("_class_name") != "AutoencoderKL":
+        raise InputError(f"--model: '{model_dir}/vae' holds {config.get('_class_name')!r}, not an AutoencoderKL")
+    down = 2 ** (len(config["block_out_channels"]) - 1)
+    return {"downscale": down, "sample_size": int(config.get("sample_size", 512)) // down,
+            "latent_channels": int(config.get("latent_channels", 4)),
+            "scaling_factor": float(config.get("scaling_factor", 0.18215))}
+
+
+def check_downscale(size: dict, downscale: int, config_path) -> None:
+    for part in ("encoder", "decoder"):
+        tiny = 2 ** (len(size[f"{part}_block_out_channels"]) - 1)
+        if tiny != downscale:
+            raise InputError(f"--config: '{config_path}': the tiny {part} has {len(size[f'num_{part}_blocks'])} "
+                             f"levels (downscale {tiny}), the teacher's VAE downscales by {downscale}")
+
+
+def run(args) -> int:
+    import torch
+
+    from .runs import RunFolder, make_accelerator, train
+
+    started = time.perf_counter()
+    schedule = schedule_from_args(args)
+    if not (args.teacher_weight >= 0 and np.isfinite(args.teacher_weight)):
+        raise InputError(f"--teacher-weight: must be a non-negative number, got {args.teacher_weight}")
+    size = read_tiny_config(args.config)
+    geometry = teacher_geometry(args.model)
+    check_downscale(size, geometry["downscale"], args.config)
+    resolution = training_size(args.resolution, geometry)
+    rows = read_data(args.data, require=())
+    data_sha256 = data_digest(rows)
+    run_folder = RunFolder(args.out, identity_of(args, schedule, str(Path(args.model).absolute()), data_sha256,
+                                                 resolution, tiny_config=size, teacher_weight=args.teacher_weight))
+    run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
+    teacher = load_teacher(args.model)
+    device = make_accelerator(schedule).device
+    images = load_images(rows, resolution)
+    latents = teacher_latents(teacher, images, device, progress=not args.no_progress)
+    from fashiongen.random_checkpoints.tiny_vae import build_tiny_vae
+
+    tiny = build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"])
+    loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, device)
+    losses = train(run_folder, schedule, {"tiny_vae": tiny}, loss, resume=args.resume,
+                   progress=not args.no_progress, description="train-tiny-vae")
+    with torch.no_grad():
+        quality = measure(tiny, teacher, images[:PSNR_SAMPLE], latents[:PSNR_SAMPLE], device)
+    record = training_record(args, losses, started, step_losses=losses, resolution=resolution, tiny_config=size,
+                             teacher_scaling_factor=geometry["scaling_factor"], quality=quality)
+    model = write_tiny_model(run_folder.out / MODEL, tiny, record)
+    print(f"wrote {model} ({len(losses)} steps, final loss {losses[-1]:.4f}; decoder PSNR "
+          f"{quality['decoder_psnr_vs_image']:.1f} dB to the images, {quality['decoder_psnr_vs_teacher']:.1f} dB "
+          f"to the teacher's decoder, whose own is {quality['teacher_psnr_vs_image']:.1f} dB)")
+    return 0
+
+
+def load_teacher(model_dir: Path):
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"--model: cannot load '{model_dir}/vae': {first}") from None
+    return vae.eval().requires_grad_(False)
+
+
+def teacher_latents(teacher, images: np.ndarray, device, progress: bool, batch_size: int = 16):
+    """The teacher's posterior means of uint8 NHWC ``images`` times its scaling factor (float32 NCHW, CPU)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .imagefolder import to_unit_range
+
+    teacher.to(device)
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(images), batch_size), desc="teacher latents", unit="batch",
+                          disable=not progress):
+            pixels = torch.from_numpy(to_unit_range(images[start:start + batch_size])).to(device)
+            out.append(teacher.encode(pixels).latent_dist.mean.float().cpu() * teacher.config.scaling_factor)
+    return torch.cat(out)
+
+
+@dataclass
+class DistillationLoss:
+    """``loss_fn(step, micro, generator)`` of the shared loop: the tiny encoder's MSE to the teacher's scaled
+    latents, plus the tiny decoder's pixel MSE to the image from those latents (and, weighted, to the teacher's
+    decoded image)."""
+
+    tiny: object
+    teacher: object
+    images: np.ndarray  # uint8 NHWC
+    latents: object     # torch float32 NCHW, the teacher's scaled posterior means
+    schedule: object
+    teacher_weight: float
+    device: object
+
+    def __call__(self, step: int, micro: int, generator):
+        import torch
+
+        from .imagefolder import to_unit_range
+        from .runs import batch_indices
+
+        size = self.schedule.batch_size
+        index = batch_indices(len(self.images), size, (step * self.schedule.gradient_accumulation + micro) * size,
+                              self.schedule.seed)
+        pixels = torch.from_numpy(to_unit_range(self.images[index])).to(self.device)
+        target = self.latents[torch.from_numpy(index)].to(self.device)
+        encoded = self.tiny.encode(pixels).latents
+        decoded = self.tiny.decode(target).sample.float()
+        loss = (encoded.float() - target).pow(2).mean() + (decoded - pixels).pow(2).mean()
+        if self.teacher_weight:
+            with torch.no_grad():
+                reference = self.teacher.decode(target / self.teacher.config.scaling_factor).sample.float()
+            loss = loss + self.teacher_weight * (decoded - reference).pow(2).mean()
+        return loss
+
+
+def _psnr(a, b) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), clamped as they would be shown."""
+    mse = float((a.clamp(-1, 1) - b.clamp(-1, 1)).pow(2).mean())
+    return float(10 * np.log10(4.0 / max(mse, 1e-12)))
+
+
+def measure(tiny, teacher, images: np.ndarray, latents, device) -> dict:
+    """How close the tiny VAE comes, on the first images: its decoder to the images and to the teacher's
+    decoder (both from the teacher's latents), its encoder to the teacher's latents, the teacher to the images."""
+    import torch
+
+    from .imagefolder import to_unit_range
+
+    tiny.to(device).eval()
+    pixels = torch.from_numpy(to_unit_range(images)).to(device)
+    latents = latents.to(device)
+    decoded = tiny.decode(latents).sample.float()
+    reference = teacher.decode(latents / teacher.config.scaling_factor).sample.float()
+    encoded = tiny.encode(pixels).latents.float()
+    return {"images": len(images),
+            "decoder_psnr_vs_image": round(_psnr(decoded, pixels), 2),
+            "decoder_psnr_vs_teacher": round(_psnr(decoded, reference), 2),
+            "teacher_psnr_vs_image": round(_psnr(reference, pixels), 2),
+            "encoder_latent_rmse": round(float((encoded - latents).pow(2).mean().sqrt()), 5),
+            "latent_std": round(float(latents.std()), 5)}
+
+
+def write_tiny_model(out_dir: Path, tiny, record: dict) -> Path:
+    """``out_dir``: the AutoencoderTiny (config.json, diffusion_pytorch_model.safetensors) and ``training.json``,
+    built beside it and renamed into place."""
+    from fashiongen.runtime.files import staged_folder
+
+    with staged_folder(out_dir, "config.json", "an AutoencoderTiny folder") as stage:
+        tiny.save_pretrained(stage, safe_serialization=True)
+        (stage / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return out_dir
