@@ -379,6 +379,92 @@ def test_a_failing_network_returns_an_error_not_a_hang(sd_engines, tmp_path):
         assert time.monotonic() - start < 30
 
 
+@pytest.mark.slow
+def test_a_failing_pipeline_does_not_stall_the_others(sd_engines, p2p_engines, segmenter_engines, tmp_path):
+    """One repository: ``txt2img`` on a UNet that raises at run time (after its text encoder has run), beside a
+    working ``edit`` (its own engine folder) and ``cutout`` (the segmenter). Three clients hit txt2img while
+    three others send edit and cutout requests: every txt2img request gets the UNet's error within a bound,
+    every other one the in-process image, all while the failures keep coming; afterwards both still hold."""
+    import threading
+
+    from fashiongen.runtime.cutout import CutoutPipeline
+    from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
+    from fashiongen.triton_repo.services import CutoutRequest
+
+    engines = tmp_path / "engines"
+    shutil.copytree(sd_engines, engines)
+    dims = load_manifest(engines).dims
+    (engines / "unet.onnx.data").unlink()
+    _failing_unet(engines / "unet.onnx", dims["latent_channels"], dims["text_length"], dims["text_hidden"])
+    write_repository([engines, p2p_engines, segmenter_engines], tmp_path / "repo", pipeline_instances=2,
+                     max_steps=50)
+
+    image = np.random.default_rng(6).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    edit = Pix2PixRequest(image=image, prompt="make it black", seed=9, steps=2, image_guidance=1.5)
+    cutout = CutoutPipeline(EngineSet(segmenter_engines))
+    results = {i: cutout([image], [i]).results[0] for i in cutout.id2label}
+    label = next(i for i, r in results.items() if not r.empty)
+    cut = CutoutRequest(image=image, cutout=str(label))
+    expected = {"edit": Pix2PixPipeline(EngineSet(p2p_engines))(edit, progress=False).images,
+                "cutout": results[label].image[None]}
+    working = [("edit", edit), ("cutout", cut)]
+    failing_clients, working_clients, per_working_client = 3, 3, 4
+    bound = 30  # seconds any one request may take, answered or refused: a hang shows as a failure
+
+    with TritonServer(options(tmp_path / "repo")) as running:
+        url = f"grpc://{running.grpc_url}"
+        deadline = time.monotonic() + 50  # for all the concurrent requests (a few seconds here)
+        done = threading.Event()
+        refused = []
+
+        def fail_once() -> float:
+            start = time.monotonic()
+            with pytest.raises(ValueError, match="model 'unet' failed"):
+                request_pipeline(url, "txt2img", REQUEST, timeout_s=bound)
+            took = time.monotonic() - start
+            assert took < bound, f"a refusal took {took:.0f} s"
+            return took
+
+        def failing(_: int) -> int:
+            count = 0
+            while not done.is_set():  # until every working request is answered
+                assert time.monotonic() < deadline, "the failing pipeline's clients ran out of time"
+                refused.append(fail_once())
+                count += 1
+            return count
+
+        def answering(i: int) -> list[int]:
+            while not refused:  # start once txt2img is failing
+                assert time.monotonic() < deadline, "txt2img never refused a request"
+                time.sleep(0.05)
+            failures_seen = []
+            for j in range(per_working_client):
+                assert time.monotonic() < deadline, "the working pipelines' clients ran out of time"
+                name, request = working[(i + j) % len(working)]
+                out = request_pipeline(url, name, request, timeout_s=bound)
+                assert_same_image(out["image"], expected[name])
+                failures_seen.append(len(refused))
+            return failures_seen
+
+        with ThreadPoolExecutor(failing_clients + working_clients) as pool:
+            failers = [pool.submit(failing, i) for i in range(failing_clients)]
+            workers = [pool.submit(answering, i) for i in range(working_clients)]
+            try:
+                seen = [w.result() for w in workers]
+            finally:
+                done.set()
+            counts = [f.result() for f in failers]
+        # Refusals kept arriving while the working requests were answered, not only before or after them.
+        during = max(s[-1] for s in seen) - min(s[0] for s in seen)
+        assert all(c >= 1 for c in counts) and during >= failing_clients, (counts, seen)
+        assert max(refused) < bound
+
+        fail_once()  # afterwards: txt2img still refuses, the others still answer, the server is up
+        for name, request in working:
+            assert_same_image(request_pipeline(url, name, request, timeout_s=bound)["image"], expected[name])
+        assert running.process.poll() is None
+
+
 def _serve(repo, *extra) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fashiongen", "serve", "--repo", str(repo), "--startup-timeout", "60",
                            "--http-port", str(free_port()), "--grpc-port", str(free_port()),
