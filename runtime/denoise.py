@@ -53,10 +53,15 @@ def check_positive_int(name: str, value: int, low: int = 1) -> None:
 
 
 def check_steps(steps: int, max_steps: int, scheduler: Scheduler) -> None:
-    """``steps`` within ``1..max_steps``, and no more than the timesteps the checkpoint was trained on."""
-    limit = min(max_steps, scheduler.config.num_train_timesteps)
+    """``steps`` within ``1..max_steps``, and no more than the scheduler takes: the timesteps the checkpoint
+    was trained on, or for LCM and TCD the ``original_inference_steps`` of its distillation schedule."""
+    limit = min(max_steps, scheduler.max_inference_steps)
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= limit:
-        raise InputError(f"steps: must be an integer from 1 to {limit} (got {steps!r})")
+        why = ""
+        if scheduler.max_inference_steps < min(max_steps, scheduler.config.num_train_timesteps):
+            why = (f"; the {scheduler.name} scheduler takes at most its original_inference_steps="
+                   f"{scheduler.max_inference_steps}")
+        raise InputError(f"steps: must be an integer from 1 to {limit} (got {steps!r}){why}")
 
 
 def check_size(name: str, value: int, multiple: int) -> None:

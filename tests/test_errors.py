@@ -99,8 +99,8 @@ def generate(capsys, engines, out, *extra) -> str:
     (("--steps", "151"), "--steps: must be an integer from 1 to 150 (got 151)"),
     (("--num-images", "0"), "--num-images: must be an integer >= 1"),
     (("--seed", "-1"), "--seed: must be an integer"),
-    (("--scheduler", "turbo"), "--scheduler: unknown 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lms, "
-     "pndm, unipc"),
+    (("--scheduler", "turbo"), "--scheduler: unknown 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lcm, "
+     "lms, pndm, tcd, unipc"),
 ])
 def test_bad_generate_arguments(capsys, tmp_path, sd_engines, extra, expected):
     out = tmp_path / "x.png"

@@ -32,7 +32,8 @@ DIFFUSERS_CLASS = {
     "pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
     "dpmpp_2m_karras": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
-    "unipc": "UniPCMultistepScheduler", "heun": "HeunDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler", "heun": "HeunDiscreteScheduler", "lcm": "LCMScheduler",
+    "tcd": "TCDScheduler",
 }
 SHAPE = (1, 4, 8, 6)
 REL_TOL = 1e-5
@@ -64,7 +65,7 @@ def run_ours(scheduler, steps: int, seed: int) -> list[np.ndarray]:
     return trajectory
 
 
-def run_diffusers(scheduler, steps: int, seed: int) -> list[np.ndarray]:
+def run_diffusers(scheduler, steps: int, seed: int, **step_kwargs) -> list[np.ndarray]:
     gen = torch.Generator("cpu").manual_seed(seed)
     scheduler.set_timesteps(steps)
     x = torch.randn(SHAPE, generator=gen) * scheduler.init_noise_sigma
@@ -73,12 +74,12 @@ def run_diffusers(scheduler, steps: int, seed: int) -> list[np.ndarray]:
         x_in = scheduler.scale_model_input(x, t)
         eps = torch.from_numpy(fake_model(x_in.numpy(), float(t)))
         kwargs = {"generator": gen} if "generator" in scheduler.step.__code__.co_varnames else {}
-        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+        x = scheduler.step(eps, t, x, **kwargs, **step_kwargs).prev_sample
         trajectory.append(x.numpy())
     return trajectory
 
 
-def assert_same_run(ours, theirs, steps: int, seed: int = 19687):
+def assert_same_run(ours, theirs, steps: int, seed: int = 19687, **step_kwargs):
     theirs.set_timesteps(steps)
     ours.set_timesteps(steps)
     expected_ts = theirs.timesteps.numpy().astype(np.float32)
@@ -88,7 +89,7 @@ def assert_same_run(ours, theirs, steps: int, seed: int = 19687):
     else:  # fractional (Karras/exponential/continuous): torch's MKL sqrt/log may differ from numpy by an ulp
         np.testing.assert_allclose(ours.timesteps, expected_ts, rtol=3e-7, atol=1e-6)
     assert ours.init_noise_sigma == pytest.approx(float(theirs.init_noise_sigma), rel=1e-6)
-    got, want = run_ours(ours, steps, seed), run_diffusers(theirs, steps, seed)
+    got, want = run_ours(ours, steps, seed), run_diffusers(theirs, steps, seed, **step_kwargs)
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         # float32 rounding happens at the scale of the step's inputs, which can be far larger than its
@@ -163,6 +164,43 @@ EXTRA_CASES = [
 ]
 
 
+# The few-step consistency samplers: their own defaults (an LCM checkpoint's scheduler config) and settings.
+LCM_DEFAULTS = {"_class_name": "LCMScheduler", "original_inference_steps": 50}
+CONSISTENCY_STEPS = [1, 2, 4, 8]
+CONSISTENCY_CONFIGS = [
+    LCM_DEFAULTS,
+    {**LCM_DEFAULTS, "original_inference_steps": 10, "set_alpha_to_one": False},
+    {**LCM_DEFAULTS, "timestep_scaling": 2.5, "prediction_type": "v_prediction"},
+    {**LCM_DEFAULTS, "prediction_type": "sample", "beta_schedule": "linear", "beta_start": 0.0001,
+     "beta_end": 0.02},
+    {**LCM_DEFAULTS, "clip_sample": True, "clip_sample_range": 1.5, "num_train_timesteps": 500},
+    {**LCM_DEFAULTS, "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
+    {**LCM_DEFAULTS, "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"},
+]
+EXTRA_CASES += [(name, config, CONSISTENCY_STEPS) for name in ("lcm", "tcd") for config in CONSISTENCY_CONFIGS]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 0.3, 0.55, 1.0])
+def test_tcd_gamma_matches_diffusers_eta(gamma):
+    config = {**LCM_DEFAULTS, "original_inference_steps": 30}
+    for n in CONSISTENCY_STEPS + [30]:
+        assert_same_run(make_scheduler(config, "tcd").__class__(config, gamma=gamma),
+                        diffusers.TCDScheduler.from_config(config), n, eta=gamma)
+
+
+def test_consistency_steps_beyond_original_refused():
+    """diffusers refuses more steps than ``original_inference_steps``; so do LCM and TCD, before any step."""
+    for name in ("lcm", "tcd"):
+        scheduler = make_scheduler({**LCM_DEFAULTS, "original_inference_steps": 8}, name)
+        assert scheduler.max_inference_steps == 8
+        with pytest.raises(ValueError, match="original_inference_steps=8"):
+            scheduler.set_timesteps(9)
+        with pytest.raises(ValueError, match="original_inference_steps"):
+            make_scheduler({**LCM_DEFAULTS, "original_inference_steps": 2000}, name)
+    with pytest.raises(ValueError, match="gamma"):
+        make_scheduler(LCM_DEFAULTS, "tcd").__class__(LCM_DEFAULTS, gamma=1.5)
+
+
 @pytest.mark.parametrize("name,config,steps", EXTRA_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(EXTRA_CASES)])
 def test_more_settings_match_diffusers(name, config, steps):
     for n in steps:
@@ -200,6 +238,7 @@ def test_dpm_config_settings_by_class_name(variant):
     ("PNDMScheduler", "pndm"), ("DDIMScheduler", "ddim"), ("EulerDiscreteScheduler", "euler"),
     ("EulerAncestralDiscreteScheduler", "euler_a"), ("DPMSolverMultistepScheduler", "dpmpp_2m"),
     ("LMSDiscreteScheduler", "lms"), ("UniPCMultistepScheduler", "unipc"), ("HeunDiscreteScheduler", "heun"),
+    ("LCMScheduler", "lcm"), ("TCDScheduler", "tcd"),
 ])
 def test_default_scheduler_from_class_name(class_name, expected):
     assert make_scheduler({**SD15, "_class_name": class_name}).name == expected
@@ -212,8 +251,8 @@ def test_karras_dpm_by_class_name():
 
 
 def test_names():
-    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "heun", "lms",
-                               "pndm", "unipc")
+    assert SCHEDULER_NAMES == ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "heun", "lcm", "lms",
+                               "pndm", "tcd", "unipc")
     for name in SCHEDULER_NAMES:
         assert make_scheduler(SD15, name).name == name
 
@@ -245,7 +284,7 @@ def test_unknown_name_lists_known():
     with pytest.raises(ValueError) as err:
         make_scheduler(SD15, "foo")
     assert str(err.value) == ("scheduler: unknown 'foo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, "
-                              "lms, pndm, unipc")
+                              "lcm, lms, pndm, tcd, unipc")
 
 
 def test_unsupported_class_name():

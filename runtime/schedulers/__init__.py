@@ -12,14 +12,15 @@ diffusers': the schedule tables in float32 as torch makes them, per-step scalars
 of operations.
 
 The families: ``common`` (settings, schedule and sigma helpers, the interface), ``pndm``, ``ddim``,
-``euler`` (the sigma-parameterised Euler, Euler ancestral, LMS and Heun) and ``multistep`` (DPM-Solver++
-and UniPC).
+``euler`` (the sigma-parameterised Euler, Euler ancestral, LMS and Heun), ``multistep`` (DPM-Solver++
+and UniPC) and ``consistency`` (the few-step LCM and TCD samplers of consistency-distilled models).
 """
 
 from __future__ import annotations
 
 from ..errors import InputError
 from .common import Scheduler, SchedulerConfig, torch_linspace_f32
+from .consistency import LCMScheduler, TCDScheduler
 from .ddim import DDIMScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler
 from .multistep import DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -28,7 +29,7 @@ from .pndm import PNDMScheduler
 __all__ = [
     "SCHEDULER_NAMES", "Scheduler", "SchedulerConfig", "PNDMScheduler", "DDIMScheduler", "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler",
-    "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "make_scheduler", "torch_linspace_f32",
+    "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "LCMScheduler", "TCDScheduler", "make_scheduler", "torch_linspace_f32",
 ]
 
 _BY_NAME: dict[str, tuple[type[Scheduler], dict]] = {
@@ -39,6 +40,8 @@ _BY_NAME: dict[str, tuple[type[Scheduler], dict]] = {
     "lms": (LMSDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
     "unipc": (UniPCMultistepScheduler, {}),
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler,
                  {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler,

@@ -307,6 +307,29 @@ def threshold_sample(sample: np.ndarray, ratio: float, max_value: float) -> np.n
     return (np.clip(flat, -s, s) / s).reshape(sample.shape).astype(sample.dtype)
 
 
+def x0_and_eps(prediction_type: str, model_output: np.ndarray, sample: np.ndarray, alpha_t: np.float32,
+               beta_t: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted clean sample and noise of a discrete-timestep step (DDIM, LCM, TCD) from the model
+    output, for ``prediction_type`` epsilon, sample or v_prediction; ``alpha_t`` the cumulative alpha at the
+    step's timestep, ``beta_t`` one minus it."""
+    if prediction_type == "epsilon":
+        return (sample - np.sqrt(beta_t) * model_output) / np.sqrt(alpha_t), model_output
+    if prediction_type == "sample":
+        return model_output, (sample - np.sqrt(alpha_t) * model_output) / np.sqrt(beta_t)
+    return (np.sqrt(alpha_t) * sample - np.sqrt(beta_t) * model_output,   # v_prediction
+            np.sqrt(alpha_t) * model_output + np.sqrt(beta_t) * sample)
+
+
+def bound_x0(cfg: SchedulerConfig, x0: np.ndarray) -> np.ndarray:
+    """The predicted clean sample thresholded (``thresholding``) or clipped (``clip_sample``) as the config
+    of a DDIM-style scheduler says, else as it is."""
+    if cfg.thresholding:
+        return threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+    if cfg.clip_sample:
+        return np.clip(x0, -cfg.clip_sample_range, cfg.clip_sample_range)
+    return x0
+
+
 def alpha_before(alphas_cumprod: np.ndarray, t: int, final: np.float32) -> np.float32:
     """The cumulative alpha at training timestep ``t``, or ``final`` before the first one (t < 0): DDIM's
     and PNDM's last step ends there (1 with ``set_alpha_to_one``, else the first alpha)."""
@@ -360,6 +383,11 @@ class Scheduler:
         self.alphas_cumprod = make_alphas_cumprod(self.config, self.finite_final_sigma)
         self.num_inference_steps: int | None = None
         self.timesteps = np.zeros(0, dtype=F32)
+
+    @property
+    def max_inference_steps(self) -> int:
+        """The most steps ``set_timesteps`` takes."""
+        return self.config.num_train_timesteps
 
     def _require_steps_set(self) -> None:
         if self.num_inference_steps is None:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (F32, ONE, Scheduler, ThresholdingConfig, alpha_before, check_steps, choice, flag, is_number,
-                     noise_generator, setting, spaced_timesteps, threshold_sample)
+from .common import (F32, ONE, Scheduler, ThresholdingConfig, alpha_before, bound_x0, check_steps, choice, flag,
+                     is_number, noise_generator, setting, spaced_timesteps, x0_and_eps)
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,8 @@ class DDIMScheduler(Scheduler):
         alpha_t = self.alphas_cumprod[timestep]
         alpha_prev = alpha_before(self.alphas_cumprod, prev_timestep, self.final_alpha_cumprod)
         beta_t = ONE - alpha_t
-        pred_x0, pred_eps = self._predictions(model_output, sample, alpha_t, beta_t)
-        if cfg.thresholding:
-            pred_x0 = threshold_sample(pred_x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        elif cfg.clip_sample:
-            pred_x0 = np.clip(pred_x0, -cfg.clip_sample_range, cfg.clip_sample_range)
+        pred_x0, pred_eps = x0_and_eps(cfg.prediction_type, model_output, sample, alpha_t, beta_t)
+        pred_x0 = bound_x0(cfg, pred_x0)
         beta_prev = ONE - alpha_prev
         variance = beta_prev / beta_t * (ONE - alpha_t / alpha_prev)
         std_dev_t = F32(self.eta) * np.sqrt(variance)
@@ -63,12 +60,3 @@ class DDIMScheduler(Scheduler):
             noise = noise_generator(generator).randn(model_output.shape).astype(model_output.dtype)
             prev_sample = prev_sample + std_dev_t * noise
         return prev_sample
-
-    def _predictions(self, model_output, sample, alpha_t, beta_t):
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return (sample - np.sqrt(beta_t) * model_output) / np.sqrt(alpha_t), model_output
-        if kind == "sample":
-            return model_output, (sample - np.sqrt(alpha_t) * model_output) / np.sqrt(beta_t)
-        return (np.sqrt(alpha_t) * sample - np.sqrt(beta_t) * model_output,   # v_prediction
-                np.sqrt(alpha_t) * model_output + np.sqrt(beta_t) * sample)
