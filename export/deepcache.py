@@ -121,6 +121,9 @@ def export_deepcache(model_dir: Path, engine_dir: Path, interval: int = 3, shall
     require_kind(manifest, engine_dir, "txt2img", "--engines")
     parts = load_checkpoint(model_dir)
     unet = parts["unet"]
+    if unet.config.time_cond_proj_dim is not None:
+        raise InputError(f"--model: '{model_dir}' has a UNet with a guidance embedding (time_cond_proj_dim="
+                         f"{unet.config.time_cond_proj_dim}, an LCM-distilled model); DeepCache does not support it")
     _check_layout(unet)
     layers = up_layers(unet)
     if isinstance(shallow_layers, bool) or not isinstance(shallow_layers, int) or not 1 <= shallow_layers <= layers:

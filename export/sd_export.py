@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fashiongen.runtime.contracts import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
+from fashiongen.runtime.contracts import GUIDANCE_DIM, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, network_contract
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import staged_folder
 from fashiongen.runtime.manifest import (MANIFEST_NAME, Manifest, NetworkEntry, TokenizerSection, VaeSection,
@@ -57,6 +57,13 @@ class UNetNet(torch.nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states):
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class GuidedUNetNet(UNetNet):
+    """A UNet distilled with a guidance embedding (``time_cond_proj_dim``): it takes ``timestep_cond`` too."""
+
+    def forward(self, sample, timestep, timestep_cond, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
 
 
 class VaeDecoderNet(torch.nn.Module):
@@ -130,6 +137,8 @@ def checkpoint_dims(parts: dict) -> dict[str, int]:
         "text_hidden": text_encoder.config.hidden_size,
         "text_length": tokenizer.model_max_length,
         "sample_size": unet.config.sample_size,
+        # LCM-distilled UNets take a guidance-scale embedding of this size (none: the key is absent)
+        **({GUIDANCE_DIM: unet.config.time_cond_proj_dim} if unet.config.time_cond_proj_dim is not None else {}),
     }
 
 
@@ -147,14 +156,18 @@ def _network_plan(parts: dict, dims: dict[str, int], down: int):
     c, t, d = dims["latent_channels"], dims["text_length"], dims["text_hidden"]
     cin = dims["unet_in_channels"]
     trace, check = (2, 9, 7), (1, 8, 6)
+    guidance = dims.get(GUIDANCE_DIM)
+    unet_net = UNetNet(parts["unet"]) if guidance is None else GuidedUNetNet(parts["unet"])
+    cond_trace = {} if guidance is None else {"timestep_cond": (2, guidance)}
+    cond_check = {} if guidance is None else {"timestep_cond": (1, guidance)}
     def lat(b, h, w, ch=c): return (b, ch, h, w)
     def img(b, h, w): return (b, 3, h * down, w * down)
     return [
         (TEXT_ENCODER, TextEncoderNet(parts["text_encoder"]),
          {"input_ids": (2, t)}, {"input_ids": (3, t)}),
-        (UNET, UNetNet(parts["unet"]),
-         {"sample": lat(*trace, ch=cin), "timestep": (2,), "encoder_hidden_states": (2, t, d)},
-         {"sample": lat(*check, ch=cin), "timestep": (1,), "encoder_hidden_states": (1, t, d)}),
+        (network_contract("unet", dims), unet_net,
+         {"sample": lat(*trace, ch=cin), "timestep": (2,), "encoder_hidden_states": (2, t, d), **cond_trace},
+         {"sample": lat(*check, ch=cin), "timestep": (1,), "encoder_hidden_states": (1, t, d), **cond_check}),
         (VAE_DECODER, VaeDecoderNet(parts["vae"]), {"latent": lat(*trace)}, {"latent": lat(*check)}),
         (VAE_ENCODER, VaeEncoderNet(parts["vae"]), {"image": img(*trace)}, {"image": img(*check)}),
     ]

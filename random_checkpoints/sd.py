@@ -77,6 +77,9 @@ class SDSize:
     # A small model may want fewer: with one channel a group, GroupNorm is InstanceNorm (measured on the demo's
     # (16, 32, 64, 64) VAE: 4 groups reached in 200 steps the loss 16 groups reached in 400).
     norm_groups: int | None = None
+    # Size of the guidance-scale embedding the UNet takes (diffusers' time_cond_proj_dim, as LCM-distilled
+    # UNets have: 256 for LCM SD 1.5). None: a plain UNet.
+    time_cond_proj_dim: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.unet_channels) < 2:
@@ -91,6 +94,10 @@ class SDSize:
         if self.unet_in_channels not in (4, 8):
             raise ValueError(f"SDSize.unet_in_channels must be 4 (text-to-image) or 8 (InstructPix2Pix), "
                              f"got {self.unet_in_channels}")
+        if self.time_cond_proj_dim is not None and (not isinstance(self.time_cond_proj_dim, int)
+                                                    or self.time_cond_proj_dim < 1):
+            raise ValueError(f"SDSize.time_cond_proj_dim must be None or a positive integer, "
+                             f"got {self.time_cond_proj_dim!r}")
         if len(self.vae_channels) < 1:
             raise ValueError("SDSize.vae_channels needs at least one block")
         if self.norm_groups is not None:
@@ -253,6 +260,7 @@ def _unet_config(size: SDSize) -> dict:
         norm_eps=1e-5,
         cross_attention_dim=size.cross_attention_dim,
         attention_head_dim=size.attention_head_dim,
+        time_cond_proj_dim=size.time_cond_proj_dim,
     )
 
 

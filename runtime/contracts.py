@@ -172,3 +172,23 @@ CLIP_IMAGE = NetworkContract(
 CONTRACTS: dict[str, NetworkContract] = {
     c.name: c for c in (TEXT_ENCODER, UNET, UNET_CAPTURE, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, VAE_DECODER_TINY,
                         VAE_ENCODER_TINY, SEGMENTER, CLIP_TEXT, CLIP_IMAGE)}
+
+# A UNet distilled with a guidance embedding (diffusers' ``time_cond_proj_dim``: LCM-distilled models) takes it
+# as a further input; such a folder's manifest has the dim. (DeepCache's split UNets do not take it: that
+# export refuses such a UNet.)
+GUIDANCE_DIM = "time_cond_proj_dim"
+TIMESTEP_COND = _f32("timestep_cond", "batch", GUIDANCE_DIM)
+_TAKES_GUIDANCE = ("unet",)
+
+
+def network_contract(name: str, dims: dict[str, int]) -> NetworkContract:
+    """The contract of network ``name`` in an engine folder of these manifest ``dims``: ``CONTRACTS[name]``,
+    with ``timestep_cond`` after ``timestep`` for a UNet where ``dims`` has a guidance embedding size."""
+    contract = CONTRACTS[name]
+    if name not in _TAKES_GUIDANCE or dims.get(GUIDANCE_DIM) is None:
+        return contract
+    at = [s.name for s in contract.inputs].index("timestep") + 1
+    inputs = (*contract.inputs[:at], TIMESTEP_COND, *contract.inputs[at:])
+    return NetworkContract(contract.name, inputs=inputs, outputs=contract.outputs,
+                           doc=contract.doc + " Takes the guidance-scale embedding (timestep_cond).")
+

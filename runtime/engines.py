@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .contracts import CONTRACTS, NetworkContract
+from .contracts import NetworkContract, network_contract
 from .cpu import cpu_fingerprint, default_threads, warm_up
 from .errors import InputError
 from .manifest import EngineFolderError, Manifest, load_manifest
@@ -174,7 +174,8 @@ class EngineSet:
                     f"{self.engine_dir}: no network '{name}' in the manifest "
                     f"(has: {', '.join(sorted(self.manifest.networks))})")
             file = self._files.get(name, entry.file)
-            self._open[name] = self._factory(name, self.engine_dir / file, CONTRACTS[name], self.manifest.dims)
+            self._open[name] = self._factory(name, self.engine_dir / file, network_contract(name, self.manifest.dims),
+                                              self.manifest.dims)
         return self._open[name]
 
     def wrap(self, name: str, wrapper: Callable[[Engine], Engine]) -> Engine:

@@ -1,7 +1,9 @@
 """Text → image: Stable Diffusion 1.x over any engine backend, equal to diffusers' StableDiffusionPipeline.
 
 Stages, each timed: ``encode_prompt`` (text encoder, negative and positive prompts in one batch),
-``denoise`` (classifier-free guidance in one batched UNet call per step), ``decode`` (VAE decoder: the full
+``denoise`` (classifier-free guidance in one batched UNet call per step; a UNet distilled with a guidance
+embedding, an LCM-distilled one, instead takes the guidance as its ``timestep_cond`` input, one unguided call
+a step, as diffusers does), ``decode`` (VAE decoder: the full
 one, or the tiny one that ``export --tiny-vae`` adds, by the request's ``decoder``).
 """
 from __future__ import annotations
@@ -10,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .contracts import GUIDANCE_DIM
 from .denoise import (MAX_STEPS, check_guidance, check_positive_int, check_seed, check_size, check_steps, denoise,
-                      initial_latents, unet_timestep)
+                      guidance_embedding, initial_latents, unet_timestep)
 from .engines import EngineSet
 from .errors import InputError
 from .images import decoded_to_uint8
@@ -114,7 +117,11 @@ class Txt2ImgPipeline:
         return Txt2ImgResult(images=images, timings=timings)
 
     def _generate(self, req: Txt2ImgRequest, timings: StageTimings, progress: bool) -> np.ndarray:
-        guided = req.guidance > 1.0
+        guidance_dim = self.dims.get(GUIDANCE_DIM)
+        # diffusers' do_classifier_free_guidance: off at guidance <= 1, and for a UNet with a guidance embedding
+        guided = req.guidance > 1.0 and guidance_dim is None
+        extra = {} if guidance_dim is None else {
+            "timestep_cond": guidance_embedding(req.guidance, int(guidance_dim), req.num_images)}
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
         scheduler.set_timesteps(req.steps)
         generator = TorchGenerator(req.seed)
@@ -132,7 +139,7 @@ class Txt2ImgPipeline:
         calls, cache = [0], {}
 
         def run_unet(sample: np.ndarray, t: float) -> np.ndarray:
-            feeds = {"sample": sample, "timestep": unet_timestep(t, len(sample)), "encoder_hidden_states": text}
+            feeds = {"sample": sample, "timestep": unet_timestep(t, len(sample)), "encoder_hidden_states": text, **extra}
             if not self.deepcache:
                 return unet.run(feeds)["out_sample"]
             full = calls[0] % self.deepcache == 0

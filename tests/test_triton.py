@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import NEGATIVE_TOKEN, POSITIVE_TOKEN
-from fashiongen.runtime.contracts import CONTRACTS
+from fashiongen.runtime.contracts import network_contract
 from fashiongen.runtime.engines import EngineSet
 from fashiongen.runtime.manifest import load_manifest
 from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
@@ -72,7 +72,7 @@ def test_configs_parse_back_to_the_contracts(repo, sd_engines):
     manifest = load_manifest(sd_engines)
     for name in manifest.networks:
         config = configs.parse((repo / name / "config.pbtxt").read_text())
-        contract = CONTRACTS[name]
+        contract = network_contract(name, manifest.dims)
         assert config.name == name and config.backend == "python" and config.max_batch_size == 8
         assert [i.name for i in config.input] == [s.name for s in contract.inputs]
         assert [o.name for o in config.output] == [s.name for s in contract.outputs]

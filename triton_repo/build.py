@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.contracts import CONTRACTS
+from fashiongen.runtime.contracts import network_contract
 from fashiongen.runtime.files import link_or_copy, staged_folder
 from fashiongen.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, write_json_atomic
 from fashiongen.runtime.triton_engine import model_prefix
@@ -60,8 +60,9 @@ def add_networks(root: Path, engine_dir: Path, manifest: Manifest, target: str, 
         if (root / name).exists():
             raise InputError(f"--engines: two engine folders both provide a model named '{name}'")
         model_file, files = _network_files(engine_dir, manifest, network, target)
-        config = configs.network_config(name, network, CONTRACTS[network], manifest.dims, target, model_file,
-                                        max_batch_size, instances)
+        contract = network_contract(network, manifest.dims)
+        config = configs.network_config(name, network, contract, manifest.dims, target, model_file, max_batch_size,
+                                        instances)
         _write_model(root, name, config, files, "NetworkModel" if target == "cpu" else None)
         written.append(name)
     return written

@@ -17,7 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.contracts import CONTRACTS, NetworkContract
+from fashiongen.runtime.contracts import NetworkContract, network_contract
 from fashiongen.runtime.engines import EngineSet, OrtEngine
 
 from fashiongen.runtime.cutout import CutoutPipeline
@@ -39,8 +39,9 @@ class NetworkModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.contract: NetworkContract = CONTRACTS[params["network"]]
-        self.engine = OrtEngine(_version_dir(args) / params["model_file"], self.contract, json.loads(params["dims"]))
+        dims = json.loads(params["dims"])
+        self.contract: NetworkContract = network_contract(params["network"], dims)
+        self.engine = OrtEngine(_version_dir(args) / params["model_file"], self.contract, dims)
 
     def finalize(self) -> None:
         """Release the ONNX Runtime session (its memory) when Triton unloads the model."""
