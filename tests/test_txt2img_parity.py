@@ -20,12 +20,14 @@ STEPS, SEED = 6, 19687
 def reference_images(pipe, scheduler_name: str, num_images: int = 1) -> np.ndarray:
     import torch
 
+    # the runtime's TCD takes the gamma TCDScheduler.step defaults to (0.3); the pipeline passes its own eta
+    extra = {"eta": 0.3} if scheduler_name == "tcd" else {}
     original = pipe.scheduler
     pipe.scheduler = diffusers_scheduler(scheduler_name, original.config)
     try:
         out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5,
                    height=HEIGHT, width=WIDTH, num_images_per_prompt=num_images,
-                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
+                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="np", **extra).images
     finally:
         pipe.scheduler = original
     return (out * 255).round().astype(np.uint8)

@@ -1,0 +1,142 @@
+"""Few-step LCM / TCD text → image against diffusers' StableDiffusionPipeline, with and without a UNet that
+takes a guidance embedding (``time_cond_proj_dim``, as LCM-distilled UNets do)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fashiongen.runtime.contracts import GUIDANCE_DIM
+from fashiongen.runtime.denoise import guidance_embedding
+from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from test_txt2img_parity import HEIGHT, WIDTH, assert_close_images
+
+torch = pytest.importorskip("torch")
+
+PROMPT = "a photo of a red linen shirt dress"
+NEGATIVE = "blurry"
+SEED = 4242
+COND_DIM = 16
+# an LCM checkpoint's scheduler config (as SimianLuo/LCM_Dreamshaper_v7 has it, with a shorter distillation
+# schedule so that the step limit is tested too)
+LCM_SCHEDULER = {"_class_name": "LCMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                 "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "original_inference_steps": 20,
+                 "set_alpha_to_one": True, "prediction_type": "epsilon", "timestep_scaling": 10.0,
+                 "clip_sample": False, "steps_offset": 1}
+
+
+@pytest.fixture(scope="module")
+def lcm_checkpoint(tmp_path_factory):
+    from fashiongen.random_checkpoints.sd import SDSize, write_sd_checkpoint
+
+    return write_sd_checkpoint(tmp_path_factory.mktemp("lcm") / "tiny-lcm", SDSize(time_cond_proj_dim=COND_DIM),
+                               seed=5, scheduler_config=LCM_SCHEDULER)
+
+
+@pytest.fixture(scope="module")
+def lcm_engines(tmp_path_factory, lcm_checkpoint):
+    from fashiongen.export.sd_export import export_pipeline
+
+    out = tmp_path_factory.mktemp("lcm-engines") / "tiny-lcm"
+    export_pipeline(lcm_checkpoint, out, [], progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lcm_pipe(lcm_checkpoint):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(lcm_checkpoint, safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_images(pipe, scheduler: str, steps: int, guidance: float, num_images: int = 1) -> np.ndarray:
+    import diffusers
+
+    original = pipe.scheduler
+    cls = {"lcm": diffusers.LCMScheduler, "tcd": diffusers.TCDScheduler}[scheduler]
+    pipe.scheduler = cls.from_config(original.config)
+    extra = {"eta": 0.3} if scheduler == "tcd" else {}
+    try:
+        out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=guidance,
+                   height=HEIGHT, width=WIDTH, num_images_per_prompt=num_images,
+                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="np", **extra).images
+    finally:
+        pipe.scheduler = original
+    return (out * 255).round().astype(np.uint8)
+
+
+def ours(engines, scheduler: str | None, steps: int, guidance: float, num_images: int = 1) -> np.ndarray:
+    request = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=SEED, steps=steps, guidance=guidance,
+                             scheduler=scheduler, height=HEIGHT, width=WIDTH, num_images=num_images)
+    return Txt2ImgPipeline(EngineSet(engines))(request, progress=False).images
+
+
+# -- a UNet with a guidance embedding ----------------------------------------------------------------------
+def test_export_adds_timestep_cond(lcm_engines):
+    manifest = json.loads((lcm_engines / "manifest.json").read_text())
+    assert manifest["dims"][GUIDANCE_DIM] == COND_DIM
+    inputs = {i["name"]: i["shape"] for i in manifest["networks"]["unet"]["inputs"]}
+    assert inputs["timestep_cond"] == ["batch", COND_DIM]
+    assert manifest["scheduler_config"]["_class_name"] == "LCMScheduler"
+
+
+def test_guidance_embedding_matches_diffusers(lcm_pipe):
+    """Equal up to float32 resolution of the largest angle, 1000 (w - 1): torch's vectorized float32 sin / cos
+    of a large angle are not correctly rounded."""
+    for w, dim in [(8.0, 256), (2.0, 256), (1.0, 16), (0.0, 16), (3.5, 15)]:
+        want = lcm_pipe.get_guidance_scale_embedding(torch.tensor(w - 1).repeat(2), embedding_dim=dim).numpy()
+        angle_ulp = float(np.spacing(np.float32(1000 * abs(w - 1))))
+        np.testing.assert_allclose(guidance_embedding(w, dim, 2), want, rtol=0, atol=max(2 * angle_ulp, 1e-6))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_lcm_with_guidance_embedding(lcm_engines, lcm_pipe, steps):
+    """No --scheduler: the checkpoint's LCMScheduler; guidance 8 goes in as the embedding, no CFG batch."""
+    assert_close_images(ours(lcm_engines, None, steps, 8.0), diffusers_images(lcm_pipe, "lcm", steps, 8.0))
+
+
+@pytest.mark.parametrize("scheduler,guidance,num_images", [("lcm", 1.0, 2), ("tcd", 3.0, 1), ("tcd", 1.0, 2)])
+def test_embedding_unet_other_settings(lcm_engines, lcm_pipe, scheduler, guidance, num_images):
+    assert_close_images(ours(lcm_engines, scheduler, 4, guidance, num_images),
+                        diffusers_images(lcm_pipe, scheduler, 4, guidance, num_images))
+
+
+def test_guidance_changes_the_embedding_image(lcm_engines):
+    assert np.abs(ours(lcm_engines, "lcm", 2, 8.0).astype(int) - ours(lcm_engines, "lcm", 2, 2.0).astype(int)).max() > 0
+
+
+def test_triton_unet_config_takes_timestep_cond(lcm_engines, tmp_path):
+    """The Triton configs follow the contracts: the UNet model of an LCM folder declares timestep_cond."""
+    pytest.importorskip("pytriton", reason="the serve extra")
+    from fashiongen.triton_repo import configs
+    from fashiongen.triton_repo.build import write_repository
+
+    write_repository([lcm_engines], tmp_path / "repo", max_batch_size=4, pipeline_instances=1, max_steps=20)
+    unet = configs.parse((tmp_path / "repo" / "unet" / "config.pbtxt").read_text())
+    assert [i.name for i in unet.input] == ["sample", "timestep", "timestep_cond", "encoder_hidden_states"]
+    assert list(next(i for i in unet.input if i.name == "timestep_cond").dims) == [COND_DIM]
+
+
+# -- a plain UNet (an LCM-LoRA-style setup: no embedding; CFG only above guidance 1) ----------------------
+@pytest.mark.parametrize("scheduler,steps,guidance", [("lcm", 1, 1.0), ("lcm", 4, 1.0), ("lcm", 4, 2.5),
+                                                      ("tcd", 2, 1.0), ("tcd", 8, 1.5)])
+def test_plain_unet(sd_engines, diffusers_pipe, scheduler, steps, guidance):
+    assert_close_images(ours(sd_engines, scheduler, steps, guidance),
+                        diffusers_images(diffusers_pipe, scheduler, steps, guidance))
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+def test_steps_beyond_original_inference_steps(lcm_engines, lcm_pipe):
+    with pytest.raises(ValueError, match="original_steps"):  # diffusers refuses them
+        diffusers_images(lcm_pipe, "lcm", 21, 1.0)
+    for scheduler in (None, "lcm", "tcd"):
+        with pytest.raises(InputError) as err:
+            ours(lcm_engines, scheduler, 21, 1.0)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith("steps: must be an integer from 1 to 20 (got 21)")
+        assert "original_inference_steps=20" in message
