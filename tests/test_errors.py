@@ -101,6 +101,8 @@ def generate(capsys, engines, out, *extra) -> str:
     (("--seed", "-1"), "--seed: must be an integer"),
     (("--scheduler", "turbo"), "--scheduler: unknown 'turbo'; known: ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lcm, "
      "lms, pndm, tcd, unipc"),
+    (("--scheduler", "lcm", "--steps", "51"), "--steps: must be an integer from 1 to 50 (got 51); the lcm scheduler "
+     "takes at most its original_inference_steps=50"),
 ])
 def test_bad_generate_arguments(capsys, tmp_path, sd_engines, extra, expected):
     out = tmp_path / "x.png"
