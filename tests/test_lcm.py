@@ -140,3 +140,10 @@ def test_steps_beyond_original_inference_steps(lcm_engines, lcm_pipe):
         message = str(err.value)
         assert "\n" not in message and message.startswith("steps: must be an integer from 1 to 20 (got 21)")
         assert "original_inference_steps=20" in message
+
+
+def test_deepcache_refuses_a_guidance_embedding_unet(lcm_checkpoint, lcm_engines):
+    from fashiongen.export.deepcache import export_deepcache
+
+    with pytest.raises(InputError, match="time_cond_proj_dim=16.*DeepCache does not support it"):
+        export_deepcache(lcm_checkpoint, lcm_engines)
