@@ -9,9 +9,10 @@ import pytest
 
 from fashiongen.runtime.contracts import GUIDANCE_DIM
 from fashiongen.runtime.denoise import guidance_embedding
-from fashiongen.runtime.engines import EngineSet
+from fashiongen.runtime.engines import EngineSet, backend_factory
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+from conftest import OPENVINO_MARKS
 from test_txt2img_parity import HEIGHT, WIDTH, assert_close_images
 
 torch = pytest.importorskip("torch")
@@ -70,10 +71,11 @@ def diffusers_images(pipe, scheduler: str, steps: int, guidance: float, num_imag
     return (out * 255).round().astype(np.uint8)
 
 
-def ours(engines, scheduler: str | None, steps: int, guidance: float, num_images: int = 1) -> np.ndarray:
+def ours(engines, scheduler: str | None, steps: int, guidance: float, num_images: int = 1,
+         backend: str = "ort") -> np.ndarray:
     request = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=SEED, steps=steps, guidance=guidance,
                              scheduler=scheduler, height=HEIGHT, width=WIDTH, num_images=num_images)
-    return Txt2ImgPipeline(EngineSet(engines))(request, progress=False).images
+    return Txt2ImgPipeline(EngineSet(engines, backend_factory(backend)))(request, progress=False).images
 
 
 # -- a UNet with a guidance embedding ----------------------------------------------------------------------
@@ -104,6 +106,12 @@ def test_lcm_with_guidance_embedding(lcm_engines, lcm_pipe, steps):
 def test_embedding_unet_other_settings(lcm_engines, lcm_pipe, scheduler, guidance, num_images):
     assert_close_images(ours(lcm_engines, scheduler, 4, guidance, num_images),
                         diffusers_images(lcm_pipe, scheduler, 4, guidance, num_images))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("openvino", marks=OPENVINO_MARKS)])
+def test_embedding_unet_on_openvino(lcm_engines, lcm_pipe, backend):
+    """The CPU fast path's backend runs the timestep_cond UNet too."""
+    assert_close_images(ours(lcm_engines, "lcm", 4, 8.0, backend=backend), diffusers_images(lcm_pipe, "lcm", 4, 8.0))
 
 
 def test_guidance_changes_the_embedding_image(lcm_engines):
