@@ -41,14 +41,18 @@ def _numel(shape) -> int:
 
 
 def flop_floor(engines: Path, manifest, size: int, peak: float) -> dict:
-    """The UNet's (batch 2: guidance) and the VAE decoder's GFLOP at ``size`` px, and their shortest
-    possible times at ``peak`` GFLOP/s."""
-    from fashiongen.runtime.contracts import UNET, VAE_DECODER
+    """The UNet's GFLOP per step (batch 2 for classifier-free guidance; 1 for a UNet that takes the guidance
+    embedding, which runs no guidance batch) and the VAE decoder's at ``size`` px, and their shortest possible
+    times at ``peak`` GFLOP/s."""
+    from fashiongen.runtime.contracts import GUIDANCE_DIM, UNET, VAE_DECODER, network_contract
 
     latent = size // int(manifest.vae.downscale)
     sizes = {"latent_height": latent, "latent_width": latent, "image_height": size, "image_width": size}
-    unet = network_gflop(engines / "unet.onnx", UNET, manifest.dims, {**sizes, "batch": 2})
-    vae = network_gflop(engines / "vae_decoder.onnx", VAE_DECODER, manifest.dims, {**sizes, "batch": 1})
+    batch = 1 if manifest.dims.get(GUIDANCE_DIM) is not None else 2
+    unet = network_gflop(engines / "unet.onnx", network_contract(UNET.name, manifest.dims), manifest.dims,
+                         {**sizes, "batch": batch})
+    vae = network_gflop(engines / "vae_decoder.onnx", network_contract(VAE_DECODER.name, manifest.dims), manifest.dims,
+                        {**sizes, "batch": 1})
     return {"latent": latent, "counts": unet, "unet_gflop_per_step": unet["total"],
             "floor_step_s": unet["total"] / peak, "vae_gflop": vae["total"], "floor_vae_s": vae["total"] / peak}
 

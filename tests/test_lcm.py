@@ -155,3 +155,21 @@ def test_deepcache_refuses_a_guidance_embedding_unet(lcm_checkpoint, lcm_engines
 
     with pytest.raises(InputError, match="time_cond_proj_dim=16.*DeepCache does not support it"):
         export_deepcache(lcm_checkpoint, lcm_engines)
+
+
+@pytest.mark.parametrize("folder", [pytest.param("lcm", marks=OPENVINO_MARKS), pytest.param("plain", marks=OPENVINO_MARKS)])
+def test_the_cpu_benchs_flop_count_reads_a_guidance_embedding_unet(folder, lcm_engines, sd_engines):
+    """bench/cpu_compare.py's FLOP floor on an LCM folder: the UNet is fed its timestep_cond and counted at batch 1
+    (it runs no guidance batch); a plain UNet at batch 2."""
+    from fashiongen.bench.flops import flop_floor, network_gflop
+    from fashiongen.runtime.contracts import network_contract
+    from fashiongen.runtime.manifest import load_manifest
+
+    engines = lcm_engines if folder == "lcm" else sd_engines
+    manifest = load_manifest(engines)
+    floor = flop_floor(engines, manifest, 64, peak=100.0)
+    latent = floor["latent"]
+    guided = network_gflop(engines / "unet.onnx", network_contract("unet", manifest.dims), manifest.dims,
+                           {"latent_height": latent, "latent_width": latent, "batch": 2})["total"]
+    per_step = guided / 2 if folder == "lcm" else guided
+    assert floor["unet_gflop_per_step"] == pytest.approx(per_step, rel=1e-6) and floor["vae_gflop"] > 0
