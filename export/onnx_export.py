@@ -129,3 +129,15 @@ def seeded_feeds(contract: NetworkContract, shapes: dict[str, tuple[int, ...]], 
         else:
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     return feeds
+
+
+class VaeDecoderNet(torch.nn.Module):
+    """The decoder of a diffusers autoencoder (AutoencoderKL, or AutoencoderTiny for ``--tiny-vae``) as diffusers'
+    pipelines call it: the latents divided by the autoencoder's own ``scaling_factor``, then decoded."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent / self.vae.config.scaling_factor, return_dict=False)[0]

@@ -28,7 +28,7 @@ from fashiongen.runtime.manifest import (MANIFEST_NAME, Manifest, NetworkEntry, 
 
 from .embeddings import LearnedEmbedding, bake_embeddings
 from .lora import LoraFile, merge_loras
-from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
+from .onnx_export import DEFAULT_OPSET, VaeDecoderNet, export_network_entry, seeded_feeds
 from .segformer_export import SEGMENTER_STAGES, export_segmenter
 from .tiny_vae import TINY_VAE_STAGES, check_tiny_vae, export_tiny_vae
 
@@ -64,15 +64,6 @@ class GuidedUNetNet(UNetNet):
 
     def forward(self, sample, timestep, timestep_cond, encoder_hidden_states):
         return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
-
-
-class VaeDecoderNet(torch.nn.Module):
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent):
-        return self.vae.decode(latent / self.vae.config.scaling_factor, return_dict=False)[0]
 
 
 class VaeEncoderNet(torch.nn.Module):

@@ -27,21 +27,12 @@ from fashiongen.runtime.contracts import VAE_DECODER_TINY, VAE_ENCODER_TINY
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.manifest import NetworkEntry, sha256_file
 
-from .onnx_export import export_network_entry, seeded_feeds
+from .onnx_export import VaeDecoderNet, export_network_entry, seeded_feeds
 
 ARG = "--tiny-vae"
 CLASS_NAME = "AutoencoderTiny"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TINY_VAE_STAGES = 2  # two networks
-
-
-class TinyVaeDecoderNet(torch.nn.Module):
-    def __init__(self, tiny):
-        super().__init__()
-        self.tiny = tiny
-
-    def forward(self, latent):
-        return self.tiny.decode(latent / self.tiny.config.scaling_factor, return_dict=False)[0]
 
 
 class TinyVaeEncoderNet(torch.nn.Module):
@@ -129,7 +120,7 @@ def export_tiny_vae(folder: Path, checkpoint_scaling_factor: float, dims: dict[s
     tiny = load_tiny_vae(folder)
     c = dims["latent_channels"]
     plan = [
-        (VAE_DECODER_TINY, TinyVaeDecoderNet(tiny), {"latent": (2, c, 9, 7)}, {"latent": (1, c, 8, 6)}),
+        (VAE_DECODER_TINY, VaeDecoderNet(tiny), {"latent": (2, c, 9, 7)}, {"latent": (1, c, 8, 6)}),
         (VAE_ENCODER_TINY, TinyVaeEncoderNet(tiny, checkpoint_scaling_factor),
          {"image": (2, 3, 9 * down, 7 * down)}, {"image": (1, 3, 8 * down, 6 * down)}),
     ]
