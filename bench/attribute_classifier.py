@@ -12,14 +12,17 @@ product view as rendered), and approach 1's cutout of a worn image (trained on t
 :func:`fashiongen.runtime.compositing.composite` with the command's default options, :func:`cutout_options`).
 A cutout keeps the garment small where the figure wore it; a product shot fills the frame. So every input is
 first framed alike (:func:`normalise`): cropped to its content (pixels darker than near-white, on rows and
-columns holding at least two of them, so that a stray speck of a generated background does not widen the box),
+columns holding at least two of them, so that a stray speck of a generated background does not widen the box,
+and not in a thin band along the image's sides, where a VAE decoder draws a faint grey frame that would
+otherwise make the box the whole image and the garment small),
 scaled into a white square with a margin as ``--frame`` frames a cutout, at :data:`INPUT_SIZE`.
 
 Training: the shared loop (:func:`fashiongen.training.runs.train`: AdamW, warm-up, clipping, EMA of the
 weights), cross-entropy summed over one head per attribute (each with an ``n/a`` class where an attribute can
-be absent). Light augmentation drawn from the step's generator: scale 0.8-1.05 and shift up to 8% (white fills
-in), a horizontal flip (garments here are symmetric), contrast against white 0.9-1.1 (white stays white), and
-a slight blur on half the batch (generated images are softer than renders).
+be absent). Augmentation drawn from the step's generator: scale 0.8-1.05 and shift up to 8% (white fills
+in), a horizontal flip (garments here are symmetric), contrast against white 0.9-1.1 (white stays white), a
+Gaussian blur of up to 3 px on three quarters of the batch and a little pixel noise (generated images are
+softer than renders; see :func:`augment`).
 
 Files: ``FILE.safetensors`` (the weights) and ``FILE.json`` (the label vocabulary, input size, widths, and a
 record of the training: data, steps, seed, seconds, losses, held-out accuracy).
@@ -57,6 +60,10 @@ INPUT_SIZE = 96     # the network's square input: a product shot's neckline and 
 WIDTHS = (32, 48, 64, 96, 128, 128)  # the stem's, then one conv block's each
 CONTENT_LEVEL = 240  # a pixel darker than this in some channel is garment, not white background
 MARGIN = 0.04       # white border of the framed input, a fraction of its side
+EDGE = 0.03         # a band this deep at each side is not content: decoders draw grey frames there
+MAX_BLUR = 3.0      # training augmentation: Gaussian blur sigma up to this, in px of the input
+BLURRED_FRACTION = 0.75  # of each batch; the rest stays as rendered
+MAX_NOISE = 0.03    # pixel noise std up to this, on [0, 1] pixels
 VIEWS = ("product", "worn")  # product view as rendered; worn view cut out as `generate --cutout auto` does
 
 
@@ -76,6 +83,8 @@ def normalise(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     ``size`` x ``size`` square with a margin (the whole image when nothing is darker than near-white)."""
     rgb = as_rgb(image)
     content = rgb.min(axis=-1) < CONTENT_LEVEL
+    edge = max(1, round(EDGE * min(content.shape)))
+    content[:edge], content[-edge:], content[:, :edge], content[:, -edge:] = False, False, False, False
     rows = np.flatnonzero(content.sum(axis=1) >= 2)
     cols = np.flatnonzero(content.sum(axis=0) >= 2)
     alpha = np.zeros(rgb.shape[:2], np.uint8)
@@ -147,7 +156,12 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Scale, shift, flip, contrast against white and a slight blur, per image, drawn from ``generator``."""
+    """Scale, shift, flip, contrast against white, blur and noise, per image, drawn from ``generator``.
+
+    The blur is strong on purpose (Gaussian, sigma up to :data:`MAX_BLUR` px at the input size, on most of the
+    batch): a generator at 128 px draws through an autoencoder, and a judge trained on crisp renders only
+    named a plain red shirt's colour right on 100% of renders but on 56% of the same renders blurred by sigma
+    2.5, when its colour is plain to see. A judge should not score sharpness as a wrong attribute."""
     import torch.nn.functional as F
 
     n = x.shape[0]
@@ -164,11 +178,29 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     darkness = F.grid_sample(1.0 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     darkness = darkness * uniform(0.9, 1.1, 1, 1, 1)  # contrast against white: white stays white
-    kernel = torch.tensor([1.0, 2.0, 1.0])
-    kernel = (kernel[:, None] * kernel[None, :] / 16.0).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(darkness, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
-    soft = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
-    return (1.0 - torch.where(soft, blurred, darkness)).clamp(0.0, 1.0)
+    sigma = uniform(0.0, MAX_BLUR) * (torch.rand(n, generator=generator) < BLURRED_FRACTION)
+    darkness = gaussian_blur(darkness, sigma)
+    noise = torch.randn(darkness.shape, generator=generator) * uniform(0.0, MAX_NOISE, 1, 1, 1)
+    return (1.0 - darkness + noise).clamp(0.0, 1.0)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image of N x C x H x W ``x`` blurred by its own Gaussian of ``sigma[i]`` px (0: unchanged),
+    separably, with replicated borders."""
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    radius = int(np.ceil(3 * float(sigma.max()))) if len(sigma) else 0
+    if radius == 0:
+        return x
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (offsets[None, :] / sigma.clamp(min=1e-3)[:, None]) ** 2)
+    weights = torch.where(sigma[:, None] > 0, weights, (offsets == 0).to(x.dtype)[None, :])
+    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    flat = F.pad(x.reshape(1, n * c, h, w), (radius,) * 4, mode="replicate")
+    flat = F.conv2d(flat, weights[:, None, :, None], groups=n * c)
+    flat = F.conv2d(flat, weights[:, None, None, :], groups=n * c)
+    return flat.reshape(n, c, h, w)
 
 
 def model_input(x01: torch.Tensor) -> torch.Tensor:
@@ -228,7 +260,7 @@ def _labels(truths: Sequence[dict], vocab: dict[str, list[str]]) -> np.ndarray:
     return np.asarray([[vocab[a].index(NA if t[a] is None else t[a]) for a in vocab] for t in truths], np.int64)
 
 
-def train_classifier(data: Path, out_file: Path, steps: int = 800, seed: int = 0, batch_size: int = 48,
+def train_classifier(data: Path, out_file: Path, steps: int = 1200, seed: int = 0, batch_size: int = 48,
                      learning_rate: float = 2e-3, size: int = INPUT_SIZE, progress: bool = True,
                      evaluate_on: Sequence[str] = ("test", "unseen")) -> AttributeClassifier:
     """Train on the ``train`` split of both views of the data set in ``data``; write ``out_file`` (safetensors)

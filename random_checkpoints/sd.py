@@ -71,7 +71,11 @@ class SDSize:
     text_heads: int = 2
     text_intermediate: int = 64
     vae_channels: tuple[int, ...] = (32, 32, 32, 32)  # 4 blocks -> latent downscale 8, as SD
-    unet_in_channels: int = 4  # 8 gives an InstructPix2Pix-style UNet (latent + image latent)
+    # Channels of the VAE's latent (SD 1.x: 4). More keep more of the image (a small VAE's ceiling) at the cost
+    # of a harder denoising target; the runtime reads the number from the engine folder's manifest.
+    latent_channels: int = 4
+    # None: latent_channels (text to image); twice that gives an InstructPix2Pix-style UNet (latent + image latent)
+    unet_in_channels: int | None = None
     sample_size: int = 32  # latent side the UNet config advertises; images are 8x that
     # GroupNorm groups of the UNet and the VAE. None: SD's 32, or fewer where a width is not a multiple of 32.
     # A small model may want fewer: with one channel a group, GroupNorm is InstanceNorm (measured on the demo's
@@ -91,9 +95,13 @@ class SDSize:
         if self.cross_attention_dim % self.text_heads:
             raise ValueError(f"SDSize.cross_attention_dim={self.cross_attention_dim} must be divisible by "
                              f"text_heads={self.text_heads}")
-        if self.unet_in_channels not in (4, 8):
-            raise ValueError(f"SDSize.unet_in_channels must be 4 (text-to-image) or 8 (InstructPix2Pix), "
-                             f"got {self.unet_in_channels}")
+        if not isinstance(self.latent_channels, int) or self.latent_channels < 1:
+            raise ValueError(f"SDSize.latent_channels must be a positive integer, got {self.latent_channels!r}")
+        if self.unet_in_channels is None:
+            object.__setattr__(self, "unet_in_channels", self.latent_channels)
+        if self.unet_in_channels not in (self.latent_channels, 2 * self.latent_channels):
+            raise ValueError(f"SDSize.unet_in_channels must be latent_channels={self.latent_channels} (text-to-image) "
+                             f"or twice that (InstructPix2Pix), got {self.unet_in_channels}")
         if self.time_cond_proj_dim is not None and (not isinstance(self.time_cond_proj_dim, int)
                                                     or self.time_cond_proj_dim < 1):
             raise ValueError(f"SDSize.time_cond_proj_dim must be None or a positive integer, "
@@ -105,6 +113,10 @@ class SDSize:
             if bad:
                 raise ValueError(f"SDSize.norm_groups={self.norm_groups} must divide every UNet and VAE width; "
                                  f"{bad} are not multiples of it")
+
+    @property
+    def is_pix2pix(self) -> bool:
+        return self.unet_in_channels == 2 * self.latent_channels
 
     @property
     def vae_scale_factor(self) -> int:
@@ -245,7 +257,7 @@ def _unet_config(size: SDSize) -> dict:
     return dict(
         sample_size=size.sample_size,
         in_channels=size.unet_in_channels,
-        out_channels=4,
+        out_channels=size.latent_channels,
         center_input_sample=False,
         flip_sin_to_cos=True,
         freq_shift=0,
@@ -274,7 +286,7 @@ def _vae_config(size: SDSize) -> dict:
         block_out_channels=tuple(size.vae_channels),
         layers_per_block=size.layers_per_block,
         act_fn="silu",
-        latent_channels=4,
+        latent_channels=size.latent_channels,
         norm_num_groups=size.norm_groups or _group_norm_groups(size.vae_channels),
         sample_size=size.sample_size * size.vae_scale_factor,
         scaling_factor=0.18215,
@@ -397,7 +409,7 @@ def write_sd_checkpoint(out_dir: str | os.PathLike, size: SDSize = TINY, seed: i
         from transformers import CLIPTokenizer
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
 
-        cls = StableDiffusionInstructPix2PixPipeline if size.unet_in_channels == 8 else StableDiffusionPipeline
+        cls = StableDiffusionInstructPix2PixPipeline if size.is_pix2pix else StableDiffusionPipeline
         pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         # save the networks and model_index.json; the tokenizer we wrote ourselves (real-vocab files)
@@ -543,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
 
     size = FULL_SD15 if args.full_size else TINY
     if args.pix2pix:
-        size = SDSize(**{**size.__dict__, "unet_in_channels": 8})
+        size = SDSize(**{**size.__dict__, "unet_in_channels": 2 * size.latent_channels})
     t0 = time.perf_counter()
     try:
         out = write_sd_checkpoint(args.out, size=size, seed=args.seed)

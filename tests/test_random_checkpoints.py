@@ -204,6 +204,27 @@ def test_pix2pix_unet(tmp_path):
     assert out.shape == (1, 48, 64, 3)
 
 
+def test_more_latent_channels_reach_the_vae_the_unet_and_the_export(tmp_path):
+    """A VAE with 8 latent channels (more of a small VAE's image kept): the UNet reads and predicts 8, the
+    InstructPix2Pix variant reads 16, and the export's manifest gives the runtime the number."""
+    from fashiongen.export.sd_export import export_pipeline
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+    ck = write_sd_checkpoint(tmp_path / "l8", SDSize(latent_channels=8), seed=0)
+    pipe = _load(ck)
+    assert pipe.vae.config.latent_channels == 8
+    assert (pipe.unet.config.in_channels, pipe.unet.config.out_channels) == (8, 8)
+    assert _generate(pipe).shape == (1, 48, 64, 3)
+    assert SDSize(latent_channels=8, unet_in_channels=16).is_pix2pix
+    with pytest.raises(ValueError, match="unet_in_channels must be latent_channels=8"):
+        SDSize(latent_channels=8, unet_in_channels=4)
+    manifest = export_pipeline(ck, tmp_path / "engines", progress=False)
+    assert manifest.dims["latent_channels"] == 8 and manifest.kind == "txt2img"
+    request = Txt2ImgRequest(prompt="a red shirt", seed=1, steps=2, height=48, width=64)
+    assert Txt2ImgPipeline(EngineSet(tmp_path / "engines"))(request, progress=False).images[0].shape == (48, 64, 3)
+
+
 def test_other_scheduler_selectable(tmp_path):
     cfg = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
     cfg["_class_name"] = "EulerDiscreteScheduler"

@@ -155,7 +155,7 @@ def base_geometry(args, config: dict | None) -> dict:
     latent size and input channels, the latent channels (from --config, or the base's config files)."""
     if config is not None:
         return {"downscale": 2 ** (len(config["vae_channels"]) - 1), "sample_size": config["sample_size"],
-                "unet_in_channels": config["unet_in_channels"], "latent_channels": 4}
+                "unet_in_channels": config["unet_in_channels"], "latent_channels": config["latent_channels"]}
     model = check_base(Path(args.model))
     unet, vae = (json.loads((model / part / "config.json").read_text()) for part in ("unet", "vae"))
     return {"downscale": 2 ** (len(vae["block_out_channels"]) - 1), "sample_size": unet["sample_size"],
