@@ -108,7 +108,7 @@ def caption_images(model, processor, images: list[np.ndarray]) -> list[str]:
     import torch
     from PIL import Image
 
-    inputs = processor(images=[Image.fromarray(i) for i in images], return_tensors="pt")
+    inputs = processor(images=[Image.fromarray(i) for i in images], return_tensors="pt").to(model.device)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=CAPTION_MAX_TOKENS)
     return [c.strip() for c in processor.batch_decode(out, skip_special_tokens=True)]

@@ -178,9 +178,10 @@ def contrastive_loss(logits_per_text, groups):
     captions the target is the identity and this is CLIP's loss (transformers' ``clip_loss``)."""
     import torch.nn.functional as F
 
-    same = (groups[:, None] == groups[None, :]).to(logits_per_text.dtype)
+    logits = logits_per_text.float()  # soft targets and log-softmax in float32, under autocast too
+    same = (groups[:, None] == groups[None, :]).float()
     target = same / same.sum(1, keepdim=True)  # symmetric: a row's sum is its group's size, as its column's
-    return (F.cross_entropy(logits_per_text, target) + F.cross_entropy(logits_per_text.t(), target)) / 2
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
