@@ -99,13 +99,19 @@ class Captioner:
         self.source = str(model_dir.absolute())
 
     def __call__(self, images: list[np.ndarray]) -> list[str]:
-        import torch
-        from PIL import Image
+        return caption_images(self.model, self.processor, images)
 
-        inputs = self.processor(images=[Image.fromarray(i) for i in images], return_tensors="pt")
-        with torch.no_grad():
-            out = self.model.generate(**inputs, max_new_tokens=CAPTION_MAX_TOKENS)
-        return [c.strip() for c in self.processor.batch_decode(out, skip_special_tokens=True)]
+
+def caption_images(model, processor, images: list[np.ndarray]) -> list[str]:
+    """Greedy captions of uint8 RGB images, as the index writes them (``train-captioner`` scores its held-out
+    images with this too, so its numbers are the index's)."""
+    import torch
+    from PIL import Image
+
+    inputs = processor(images=[Image.fromarray(i) for i in images], return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=CAPTION_MAX_TOKENS)
+    return [c.strip() for c in processor.batch_decode(out, skip_special_tokens=True)]
 
 
 def _link_tree(src: Path, dst: Path) -> None:

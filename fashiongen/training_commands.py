@@ -19,6 +19,10 @@ COMMANDS = {
                         "learn a new token by textual inversion (A1111 .pt and diffusers files)"),
     "train-segmenter": ("fashiongen.training.segmenter",
                         "train a SegFormer clothes segmenter on images and label maps"),
+    "train-clip": ("fashiongen.training.contrastive",
+                   "train or fine-tune a CLIP contrastively on captioned images (catalog retrieval)"),
+    "train-captioner": ("fashiongen.training.captioning",
+                        "train or fine-tune a BLIP captioner on captioned images (catalog captions)"),
 }
 
 

@@ -74,20 +74,8 @@ class ClipEncoder:
         return unit(self.engines["clip_text"].run({"input_ids": ids})["text_embeds"])
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """uint8 image to CLIP pixel values (3 x S x S), as transformers' ``CLIPImageProcessor`` makes them:
-        resize (shortest edge, PIL), center crop, rescale, normalize. RGBA is composited onto white."""
-        from PIL import Image
-
-        cfg = self.preprocessing
-        image = as_rgb(image)
-        if cfg["do_resize"]:
-            height, width = resized_shape(*image.shape[:2], cfg["size"])
-            image = np.asarray(Image.fromarray(image).resize((width, height), resample=cfg["resample"]))
-        if cfg["crop_size"]:
-            image = center_crop(image, cfg["crop_size"]["height"], cfg["crop_size"]["width"])
-        x = (image.astype(np.float64) * cfg["rescale_factor"]).astype(np.float32)
-        x = (x - np.asarray(cfg["image_mean"], np.float32)) / np.asarray(cfg["image_std"], np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+        """uint8 image to CLIP pixel values (3 x S x S), as transformers' ``CLIPImageProcessor`` makes them."""
+        return ClipPreprocess(self.preprocessing)(image)
 
     def encode_images(self, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
         out = [np.zeros((0, self.dim), np.float32)]
@@ -95,6 +83,42 @@ class ClipEncoder:
             pixels = np.stack([self.preprocess(i) for i in images[start:start + batch_size]])
             out.append(self.engines["clip_image"].run({"pixel_values": pixels})["image_embeds"])
         return unit(np.concatenate(out))
+
+
+@dataclass(frozen=True)
+class ClipPreprocess:
+    """``CLIPImageProcessor``'s steps with a checkpoint's settings (the manifest's ``clip.image`` section, as
+    ``export.clip_export.image_preprocessing`` reads them), in numpy and PIL.
+
+    Two halves, so that ``train-clip`` can crop each image once and normalise each batch: :meth:`crop` (resize
+    the shortest edge, center crop; uint8 in, uint8 out) and :meth:`normalize` (rescale, normalise, channels
+    first); a call does both, which is what serving does to a catalog image.
+    """
+
+    settings: dict
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """uint8 HWC (RGBA composited onto white) resized and center-cropped to the model's input, uint8 HWC."""
+        from PIL import Image
+
+        cfg = self.settings
+        image = as_rgb(image)
+        if cfg["do_resize"]:
+            height, width = resized_shape(*image.shape[:2], cfg["size"])
+            image = np.asarray(Image.fromarray(image).resize((width, height), resample=cfg["resample"]))
+        if cfg["crop_size"]:
+            image = center_crop(image, cfg["crop_size"]["height"], cfg["crop_size"]["width"])
+        return image
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [..., H, W, 3] to float32 [..., 3, H, W]: rescaled (in float64, as transformers) and normalised."""
+        cfg = self.settings
+        x = (images.astype(np.float64) * cfg["rescale_factor"]).astype(np.float32)
+        x = (x - np.asarray(cfg["image_mean"], np.float32)) / np.asarray(cfg["image_std"], np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3), dtype=np.float32)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.normalize(self.crop(image))
 
 
 def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -102,15 +102,14 @@ class RunFolder:
     def save(self, step: int, modules: dict[str, torch.nn.Module], states: dict[str, dict]) -> Path:
         """Write checkpoint ``step`` (modules as safetensors, other states as tensors and numbers), then drop
         older ones."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         target = self.out / CHECKPOINTS / f"step-{step:07d}"
         stage = target.with_name(target.name + ".partial")
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        for name, module in modules.items():
-            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-                      stage / f"{name}.safetensors")
+        for name, module in modules.items():  # save_model: tied weights (BLIP's decoder and embeddings) once
+            save_model(module, str(stage / f"{name}.safetensors"))
         torch.save(states, stage / "state.pt")
         (stage / "progress.json").write_text(json.dumps({"step": step, "losses": self.losses}))
         stage.rename(target)
@@ -120,10 +119,10 @@ class RunFolder:
 
     def load(self, checkpoint: Path, modules: dict[str, torch.nn.Module]) -> tuple[int, dict]:
         """Restore ``modules`` in place; return the step and the other states."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         for name, module in modules.items():
-            module.load_state_dict(load_file(checkpoint / f"{name}.safetensors"))
+            load_model(module, str(checkpoint / f"{name}.safetensors"))  # copied onto the module's device
         progress = json.loads((checkpoint / "progress.json").read_text())
         self.losses = progress["losses"]
         return progress["step"], torch.load(checkpoint / "state.pt", weights_only=True)

@@ -24,24 +24,22 @@ with ``--eval-data``, the held-out per-class IoU and their mean over the classes
 """
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.files import staged_folder
 from fashiongen.runtime.segmentation import SegPreprocess
 
 from .imagefolder import load_label_map, open_image, read_rows
 from .options import Schedule, add_schedule_arguments, schedule_from_args
+from .transformers_models import (MODEL_DIR, add_run_arguments, print_summary, read_size, run_record, schedule_identity,
+                                  step_batch, write_model)
 
-MODEL_DIR = "model"
-RECORD_FILE = "training.json"
 IGNORE_INDEX = 255  # SegformerConfig.semantic_loss_ignore_index: pixels of this value count for nothing
 DEFAULT_ZOOM = 1.25
 
@@ -60,22 +58,16 @@ class TrainedSegmenter:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
-                   help="imagefolder: images and a metadata.jsonl whose rows have file_name and label_file (a "
-                        "class-index PNG the size of its image); repeatable")
-    base = p.add_mutually_exclusive_group(required=True)
-    base.add_argument("--model", type=Path, metavar="DIR",
-                      help="transformers SegFormer folder to fine-tune (config.json with id2label, weights, "
-                           "preprocessor_config.json), e.g. mattmdjaga/segformer_b2_clothes")
-    base.add_argument("--config", type=Path, metavar="FILE.json",
-                      help="a new model with random weights: a JSON object of SegformerSize fields (hidden_sizes, "
-                           "depths, num_attention_heads, sr_ratios, mlp_ratios, decoder_hidden_size, image_size)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="run folder: run.json, checkpoints/, and the trained model in model/")
+    add_run_arguments(
+        p, data="imagefolder: images and a metadata.jsonl whose rows have file_name and label_file (a class-index "
+                "PNG the size of its image)",
+        model="transformers SegFormer folder to fine-tune (config.json with id2label, weights, "
+              "preprocessor_config.json), e.g. mattmdjaga/segformer_b2_clothes",
+        config="a new model with random weights: a JSON object of SegformerSize fields (hidden_sizes, depths, "
+               "num_attention_heads, sr_ratios, mlp_ratios, decoder_hidden_size, image_size)",
+        eval_data="per-class IoU and their mean")
     p.add_argument("--resolution", type=int, default=None,
                    help="images (and label maps) are resized whole to N x N (default: the model's own input size)")
-    p.add_argument("--eval-data", type=Path, action="append", default=[], metavar="DIR",
-                   help="held-out imagefolder like --data: per-class IoU and their mean at the end; repeatable")
     p.add_argument("--zoom", type=float, default=DEFAULT_ZOOM,
                    help=f"augmentation: zoom in up to this factor, random window (default {DEFAULT_ZOOM}; 1: off)")
     p.add_argument("--no-flip", action="store_true", help="augmentation: no horizontal flips")
@@ -87,9 +79,7 @@ def run(args) -> int:
                              eval_data=args.eval_data, zoom=args.zoom, flip=not args.no_flip,
                              schedule=schedule_from_args(args), resume=args.resume, progress=not args.no_progress,
                              arguments=vars(args))
-    record = json.loads((result.folder / RECORD_FILE).read_text())
-    print(f"wrote {result.folder}: {len(result.losses)} steps, loss {result.losses[0]:.4f} -> "
-          f"{result.losses[-1]:.4f} in {record['wall_time_s']:.0f} s")
+    print_summary(result.folder)
     if result.iou:
         print(f"held-out mIoU {result.miou:.4f} over {len(result.iou)} classes present: "
               + ", ".join(f"{name} {value:.3f}" for name, value in result.iou.items()))
@@ -103,7 +93,7 @@ def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, 
     """Train on the imagefolders ``data``; write the run and ``out/model/`` (see the module's contract)."""
     import torch
 
-    from .runs import RunFolder, batch_indices, train
+    from .runs import RunFolder, train
 
     schedule = schedule or Schedule(steps=2000, batch_size=8, learning_rate=2e-4)
     schedule.check()
@@ -121,28 +111,22 @@ def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, 
     table = mirror_classes(id2label) if flip else None
 
     def loss_fn(step, micro, generator):
-        pick = batch_indices(len(images), schedule.batch_size,
-                             (step * schedule.gradient_accumulation + micro) * schedule.batch_size, schedule.seed)
+        pick = step_batch(len(images), schedule, step, micro)
         pairs = [augment(images[i], labels[i], generator, zoom, table, preprocess.resample) for i in pick]
         pixel_values = torch.from_numpy(preprocess([image for image, _ in pairs])).to(network.device)
         target = torch.from_numpy(np.stack([label for _, label in pairs]).astype(np.int64)).to(network.device)
         return network(pixel_values=pixel_values, labels=target).loss
 
     identity = {"command": "train-segmenter", "data": [str(d.resolve()) for d in data], "examples": len(images),
-                "base": source, "resolution": list(shape), "zoom": zoom, "flip": flip,
-                "batch_size": schedule.batch_size, "gradient_accumulation": schedule.gradient_accumulation,
-                "learning_rate": schedule.learning_rate, "warmup_steps": schedule.warmup_steps,
-                "seed": schedule.seed, "mixed_precision": schedule.mixed_precision}
+                "base": source, "resolution": list(shape), "zoom": zoom, "flip": flip, **schedule_identity(schedule)}
     losses = train(RunFolder(Path(out), identity), schedule, {"segformer": network}, loss_fn, resume, progress,
                    description="segmenter")
     result = TrainedSegmenter(Path(out) / MODEL_DIR, losses, None)
     if held_out is not None:
         scores = evaluate(network, preprocess, *held_out, batch_size=schedule.batch_size)
         result.iou = {id2label[c]: value for c, value in scores.items()}
-    arguments = {k: v for k, v in (arguments or identity).items() if not callable(v)}  # not the CLI's handler
-    record = {"arguments": arguments, "seed": schedule.seed,
-              "steps": len(losses), "final_loss": losses[-1], "losses": losses, "examples": len(images),
-              "resolution": list(shape), "wall_time_s": round(time.perf_counter() - started, 3)}
+    record = run_record(arguments or identity, schedule, losses, started, examples=len(images),
+                        resolution=list(shape))
     if result.iou is not None:
         record["eval"] = {"data": [str(d.resolve()) for d in eval_data], "examples": len(held_out[0]),
                           "miou": result.miou, "iou": result.iou}
@@ -165,32 +149,14 @@ def _base_model(model: Path | None, config: Path | None, seed: int):
         except SegmenterCheckpointError as exc:
             raise InputError(f"--model: {str(exc).removeprefix('--segmenter: ')}") from None
         return network, preprocessing_settings(processor), str(Path(model).resolve())
-    from fashiongen.random_checkpoints.segmenter import build_segformer, preprocessor_config
+    from fashiongen.random_checkpoints.segmenter import SegformerSize, build_segformer, preprocessor_config
 
-    size, raw = read_size(Path(config))
+    size, raw = read_size(Path(config), SegformerSize)
     try:
         network = build_segformer(size, seed)
     except (ValueError, TypeError, IndexError) as exc:
         raise InputError(f"--config: '{config}' does not make a SegFormer ({str(exc).splitlines()[0]})") from None
     return network, preprocessor_config(size), raw
-
-
-def read_size(path: Path):
-    """(SegformerSize, the JSON object as read) from a ``--config`` file; unknown fields are refused."""
-    from fashiongen.random_checkpoints.segmenter import SegformerSize
-
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"--config: cannot read '{path}' ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--config: '{path}' is not JSON ({exc.msg} at line {exc.lineno})") from None
-    known = [f.name for f in fields(SegformerSize)]
-    unknown = sorted(set(raw) - set(known)) if isinstance(raw, dict) else None
-    if unknown is None or unknown:
-        raise InputError(f"--config: '{path}' must be a JSON object of SegformerSize fields ({', '.join(known)})"
-                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    return SegformerSize(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}), raw
 
 
 def _training_preprocess(settings: dict, resolution: int | None, base: Path) -> SegPreprocess:
@@ -209,14 +175,9 @@ def _training_preprocess(settings: dict, resolution: int | None, base: Path) -> 
 def _write_model(folder: Path, network, preprocess: SegPreprocess, record: dict) -> None:
     """The transformers folder ``export --segmenter`` takes, with the run's record, replaced in one rename; its
     processor is the preprocessing trained with (SegPreprocess's fields are SegformerImageProcessor's)."""
-    import transformers
     from transformers import SegformerImageProcessorPil
 
-    transformers.utils.logging.disable_progress_bar()  # a bar for writing one small file says nothing
-    with staged_folder(folder, "config.json", "a SegFormer folder") as stage:
-        network.save_pretrained(stage, safe_serialization=True)
-        SegformerImageProcessorPil(**asdict(preprocess)).save_pretrained(stage)
-        (stage / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")  # paths as text
+    write_model(folder, [network, SegformerImageProcessorPil(**asdict(preprocess))], record, "a SegFormer folder")
 
 
 # -- data -----------------------------------------------------------------------------------------------------
