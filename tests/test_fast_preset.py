@@ -159,3 +159,15 @@ def test_edit_at_guidance_1_runs_one_unet_batch(p2p_engines):
     image = np.full((64, 64, 3), 200, np.uint8)
     pipeline(Pix2PixRequest(image=image, prompt=PROMPT, steps=2, guidance=1.0, scheduler="ddim"), progress=False)
     assert calls == {"text_encoder": [1], "unet": [1, 1]}
+
+
+def test_edit_takes_the_preset_too(p2p_engines, tmp_path, capsys):
+    """An InstructPix2Pix folder without an LCM-LoRA: the same one-line refusal, from `edit`."""
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "in.png")
+    capsys.readouterr()
+    assert main(["edit", "--engines", str(p2p_engines), "--image", str(tmp_path / "in.png"), "--prompt", "make it red",
+                 "--preset", "fast", "--out", str(tmp_path / "out.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"fashiongen: error: --preset: '{p2p_engines}' has no LCM-capable")

@@ -206,3 +206,17 @@ def test_the_cpu_benchs_flop_count_reads_a_guidance_embedding_unet(folder, lcm_e
                            {"latent_height": latent, "latent_width": latent, "batch": 2})["total"]
     per_step = guided / 2 if folder == "lcm" else guided
     assert floor["unet_gflop_per_step"] == pytest.approx(per_step, rel=1e-6) and floor["vae_gflop"] > 0
+
+
+def test_triton_requests_carry_eta(sd_engines):
+    """The txt2img / edit services take eta as an optional input; it reaches the request and its checks."""
+    from fashiongen.triton_repo.services import EDIT, TXT2IMG, from_tensors, to_tensors
+
+    for service in (TXT2IMG, EDIT):
+        assert "eta" in [s.name for s in service.contract.inputs] and "eta" not in service.required
+    request, extras = from_tensors(TXT2IMG, to_tensors(TXT2IMG, Txt2ImgRequest(prompt=PROMPT, scheduler="tcd",
+                                                                               eta=0.75)))
+    assert (request.scheduler, request.eta, extras) == ("tcd", 0.75, {})
+    pipeline = Txt2ImgPipeline(EngineSet(sd_engines, backend_factory("ort")))
+    with pytest.raises(InputError, match="^eta: only the tcd scheduler takes it"):
+        pipeline.resolve(Txt2ImgRequest(prompt=PROMPT, eta=0.75))
