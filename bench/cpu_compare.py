@@ -15,8 +15,20 @@ at that peak.
     python -m fashiongen.bench.cpu_compare --optimum --cutout-rss                  # the run: ~35 min on 2 cores (AVX2)
     python -m fashiongen.bench.cpu_compare --only fashiongen-ort,fashiongen-shot   # a subset
 
-What the first run builds, once, under bench/.cache: the checkpoint, its engine folder, DeepCache's UNet parts
-and the INT8 networks (as ``fashiongen deepcache`` / ``fashiongen quantize`` make them), the SegFormer-B2
+The few-step figures (4 LCM steps, guidance 1, tiny VAE decoder; ours with the cutout, at 256 and 512 px, next
+to the 20-step exact mode, diffusers' own LCM-LoRA + AutoencoderTiny pipeline, and FastSD CPU's published
+figure) come from:
+
+    python -m fashiongen.bench.cpu_compare --prepare-only --only fashiongen-ort,diffusers-pytorch,\
+fashiongen-lcm-256,fashiongen-lcm-512,diffusers-lcm-256,diffusers-lcm-512
+    python -m fashiongen.bench.cpu_compare --only fashiongen-ort,diffusers-pytorch,\
+fashiongen-lcm-256,fashiongen-lcm-512,diffusers-lcm-256,diffusers-lcm-512 --rounds 3
+
+(the first builds, once, a random LoRA of LCM-LoRA's shape (rank 64, fp16, UNet only), a TAESD-size random tiny
+VAE and the checkpoint's engine folder with both merged / added: ``export --lcm-lora --tiny-vae``).
+
+What the first run builds, once, under bench/.cache: the checkpoint, its engine folder, DeepCache's UNet parts,
+the few-step contenders' files (bench/cpu_workers.py ``lcm_files``) and the INT8 networks (as ``fashiongen deepcache`` / ``fashiongen quantize`` make them), the SegFormer-B2
 segmenter, the optimum venvs and their exports; every run then opens each contender once untimed, so the
 backends' start-up caches exist before cold starts are measured.
 
@@ -40,7 +52,7 @@ from pathlib import Path
 
 from .common import CACHE, RESULTS, ROOT, add_seed_argument, psnr
 from .cpu_report import REFERENCE, chart, fmt, goals, machine_name, markdown, med
-from .cpu_workers import CONTENDERS, FASHIONGEN, RSS_ONLY, has_cutout, run_worker, setup
+from .cpu_workers import CONTENDERS, FASHIONGEN, FEW_STEP, RSS_ONLY, has_cutout, lcm_files, run_worker, setup
 from .flops import flop_floor, peak_gflops
 
 VENV_PACKAGES = {
@@ -80,6 +92,36 @@ def prepare_fast_modes(ckpt: Path, engines: Path, modes: set, log):
     return manifest
 
 
+def prepare_lcm(ckpt: Path, tokens: dict, full_size: bool, log) -> None:
+    """The few-step contenders' files (:func:`cpu_workers.lcm_files`), once: a random LoRA of LCM-LoRA's layout
+    (kohya keys on LCM-LoRA's target modules, UNet only; at full size rank = alpha = 64 in fp16, as
+    latent-consistency/lcm-lora-sdv1-5), a random AutoencoderTiny (TAESD's size at full size) and the engine
+    folder: the checkpoint with the demo tokens, the LoRA merged as an LCM-LoRA and the tiny VAE beside its own."""
+    files = lcm_files(ckpt)
+    if (files.engines / "manifest.json").exists():
+        return
+    from dataclasses import replace
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from fashiongen.export.embeddings import load_embedding
+    from fashiongen.export.lora import read_lora
+    from fashiongen.export.sd_export import export_engine_folder
+    from fashiongen.random_checkpoints.lora import write_random_lora
+    from fashiongen.random_checkpoints.tiny_vae import TAESD, TINY_TAESD, write_tiny_vae
+
+    log(f"writing the few-step contenders' LCM-LoRA, tiny VAE and {files.engines} (once) ...")
+    unet = UNet2DConditionModel.from_pretrained(ckpt / "unet", local_files_only=True)
+    rank = 64 if full_size else 4
+    write_random_lora(files.lora, {"unet": unet}, targets="lcm", rank=rank, alpha=rank, std=0.01,
+                      dtype=torch.float16 if full_size else torch.float32)
+    del unet
+    write_tiny_vae(files.taesd, TAESD if full_size else TINY_TAESD, seed=0)
+    export_engine_folder(files.engines, ckpt, [load_embedding(path, token) for token, path in tokens.items()],
+                         progress=False, loras=[replace(read_lora(files.lora), lcm=True)], tiny_vae_dir=files.taesd)
+
+
 # -- venvs for the optimum contenders ------------------------------------------------------------------------
 def ensure_venv(name: str, log) -> Path:
     venv = CACHE / name
@@ -97,6 +139,12 @@ def ensure_venv(name: str, log) -> Path:
 
 
 # -- driver ------------------------------------------------------------------------------------------------
+def worker_env() -> dict:
+    """The workers' environment: this checkout first on the path, the caller's PYTHONPATH kept after it (a
+    worktree sharing another checkout's venv maps the package to itself through it)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
@@ -138,7 +186,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     began = time.time()
-    ckpt, engines, _ = prepare(not a.tiny)
+    ckpt, engines, tokens = prepare(not a.tiny)
     from fashiongen.runtime.fastmodes import variant_files
 
     names = a.only.split(",") if a.only else [n for n in CONTENDERS if (a.optimum or CONTENDERS[n][0] is None)
@@ -146,6 +194,8 @@ def main(argv=None) -> int:
     if a.cutout_rss and not a.tiny and "fashiongen-ort-512-cutout" not in names:
         names.append("fashiongen-ort-512-cutout")
     manifest = prepare_fast_modes(ckpt, engines, {setup(n).fast for n in names if n in FASHIONGEN}, log)
+    if any(n in FEW_STEP for n in names):
+        prepare_lcm(ckpt, tokens, not a.tiny, log)
     skipped = {}
     for name in [n for n in names if n in FASHIONGEN]:
         backend, fast = setup(name).backend, setup(name).fast
@@ -169,7 +219,7 @@ def main(argv=None) -> int:
     names = [n for n in names if n in pythons]
     work = CACHE / "cpu_compare"
     work.mkdir(parents=True, exist_ok=True)
-    for name in [n for n in names if n != "diffusers-pytorch"]:  # outside the timing, once per bench run
+    for name in [n for n in names if not n.startswith("diffusers")]:  # outside the timing, once per bench run
         # optimum: its own export, once. This runtime: open every network of the contender, which writes the
         # backends' start-up caches (ORT's optimized graph, OpenVINO's compiled blob) where missing.
         if name.startswith("optimum") and (CACHE / f"{ckpt.name}-{name}" / "model_index.json").exists():
@@ -177,7 +227,7 @@ def main(argv=None) -> int:
         log(f"preparing {name} ...")
         proc = subprocess.run([str(pythons[name]), "-m", "fashiongen.bench.cpu_compare", "--worker", name, "--prepare",
                                "--checkpoint", str(ckpt), "--engines", str(engines), "--segmenter", str(segmenter)],
-                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              cwd=ROOT, capture_output=True, text=True, env=worker_env())
         if proc.returncode != 0:
             skipped[name] = "preparing failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
             log(f"{name}: {skipped[name]}")
@@ -205,7 +255,7 @@ def main(argv=None) -> int:
             if a.threads:
                 cmd += ["--threads", str(a.threads)]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                  env=worker_env())
             if proc.returncode != 0 or not out.exists():
                 errors[name] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]
                 log(f"round {rnd + 1}: {name} FAILED: {errors[name]}")
@@ -226,7 +276,8 @@ def main(argv=None) -> int:
         contenders[name] = {k: med(runs[name], k) for k in keys}
         contenders[name]["runs"] = runs[name]
         contenders[name]["description"] = CONTENDERS[name][1] + (f": {setup(name)}" if name in FASHIONGEN else "")
-        if not has_cutout(name):  # a cutout on white is not comparable to the txt2img image
+        # a cutout on white, or another model's few steps, is not comparable to the txt2img image
+        if not has_cutout(name) and name not in FEW_STEP:
             contenders[name]["psnr_vs_exact"] = psnr(images.get(name), images.get(REFERENCE))
     flop = flop_floor(engines, manifest, a.size, peak)
     report = {"machine": machine_name(), "size": a.size, "steps": a.steps, "rounds": a.rounds, "images": a.images,

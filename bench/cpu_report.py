@@ -8,10 +8,23 @@ import platform
 from pathlib import Path
 from statistics import median
 
-from .cpu_workers import FASHIONGEN, RSS_ONLY, has_cutout, setup
+from .cpu_workers import CONTENDERS, FASHIONGEN, FEW_STEP, RSS_ONLY, has_cutout, setup
 
 REFERENCE = "fashiongen-ort"
 EXACT = ("fashiongen-ort", "fashiongen-openvino")
+
+#: FastSD CPU's own published timings, per image side, quoted as published (not measured here: another CPU, a
+#: trained model, OpenVINO). Its README of 2023-11-18 gives them for its OpenVINO mode, whose models it describes as
+#: "LCM-LoRA baked in models" (SD 1.5 with LCM-LoRA fused, LCM scheduler); it does not state the steps. Later
+#: README versions quote only other models (SD Turbo, SDXS, Hyper-SD), so these are its LCM-LoRA / OpenVINO figures.
+FASTSD_CPU_SOURCE = ("FastSD CPU README, github.com/rupeshs/fastsdcpu/blob/d058ef95386bf0bfdcd68b5219ab74079e2e52aa/"
+                     "Readme.md")
+FASTSD_CPU = {
+    512: (10.0, "Intel Core i7-12700",
+          '"Using OpenVINO, it took 10 seconds to create a single 512x512 image on a Core i7-12700."'),
+    256: (2.3, "Intel Core i7 (model not named)",
+          '"Near real-time inference on CPU using OpenVINO ... (Resolution : 256x256,Latency : 2.3s on Intel Core i7)"'),
+}
 
 
 def machine_name() -> str:
@@ -58,7 +71,8 @@ def markdown(report: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
         step = r.get("unet_step")
-        full = name not in FASHIONGEN or (not setup(name).size and "deepcache" not in (setup(name).fast or ""))
+        full = name not in FEW_STEP and (name not in FASHIONGEN or (not setup(name).size
+                                                                    and "deepcache" not in (setup(name).fast or "")))
         rate = "-"  # the count is a whole UNet call at the report's size: not a shallow step, not another size
         if step and full:
             rate = f"{flop['unet_gflop_per_step'] / step:.0f} ({100 * flop['unet_gflop_per_step'] / step / report['peak_gflops']:.0f}%)"
@@ -73,10 +87,34 @@ def markdown(report: dict) -> str:
               f"decoder {flop['vae_gflop']:.0f} GFLOP. At the CPU's fp32 peak of {report['peak_gflops']:.0f} GFLOP/s "
               f"({report['peak_source']}) a step takes at least {flop['floor_step_s']:.3f} s, {report['steps']} steps "
               f"{flop['floor_step_s'] * report['steps']:.1f} s, and the decode {flop['floor_vae_s']:.2f} s."]
+    lines += few_step_table(report)
     if report.get("skipped"):
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
     lines += ["", "Goals:"] + [f"- {g}" for g in report["goals"]]
     return "\n".join(lines) + "\n"
+
+
+def few_step_table(report: dict) -> list[str]:
+    """The few-step contenders against this runtime's exact mode (the report's --steps and --size), with FastSD
+    CPU's published figure for the same image side beside them; no lines when none ran."""
+    rows = {n: r for n, r in report["contenders"].items() if n in FEW_STEP and r.get("total")}
+    if not rows:
+        return []
+    exact = report["contenders"][REFERENCE]
+    lines = ["", f"Few-step shots: 4 LCM steps at guidance 1 (one UNet batch a step) with the tiny VAE decoder, on "
+             "the same architecture with a random LoRA of LCM-LoRA's shape merged; this runtime's rows include the "
+             f"cutout. Speed-up: {REFERENCE}'s {report['steps']}-step {report['size']} px end to end over the row's.",
+             "", "| contender | px | end to end s | of which cutout s | speed-up over the exact mode | "
+             "FastSD CPU, as published |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for name, r in rows.items():
+        seconds, hardware, quote = FASTSD_CPU[FEW_STEP[name]]
+        lines.append(f"| {name} | {FEW_STEP[name]} | {fmt(r['total'], 2)} | {fmt(r.get('cutout'))} | "
+                     f"{exact['total'] / r['total']:.1f}x | {seconds:g} s on {hardware} |")
+    lines += [""] + [f"- {name}: {CONTENDERS[name][1]}" for name in rows]
+    lines += [f"- FastSD CPU at {side} px: {quote} ({FASTSD_CPU_SOURCE}; another CPU, a trained model, OpenVINO: "
+              "not measured here)" for side, (_, _, quote) in sorted(FASTSD_CPU.items())
+              if side in {FEW_STEP[n] for n in rows}]
+    return lines
 
 
 def goals(report: dict) -> list[str]:
@@ -127,6 +165,12 @@ def goals(report: dict) -> list[str]:
     if others:
         out.append(f"peak RSS {exact['peak_rss_mb'] / 1024:.2f} GB vs lowest contender {min(others) / 1024:.2f} GB: "
                    f"{'met' if exact['peak_rss_mb'] <= min(others) else 'not met'}")
+    for px in sorted(set(FEW_STEP.values())):  # the same few-step recipe, ours against diffusers' own
+        ours, theirs = rows.get(f"fashiongen-lcm-{px}", {}), rows.get(f"diffusers-lcm-{px}", {})
+        if ours.get("total") and theirs.get("total"):
+            ratio = theirs["total"] / ours["total"]
+            out.append(f"few-step {px} px shot: {ours['total']:.2f} s with its cutout, {ratio:.2f}x diffusers' LCM-LoRA + "
+                       f"AutoencoderTiny pipeline without one (goal >= 1x): {'met' if ratio >= 1 else 'not met'}")
     shot = rows.get("fashiongen-shot")
     for key, when in (("total", "first image after loading"), ("total_warm", "warm process")):
         if shot and shot.get(key):

@@ -32,8 +32,32 @@ CONTENDERS = {
                               "cutout on white"),
     # Not a speed contender: the peak RSS of a whole 512 px product shot (txt2img + cutout), one round.
     "fashiongen-ort-512-cutout": (None, "this runtime, ORT exact, 512 px txt2img then SegFormer-B2 cutout"),
+    # Few-step contenders: the checkpoint with a random LoRA of LCM-LoRA's shape merged and a TAESD-size tiny VAE
+    # (see lcm_files()), 4 LCM steps at guidance 1 (no guidance batch), the settings of runtime/presets.py.
+    **{f"fashiongen-lcm-{px}": (None, f"this runtime, ORT, --preset fast (LCM-LoRA merged at export: 4 LCM steps, "
+                                      f"guidance 1, tiny VAE decoder), then the SegFormer-B2 cutout on white, {px} px")
+       for px in (256, 512)},
+    **{f"diffusers-lcm-{px}": (None, "diffusers StableDiffusionPipeline + the same LCM-LoRA (load_lora_weights, "
+                                     "fuse_lora) + LCMScheduler + AutoencoderTiny, 4 steps, guidance 1, PyTorch fp32, "
+                                     f"{px} px (no cutout)")
+       for px in (256, 512)},
 }
 RSS_ONLY = ("fashiongen-ort-512-cutout",)
+#: The few-step contenders and their image size (they run at it whatever --size says; their steps are the preset's).
+FEW_STEP = {"fashiongen-lcm-256": 256, "fashiongen-lcm-512": 512, "diffusers-lcm-256": 256, "diffusers-lcm-512": 512}
+
+
+class LcmFiles(NamedTuple):
+    """What the few-step contenders run, built once beside the checkpoint (bench/cpu_compare.py prepare_lcm)."""
+    lora: Path      # a random LoRA of LCM-LoRA's layout (kohya keys, UNet only; rank 64 at full size)
+    taesd: Path     # a random AutoencoderTiny folder (TAESD's size at full size)
+    engines: Path   # the checkpoint exported with --lcm-lora LORA --tiny-vae TAESD and the demo tokens
+
+
+def lcm_files(checkpoint) -> LcmFiles:
+    ckpt = Path(checkpoint)
+    return LcmFiles(ckpt.with_name(f"{ckpt.name}-lcm-lora.safetensors"), ckpt.with_name(f"{ckpt.name}-taesd"),
+                    ckpt.with_name(f"{ckpt.name}-lcm-engines"))
 
 
 # DeepCache's wider setting: the full UNet every 7th call. Measured on an AVX2 EPYC (full SD 1.5, 256 px, 20 steps,
@@ -48,6 +72,7 @@ class Setup(NamedTuple):
     size: int | None = None        # None: --size
     cutout: str | None = None      # None, "resident" or "released"
     interval: int | None = None    # --deepcache-interval; None: the folder's
+    preset: str | None = None      # --preset value, on the LCM engine folder (lcm_files); None: --steps on --engines
 
 
 FASHIONGEN = {"fashiongen-ort": Setup("ort"), "fashiongen-openvino": Setup("openvino"),
@@ -57,7 +82,9 @@ FASHIONGEN = {"fashiongen-ort": Setup("ort"), "fashiongen-openvino": Setup("open
               "fashiongen-openvino-deepcache": Setup("openvino", "deepcache"),
               "fashiongen-openvino-deepcache-int8": Setup("openvino", "deepcache,int8"),
               "fashiongen-shot": None,  # resolved per CPU by setup()
-              "fashiongen-ort-512-cutout": Setup("ort", size=512, cutout="released")}
+              "fashiongen-ort-512-cutout": Setup("ort", size=512, cutout="released"),
+              "fashiongen-lcm-256": Setup("ort", size=256, cutout="resident", preset="fast"),
+              "fashiongen-lcm-512": Setup("ort", size=512, cutout="resident", preset="fast")}
 
 
 def setup(name: str) -> Setup:
@@ -93,7 +120,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker_diffusers(a, clock):
+def diffusers_pipeline(a):
+    """diffusers' StableDiffusionPipeline of the bench checkpoint with its learned tokens, on --threads threads."""
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -102,41 +130,85 @@ def worker_diffusers(a, clock):
     for path in sorted((Path(a.checkpoint) / "embeddings").iterdir()):
         pipe.load_textual_inversion(str(path), token="<midjourney-style>" if "midjourney" in path.name else "<wrong>")
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_generate(pipe, a, clock, size: int, steps: int, guidance: float):
+    """The timed call of a diffusers contender (its networks on ``clock``): the first image as uint8."""
+    import torch
+
     for name, module in (("text_encoder", pipe.text_encoder), ("unet", pipe.unet)):
         module.forward = clock.wrap(name, module.forward)
     pipe.vae.decode = clock.wrap("vae_decoder", pipe.vae.decode)
 
     def generate():
         with torch.inference_mode():
-            out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=a.steps, guidance_scale=7.5,
-                       height=a.size, width=a.size, generator=torch.Generator("cpu").manual_seed(a.seed),
+            out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=guidance,
+                       height=size, width=size, generator=torch.Generator("cpu").manual_seed(a.seed),
                        output_type="np").images
         return (out[0] * 255).round().clip(0, 255).astype("uint8")
     return generate
 
 
-def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None, interval=None):
+def worker_diffusers(a, clock):
+    return diffusers_generate(diffusers_pipeline(a), a, clock, a.size, a.steps, 7.5)
+
+
+def worker_diffusers_lcm(a, clock, size: int):
+    """diffusers' own few-step recipe (its LCM-LoRA docs): the LoRA loaded and fused (then unloaded, so no peft
+    layer wraps the UNet: merged weights, as this runtime's export has them), LCMScheduler from the
+    checkpoint's config, AutoencoderTiny as the VAE; steps and guidance are this runtime's preset's."""
+    from diffusers import AutoencoderTiny, LCMScheduler
+
+    from fashiongen.runtime.presets import FAST_STEPS, LCM_LORA_GUIDANCE
+
+    files = lcm_files(a.checkpoint)
+    pipe = diffusers_pipeline(a)
+    pipe.load_lora_weights(str(files.lora.parent), weight_name=files.lora.name)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.vae = AutoencoderTiny.from_pretrained(files.taesd, local_files_only=True).eval()
+    return diffusers_generate(pipe, a, clock, size, FAST_STEPS, LCM_LORA_GUIDANCE)
+
+
+def preset_sampling(preset: str | None, manifest, engine_dir, steps: int) -> dict:
+    """The request's sampling fields: ``--preset``'s (scheduler, steps, guidance, decoder) as ``generate`` picks
+    them, or just ``steps`` (the checkpoint's scheduler, guidance 7.5, the full decoder)."""
+    if preset is None:
+        return {"steps": steps}
+    from fashiongen.runtime.presets import FIELDS, resolve_preset
+
+    chosen = resolve_preset(preset, manifest, engine_dir)
+    return {name: getattr(chosen, name) for name in FIELDS if getattr(chosen, name) is not None}
+
+
+def worker_fashiongen(a, clock, backend, fast, size=None, cutout=None, interval=None, preset=None):
     """This runtime, every network opened before the clock starts. ``cutout``: then the garment cutout
     (SegFormer-B2 random weights, upper-body classes) on white, with its segmenter either ``"resident"``
     (opened up front, timed as the ``cutout`` stage) or opened after the txt2img networks are
-    ``"released"`` (a whole shot's peak RSS: networks a stage does not need are not resident)."""
+    ``"released"`` (a whole shot's peak RSS: networks a stage does not need are not resident). ``preset``:
+    on the LCM engine folder (:func:`lcm_files`), sampled as ``generate --preset`` does."""
     from fashiongen.runtime.cutout import CutoutPipeline
     from fashiongen.runtime.engines import EngineSet, backend_factory
     from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
     from fashiongen.runtime.manifest import load_manifest
-    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+    from fashiongen.runtime.txt2img import DECODERS, Txt2ImgPipeline, Txt2ImgRequest
 
-    manifest = load_manifest(a.engines)
-    engines = EngineSet(a.engines, backend_factory(backend, a.threads), manifest,
+    engine_dir = lcm_files(a.checkpoint).engines if preset else a.engines
+    manifest = load_manifest(engine_dir)
+    engines = EngineSet(engine_dir, backend_factory(backend, a.threads), manifest,
                         files=variant_files(manifest, backend, fast))
     interval = deepcache_interval(manifest, fast, interval)
     pipeline = Txt2ImgPipeline(engines, deepcache=interval)
+    sampling = preset_sampling(preset, manifest, engine_dir, a.steps)
     unets = ("unet_capture", "unet_shallow") if interval else ("unet",)
-    for name in ("text_encoder", *unets, "vae_decoder"):  # open every network: ready to run
+    decoder = DECODERS[sampling.get("decoder") or "full"][0]
+    for name in ("text_encoder", *unets, decoder):  # open every network: ready to run
         engine = engines[name]
-        engine.run = clock.wrap("unet" if name in unets else name, engine.run)
-    request = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=a.seed, steps=a.steps,
-                             height=size or a.size, width=size or a.size)
+        engine.run = clock.wrap("unet" if name in unets else "vae_decoder" if name == decoder else name, engine.run)
+    request = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=a.seed, height=size or a.size,
+                             width=size or a.size, **sampling)
     if cutout is None:
         return lambda: pipeline(request, progress=False).images[0]
     segmenter = EngineSet(a.segmenter, backend_factory(backend, a.threads))
@@ -202,6 +274,8 @@ def run_worker(a) -> int:
     clock = StageClock()
     if a.worker == "diffusers-pytorch":
         generate = worker_diffusers(a, clock)
+    elif a.worker.startswith("diffusers-lcm"):
+        generate = worker_diffusers_lcm(a, clock, FEW_STEP[a.worker])
     elif a.worker.startswith("optimum"):
         generate = worker_optimum(a, clock, a.worker)
     else:

@@ -88,11 +88,13 @@ class LoraFile:
     sha256: str
     layers: list[LoraLayer]
     config: dict[str, dict] = field(default_factory=dict)  # peft LoraConfig per network, from the header
+    lcm: bool = False  # an LCM-LoRA (`export --lcm-lora`): the folder then samples in few LCM steps (--preset fast)
 
     def record(self, merged: dict[str, int]) -> dict:
-        """The manifest's entry: which file, how strong, and what it changed."""
+        """The manifest's entry: which file, how strong, and what it changed (and ``lcm`` for an LCM-LoRA, which
+        the runtime's fast preset reads; nothing in the weights tells an LCM-LoRA apart)."""
         return {"file": str(self.path), "sha256": self.sha256, "scale": self.scale, "format": self.format,
-                "layers": merged}
+                "layers": merged, **({"lcm": True} if self.lcm else {})}
 
 
 # -- the command line's FILE[=SCALE] ---------------------------------------------------------------------------

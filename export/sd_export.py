@@ -25,6 +25,7 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import staged_folder
 from fashiongen.runtime.manifest import (MANIFEST_NAME, Manifest, NetworkEntry, TokenizerSection, VaeSection,
                                          write_json_atomic)
+from fashiongen.runtime.presets import recommend_fast
 
 from .embeddings import LearnedEmbedding, bake_embeddings
 from .lora import LoraFile, merge_loras
@@ -237,6 +238,9 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
     manifest.source["model"] = str(Path(model_dir).absolute())
     manifest.source["embeddings"] = [{"file": str(e.source), "token": e.token, "vectors": len(e.vectors)}
                                      for e in embeddings]
+    fast = recommend_fast(manifest)  # an LCM-capable UNet: what `generate --preset fast` runs
+    if fast is not None:
+        manifest.presets["fast"] = fast
 
 
 def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embeddings: list[LearnedEmbedding] = (),

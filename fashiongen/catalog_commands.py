@@ -41,10 +41,9 @@ def _add_edit(sub) -> None:
     p.add_argument("--prompt", required=True, help="the edit, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
     options.add_match_argument(p, when="with --from-catalog: ")
-    p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")
     p.add_argument("--image-guidance", type=float, default=1.5,
                    help="image guidance scale: how closely to keep the input (default 1.5; < 1 turns guidance off)")
-    options.add_sampling_arguments(p, steps=20, images_help="edits of the image")
+    options.add_sampling_arguments(p, steps=20, images_help="edits of the image", guidance_help="text guidance scale")
     options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
     serving_commands.add_triton_arguments(p, "edit")
@@ -54,7 +53,6 @@ def _add_edit(sub) -> None:
 def _run_edit(args) -> int:
     from fashiongen.runtime.engines import EngineSet, ort_factory
     from fashiongen.runtime.images import check_writable, load_rgb_image
-    from fashiongen.runtime.manifest import load_manifest
     from fashiongen.runtime.pix2pix import Pix2PixPipeline, Pix2PixRequest
 
     check_writable(args.out)
@@ -66,17 +64,18 @@ def _run_edit(args) -> int:
                                arg="--from-catalog")
         search.resolve_match(args.match)
     image = load_rgb_image(args.image, "--image") if args.image is not None else None
+    if args.engines is None and not args.server_side:
+        raise InputError("--engines is required (except with --triton URL --server-side)")
+    manifest = options.sampling_manifest(args)
+    options.settle_sampling(args, manifest, args.engines)
     request = Pix2PixRequest(image=image, prompt=args.prompt,
                              negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
                              guidance=args.guidance, image_guidance=args.image_guidance, scheduler=args.scheduler,
-                             num_images=args.num_images, decoder=args.decoder)
+                             num_images=args.num_images, decoder=args.decoder, eta=args.eta)
     if args.server_side:
         _find_in_catalog(search, request, args.match)
         options.write_images(serving_commands.request_server_side(args, "edit", request), args.out)
         return 0
-    if args.engines is None:
-        raise InputError("--engines is required (except with --triton URL --server-side)")
-    manifest = load_manifest(args.engines)
     pipeline = Pix2PixPipeline(EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest))
     if request.image is None:  # found after every other check: a white placeholder stands in till then
         request.image = np.full((pipeline.downscale, pipeline.downscale, 3), 255, np.uint8)

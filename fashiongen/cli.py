@@ -40,6 +40,10 @@ def _add_export(sub) -> None:
                    "lora_te_* (LoCon conv layers and LCM-LoRA included) or diffusers / peft lora_A / lora_B. LoHa, "
                    "LoKr, DoRA and pickled .pt / .bin files are refused. Repeatable (the LoRAs add up); the "
                    "manifest records each file's hash and scale.")
+    p.add_argument("--lcm-lora", action="append", default=[], metavar="FILE[=SCALE]",
+                   help="an LCM-LoRA (e.g. latent-consistency/lcm-lora-sdv1-5), merged like --lora and recorded as "
+                   "one, so that `generate --preset fast` samples the folder in 4 LCM steps without guidance. "
+                   "Repeatable")
     p.add_argument("--tiny-vae", type=Path, default=None, metavar="DIR",
                    help="diffusers AutoencoderTiny folder (TAESD layout: config.json + "
                    "diffusion_pytorch_model.safetensors, e.g. madebyollin/taesd or `fashiongen train-tiny-vae`'s "
@@ -52,12 +56,15 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
+    from dataclasses import replace
+
     from fashiongen.export.embeddings import load_embedding, parse_embedding_arg
     from fashiongen.export.lora import parse_lora_arg, read_lora
     from fashiongen.export.sd_export import export_engine_folder
 
     embeddings = [load_embedding(*parse_embedding_arg(a)) for a in args.embedding]
     loras = [read_lora(*parse_lora_arg(a)) for a in args.lora]  # every file checked before the checkpoint loads
+    loras += [replace(read_lora(*parse_lora_arg(a)), lcm=True) for a in args.lcm_lora]
     manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
                                     progress=not args.no_progress, loras=loras, tiny_vae_dir=args.tiny_vae)
     print(f"wrote {args.out} ({manifest.kind})")
@@ -66,6 +73,10 @@ def _run_export(args) -> int:
               f"{lora['layers']['text_encoder']} text encoder layers merged")
     for name, entry in manifest.networks.items():
         print(f"  {name:13s} {entry.file:20s} max abs diff vs PyTorch {entry.validation['max_abs_diff']:.2e}")
+    if "fast" in manifest.presets:
+        fast = manifest.presets["fast"]
+        print(f"  --preset fast: {fast['scheduler']}, {fast['steps']} steps, guidance {fast['guidance']:g} "
+              f"({fast['why']})")
     return 0
 
 
@@ -79,7 +90,6 @@ def _add_generate(sub) -> None:
                    "itself); default: demo")
     p.add_argument("--prompt", required=True, help="what to draw; learned tokens such as <midjourney-style> work")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (learned negative tokens work)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: native)")
     p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: native)")
     options.add_sampling_arguments(p, steps=25, images_help="images for the prompt")
@@ -93,18 +103,19 @@ def _add_generate(sub) -> None:
 def _run_generate(args) -> int:
     from fashiongen.runtime.engines import EngineSet
     from fashiongen.runtime.images import check_writable
-    from fashiongen.runtime.manifest import load_manifest
     from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
 
     check_writable(args.out)
+    if not args.server_side:
+        args.engines = engine_folder(args.engines, "demo")
+    manifest = options.sampling_manifest(args)
+    options.settle_sampling(args, manifest, args.engines)
     request = Txt2ImgRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                              steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
                              height=args.height, width=args.width, num_images=args.num_images,
-                             decoder=args.decoder)
+                             decoder=args.decoder, eta=args.eta)
     if args.server_side:
         return _run_generate_server_side(args, request)
-    args.engines = engine_folder(args.engines, "demo")
-    manifest = load_manifest(args.engines)
     engines = EngineSet(args.engines, serving_commands.engine_factory(args, manifest.kind), manifest,
                         files=cpu_commands.fast_files(args, manifest))
     pipeline = Txt2ImgPipeline(engines, deepcache=cpu_commands.deepcache_interval(args, manifest))

@@ -2,7 +2,8 @@
 
 Written by ``fashiongen export``, read by every runtime backend and by the Triton generator. It records
 each network's file, hash, I/O contract (as resolved for this checkpoint) and its validation against
-PyTorch; the tokenizer's special ids and learned tokens; the scheduler config; the VAE's scale. Its sections
+PyTorch; the tokenizer's special ids and learned tokens; the scheduler config; the VAE's scale; the sampling
+presets its UNet was made for. Its sections
 are parsed here, once, into the dataclasses below; the JSON on disk keeps one format (``to_json``).
 """
 from __future__ import annotations
@@ -151,6 +152,9 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)            # what each part was exported from
     # Fast modes (``generate --fast NAME``), e.g. an INT8 UNet or DeepCache's split UNet.
     variants: dict[str, Variant] = field(default_factory=dict)
+    # Sampling presets (``generate --preset NAME``): ``{"fast": {scheduler, steps, guidance, why}}``, recorded at
+    # export where the UNet is LCM-capable (see ``presets.py``).
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def variant_networks(self, mode: str) -> dict[str, dict[str, Any]]:
@@ -164,6 +168,8 @@ class Manifest:
         for name in _SECTIONS:
             out[name] = out[name].to_json() if out[name] is not None else {}
         out["variants"] = {k: v.to_json() for k, v in self.variants.items()}
+        if not out["presets"]:  # a folder without one keeps the format it always had
+            del out["presets"]
         return out
 
     @classmethod

@@ -47,6 +47,7 @@ class Pix2PixRequest:
     scheduler: str | None = None      # None: the checkpoint's own
     num_images: int = 1
     decoder: str | None = None        # "full" | "tiny" (encoder and decoder); None: full, or the only one
+    eta: float | None = None          # TCD's gamma (diffusers' eta), 0..1; None: 0.3. Other schedulers refuse it
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Pix2PixPipeline:
         check_seed(request.seed)
         check_guidance("guidance", request.guidance)
         check_guidance("image_guidance", request.image_guidance)
-        scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler, request.eta)
         check_steps(request.steps, self.max_steps, scheduler)
         decoder = choose_decoder(self.engines, request.decoder, encoder=True)
         return Pix2PixRequest(**{**request.__dict__, "image": image, "decoder": decoder})
@@ -120,7 +121,7 @@ class Pix2PixPipeline:
         req = self.resolve(request)
         timings = StageTimings()
         guided = req.guidance > 1.0 and req.image_guidance >= 1.0
-        scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler, req.eta)
         scheduler.set_timesteps(req.steps)
         generator = TorchGenerator(req.seed)
         unet = self.engines["unet"]  # open (and so check) every network before computing anything

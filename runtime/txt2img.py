@@ -37,6 +37,7 @@ class Txt2ImgRequest:
     width: int | None = None
     num_images: int = 1
     decoder: str | None = None     # "full" | "tiny"; None: full, or the only one the folder has
+    eta: float | None = None       # TCD's gamma (diffusers' eta), 0..1; None: 0.3. Other schedulers refuse it
 
 
 #: The networks of each decoder choice: (decoder, encoder). The tiny ones are TAESD (``export --tiny-vae``).
@@ -93,7 +94,7 @@ class Txt2ImgPipeline:
         check_positive_int("num_images", request.num_images)
         check_seed(request.seed)
         check_guidance("guidance", request.guidance)
-        scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler)  # unknown names fail
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler, request.eta)
         check_steps(request.steps, self.max_steps, scheduler)
         decoder = choose_decoder(self.engines, request.decoder)
         return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width, "decoder": decoder})
@@ -122,7 +123,7 @@ class Txt2ImgPipeline:
         guided = req.guidance > 1.0 and guidance_dim is None
         extra = {} if guidance_dim is None else {
             "timestep_cond": guidance_embedding(req.guidance, int(guidance_dim), req.num_images)}
-        scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler)
+        scheduler = make_scheduler(self.engines.manifest.scheduler_config, req.scheduler, req.eta)
         scheduler.set_timesteps(req.steps)
         generator = TorchGenerator(req.seed)
         # open (and so check) every network before computing anything

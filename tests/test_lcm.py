@@ -55,13 +55,15 @@ def lcm_pipe(lcm_checkpoint):
     return pipe
 
 
-def diffusers_images(pipe, scheduler: str, steps: int, guidance: float, num_images: int = 1) -> np.ndarray:
+def diffusers_images(pipe, scheduler: str, steps: int, guidance: float, num_images: int = 1,
+                     eta: float = 0.3) -> np.ndarray:
+    """diffusers' pipeline with ``scheduler``; TCD gets ``eta`` (the pipeline's own default is 0.0, TCD's 0.3)."""
     import diffusers
 
     original = pipe.scheduler
     cls = {"lcm": diffusers.LCMScheduler, "tcd": diffusers.TCDScheduler}[scheduler]
     pipe.scheduler = cls.from_config(original.config)
-    extra = {"eta": 0.3} if scheduler == "tcd" else {}
+    extra = {"eta": eta} if scheduler == "tcd" else {}
     try:
         out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=guidance,
                    height=HEIGHT, width=WIDTH, num_images_per_prompt=num_images,
@@ -72,9 +74,9 @@ def diffusers_images(pipe, scheduler: str, steps: int, guidance: float, num_imag
 
 
 def ours(engines, scheduler: str | None, steps: int, guidance: float, num_images: int = 1,
-         backend: str = "ort") -> np.ndarray:
+         backend: str = "ort", eta: float | None = None) -> np.ndarray:
     request = Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=SEED, steps=steps, guidance=guidance,
-                             scheduler=scheduler, height=HEIGHT, width=WIDTH, num_images=num_images)
+                             scheduler=scheduler, height=HEIGHT, width=WIDTH, num_images=num_images, eta=eta)
     return Txt2ImgPipeline(EngineSet(engines, backend_factory(backend)))(request, progress=False).images
 
 
@@ -138,6 +140,37 @@ def test_plain_unet(sd_engines, diffusers_pipe, scheduler, steps, guidance):
                         diffusers_images(diffusers_pipe, scheduler, steps, guidance))
 
 
+# -- TCD's gamma (diffusers' eta) ---------------------------------------------------------------------------
+@pytest.mark.parametrize("folder,eta,guidance", [("plain", 0.7, 1.0), ("plain", 0.0, 2.0), ("lcm", 1.0, 3.0)])
+def test_tcd_eta_matches_diffusers(sd_engines, diffusers_pipe, lcm_engines, lcm_pipe, folder, eta, guidance):
+    engines, pipe = (sd_engines, diffusers_pipe) if folder == "plain" else (lcm_engines, lcm_pipe)
+    image = ours(engines, "tcd", 4, guidance, eta=eta)
+    assert_close_images(image, diffusers_images(pipe, "tcd", 4, guidance, eta=eta))
+    if eta != 0.3:  # and it made a difference
+        assert np.abs(image.astype(int) - ours(engines, "tcd", 4, guidance).astype(int)).max() > 0
+
+
+@pytest.mark.parametrize("scheduler,eta,message", [
+    ("tcd", 1.5, "eta: TCD's gamma must be a number from 0 to 1 (got 1.5)"),
+    ("tcd", -0.1, "eta: TCD's gamma must be a number from 0 to 1 (got -0.1)"),
+    ("lcm", 0.3, "eta: only the tcd scheduler takes it (this request's scheduler is lcm)"),
+    (None, 0.3, "eta: only the tcd scheduler takes it (this request's scheduler is pndm)"),
+])
+def test_eta_is_checked(sd_engines, scheduler, eta, message):
+    with pytest.raises(InputError) as err:
+        ours(sd_engines, scheduler, 2, 1.0, eta=eta)
+    assert str(err.value) == message
+
+
+def test_cli_eta_names_its_flag(sd_engines, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    assert main(["generate", "--engines", str(sd_engines), "--prompt", PROMPT, "--scheduler", "ddim", "--eta", "0.2",
+                 "--out", str(tmp_path / "a.png"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("fashiongen: error: --eta: only the tcd scheduler takes it (this request's "
+                                       "scheduler is ddim)\n")
+
+
 # -- bad input ---------------------------------------------------------------------------------------------
 def test_steps_beyond_original_inference_steps(lcm_engines, lcm_pipe):
     with pytest.raises(ValueError, match="original_steps"):  # diffusers refuses them
@@ -173,3 +206,17 @@ def test_the_cpu_benchs_flop_count_reads_a_guidance_embedding_unet(folder, lcm_e
                            {"latent_height": latent, "latent_width": latent, "batch": 2})["total"]
     per_step = guided / 2 if folder == "lcm" else guided
     assert floor["unet_gflop_per_step"] == pytest.approx(per_step, rel=1e-6) and floor["vae_gflop"] > 0
+
+
+def test_triton_requests_carry_eta(sd_engines):
+    """The txt2img / edit services take eta as an optional input; it reaches the request and its checks."""
+    from fashiongen.triton_repo.services import EDIT, TXT2IMG, from_tensors, to_tensors
+
+    for service in (TXT2IMG, EDIT):
+        assert "eta" in [s.name for s in service.contract.inputs] and "eta" not in service.required
+    request, extras = from_tensors(TXT2IMG, to_tensors(TXT2IMG, Txt2ImgRequest(prompt=PROMPT, scheduler="tcd",
+                                                                               eta=0.75)))
+    assert (request.scheduler, request.eta, extras) == ("tcd", 0.75, {})
+    pipeline = Txt2ImgPipeline(EngineSet(sd_engines, backend_factory("ort")))
+    with pytest.raises(InputError, match="^eta: only the tcd scheduler takes it"):
+        pipeline.resolve(Txt2ImgRequest(prompt=PROMPT, eta=0.75))

@@ -46,8 +46,10 @@ _DECODER = _scalar("decoder", "bytes")
 _IMAGES = TensorSpec("image", "uint8", ("num_images", "height", "width", 3))
 _MASKS = TensorSpec("mask", "uint8", ("num_images", "mask_height", "mask_width"))
 _INPUT_IMAGE = TensorSpec("image", "uint8", ("height", "width", 3))
+# Optional: TCD's gamma (diffusers' eta); refused with any other scheduler.
 _COMMON = (_scalar("prompt", "bytes"), _scalar("negative_prompt", "bytes"), _scalar("seed", "uint64"),
-           _scalar("steps", "int32"), _scalar("guidance", "float32"), _scalar("scheduler", "bytes"))
+           _scalar("steps", "int32"), _scalar("guidance", "float32"), _scalar("scheduler", "bytes"),
+           _scalar("eta", "float32"))
 
 TXT2IMG = Service(
     NetworkContract(

@@ -51,10 +51,11 @@ SCHEDULER_NAMES: tuple[str, ...] = tuple(sorted(_BY_NAME))
 _BY_CLASS_NAME = {cls.__name__: cls for cls, _ in _BY_NAME.values()}
 
 
-def make_scheduler(config: dict, name: str | None = None) -> Scheduler:
+def make_scheduler(config: dict, name: str | None = None, eta: float | None = None) -> Scheduler:
     """The scheduler ``name`` (one of ``SCHEDULER_NAMES``) built from a diffusers scheduler config dict,
     as ``XScheduler.from_config(config)`` builds it; with ``name=None`` the class ``config["_class_name"]``
-    names, with the config's own settings.
+    names, with the config's own settings. ``eta``: TCD's gamma (diffusers' pipelines' ``eta``), None for its
+    default; any other scheduler refuses it rather than silently ignoring it.
     """
     if not isinstance(config, dict):
         raise ValueError(f"scheduler config must be a dict, got {type(config).__name__}")
@@ -64,8 +65,13 @@ def make_scheduler(config: dict, name: str | None = None) -> Scheduler:
             raise InputError(f"scheduler: the checkpoint's scheduler config _class_name={class_name!r} is not "
                              f"supported (known: {', '.join(sorted(_BY_CLASS_NAME))}); name one of "
                              f"{', '.join(SCHEDULER_NAMES)}")
-        return _BY_CLASS_NAME[class_name](config)
-    if name not in _BY_NAME:
+        cls, overrides = _BY_CLASS_NAME[class_name], {}
+    elif name not in _BY_NAME:
         raise InputError(f"scheduler: unknown {name!r}; known: {', '.join(SCHEDULER_NAMES)}")
-    cls, overrides = _BY_NAME[name]
+    else:
+        cls, overrides = _BY_NAME[name]
+    if eta is not None:
+        if cls is not TCDScheduler:
+            raise InputError(f"eta: only the tcd scheduler takes it (this request's scheduler is {cls.name})")
+        overrides = {**overrides, "gamma": eta}
     return cls(config, **overrides)

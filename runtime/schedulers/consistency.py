@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from .common import (F32, ONE, Scheduler, SchedulerConfig, ThresholdingConfig, alpha_before, bound_x0,
                      check_steps, choice, first_index, flag, is_int, is_number, noise_generator, setting,
                      x0_and_eps)
 
 SIGMA_DATA = 0.5
+#: TCD's default gamma: the ``eta=0.3`` that TCD's authors recommend and diffusers' ``TCDScheduler.step``
+#: defaults to (diffusers' pipelines pass their own ``eta``, default 0.0, unless the caller sets it).
+TCD_GAMMA = 0.3
 
 
 @dataclass(frozen=True)
@@ -123,17 +127,18 @@ class LCMScheduler(ConsistencyScheduler):
 class TCDScheduler(ConsistencyScheduler):
     """Trajectory consistency sampling: each step predicts the sample at the intermediate timestep
     ``s = floor((1 - gamma) * t_next)`` and, with ``gamma > 0`` and except on the last step, noises it
-    forward to ``t_next`` with ``generator.randn``. ``gamma`` is diffusers' ``eta`` step argument (its
-    default 0.3; 0 is deterministic). diffusers' TCD reads neither clipping nor thresholding settings, so
-    neither does this class.
+    forward to ``t_next`` with ``generator.randn``. ``gamma`` is diffusers' ``eta`` (the pipelines' ``eta``
+    argument, passed on to ``TCDScheduler.step``), hence the request field and flag ``eta``: 0 is deterministic,
+    higher values add more fresh noise each step (softer detail). diffusers' TCD reads neither clipping nor
+    thresholding settings, so neither does this class.
     """
 
     name = "tcd"
 
-    def __init__(self, config: dict | None = None, gamma: float = 0.3, **overrides):
+    def __init__(self, config: dict | None = None, gamma: float = TCD_GAMMA, **overrides):
         super().__init__(config, **overrides)
-        if not (is_number(gamma) and 0 <= gamma <= 1):
-            raise ValueError(f"TCDScheduler: gamma must be a number from 0 to 1, got {gamma!r}")
+        if not (is_number(gamma) and 0 <= gamma <= 1):  # a user's --eta lands here: name the field
+            raise InputError(f"eta: TCD's gamma must be a number from 0 to 1 (got {gamma!r})")
         self.gamma = float(gamma)
 
     def step(self, model_output, timestep, sample, generator=None):
