@@ -162,6 +162,15 @@ def base_geometry(args, config: dict | None) -> dict:
             "unet_in_channels": unet["in_channels"], "latent_channels": vae["latent_channels"]}
 
 
+def require_text_to_image(args, geometry: dict) -> dict:
+    """``geometry``, if its UNet takes the latents alone: an InstructPix2Pix UNet (image latents concatenated,
+    8 channels) is refused naming ``--model`` and the command, before anything loads."""
+    if geometry["unet_in_channels"] != geometry["latent_channels"]:
+        raise InputError(f"--model: '{args.model}' has a {geometry['unet_in_channels']}-channel UNet "
+                         f"(InstructPix2Pix?); {args.command_name} takes a text-to-image SD 1.x checkpoint")
+    return geometry
+
+
 def training_size(resolution: int | None, geometry: dict) -> int:
     """``--resolution``, checked against the VAE's downscale; by default the checkpoint's native size."""
     down = geometry["downscale"]
@@ -237,6 +246,15 @@ def write_model(out_dir: Path, base: Path, trained: dict, record: dict) -> Path:
     return out_dir
 
 
+def write_record(folder: Path, record: dict) -> Path:
+    """``folder/training.json``, written atomically (trainers whose output is files, not a model folder)."""
+    from fashiongen.runtime.files import atomic_file
+
+    with atomic_file(Path(folder) / RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(folder) / RECORD
+
+
 def training_record(args, losses: list[float], started: float, **extra) -> dict:
     """How the model was made: the command's arguments, seed, steps, final loss, wall time."""
     arguments = {k: v for k, v in vars(args).items() if not callable(v)}
@@ -306,10 +324,7 @@ def run(args) -> int:
     schedule = schedule_from_args(args, ema_decay=args.ema_decay)
     options = Options.from_args(args)
     config = read_config(args.config, args.resolution) if args.config is not None else None
-    geometry = base_geometry(args, config)
-    if geometry["unet_in_channels"] != geometry["latent_channels"]:
-        raise InputError(f"--model: '{args.model}' has a {geometry['unet_in_channels']}-channel UNet "
-                         f"(InstructPix2Pix?); train takes a text-to-image SD 1.x checkpoint")
+    geometry = require_text_to_image(args, base_geometry(args, config))
     size = training_size(args.resolution, geometry)
     rows = read_data(args.data, require=("text",))
     data_sha256 = data_digest(rows)
@@ -356,6 +371,14 @@ class CachedData:
 
     def __len__(self) -> int:
         return len(self.mean)
+
+    def batch(self, schedule, step: int, micro: int, generator, caption_dropout: float):
+        """:meth:`draw` of the examples of micro-batch ``micro`` of ``step``: the loss functions' data."""
+        from .runs import batch_indices
+
+        size = schedule.batch_size
+        index = batch_indices(len(self), size, (step * schedule.gradient_accumulation + micro) * size, schedule.seed)
+        return self.draw(index, generator, caption_dropout)
 
     def draw(self, index, generator, caption_dropout: float):
         """Latents sampled from the cached posteriors, and token ids with captions dropped at random."""
@@ -440,12 +463,8 @@ class DiffusionLoss:
         import torch
         import torch.nn.functional as F
 
-        from .runs import batch_indices
-
         size = self.schedule.batch_size
-        index = batch_indices(len(self.data), size, (step * self.schedule.gradient_accumulation + micro) * size,
-                              self.schedule.seed)
-        latents, ids = self.data.draw(index, generator, self.options.caption_dropout)
+        latents, ids = self.data.batch(self.schedule, step, micro, generator, self.options.caption_dropout)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         latents, ids, noise, timesteps = (t.to(self.device) for t in (latents, ids, noise, timesteps))

@@ -116,7 +116,7 @@ def train_embedding(args) -> TrainedEmbedding:
                    on_step=_row_restorer(embedding.weight, ids), description="textual inversion")
     learned = embedding.weight.detach()[ids].to("cpu", torch.float32).clone()
     files = _write_outputs(run_folder.out, args.token, learned)
-    _write_record(run_folder.out, t2i.training_record(
+    t2i.write_record(run_folder.out, t2i.training_record(
         args, losses, started, tokens=tokens, step_losses=losses, images=len(rows), resolution=size,
         prediction_type=loss.prediction_type, files={fmt: path.name for fmt, path in files.items()}))
     return TrainedEmbedding(token=args.token, vectors=learned, files=files, losses=losses, parts=parts)
@@ -124,13 +124,9 @@ def train_embedding(args) -> TrainedEmbedding:
 
 def _training_size(args) -> int:
     """``--resolution`` checked against the checkpoint (before anything loads); a text-to-image UNet required."""
-    from .text_to_image import base_geometry, training_size
+    from .text_to_image import base_geometry, require_text_to_image, training_size
 
-    geometry = base_geometry(args, None)
-    if geometry["unet_in_channels"] != geometry["latent_channels"]:
-        raise InputError(f"--model: '{args.model}' has a {geometry['unet_in_channels']}-channel UNet "
-                         f"(InstructPix2Pix?); train-embedding takes a text-to-image SD 1.x checkpoint")
-    return training_size(args.resolution, geometry)
+    return training_size(args.resolution, require_text_to_image(args, base_geometry(args, None)))
 
 
 # -- checks -------------------------------------------------------------------------------------------
@@ -227,14 +223,3 @@ def _write_outputs(out: Path, token: str, vectors) -> dict[str, Path]:
 
     return {"a1111": write_textual_inversion(out, vectors, token, "a1111"),
             "diffusers": write_textual_inversion(out / DIFFUSERS_FILE, vectors, token, "diffusers")}
-
-
-def _write_record(out: Path, record: dict) -> None:
-    import json
-
-    from fashiongen.runtime.files import atomic_file
-
-    from .text_to_image import RECORD
-
-    with atomic_file(out / RECORD) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
