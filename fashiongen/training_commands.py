@@ -17,6 +17,8 @@ COMMANDS = {
               "train or fine-tune an SD 1.x checkpoint on captioned images (text to image)"),
     "train-embedding": ("fashiongen.training.textual_inversion",
                         "learn a new token by textual inversion (A1111 .pt and diffusers files)"),
+    "train-lcm-lora": ("fashiongen.training.lcm_lora",
+                       "distil an LCM-LoRA (4-step sampling, --preset fast) from an SD 1.x checkpoint on images"),
     "train-segmenter": ("fashiongen.training.segmenter",
                         "train a SegFormer clothes segmenter on images and label maps"),
     "train-clip": ("fashiongen.training.contrastive",
