@@ -68,7 +68,7 @@ def add_arguments(p) -> None:
                      "latents-cache.safetensors, --resume).")
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
                    help="the teacher: an SD 1.x diffusers folder (e.g. a `fashiongen train` run's OUT/model)")
-    add_data_arguments(p, "metadata.jsonl rows with file_name and a 'text' caption")
+    add_data_arguments(p, "metadata.jsonl rows with file_name and a 'text' caption", config=False)
     p.add_argument("--out", type=Path, required=True, help="run folder; the LoRA goes to OUT/" + LORA_FILE)
     add_schedule_arguments(p, steps=1000, batch_size=12, learning_rate=1e-4, checkpoint_every=200)
     p.add_argument("--rank", type=int, default=64, help="LoRA rank (default 64, LCM-LoRA's)")
@@ -140,6 +140,7 @@ def train_lcm_lora(args) -> tuple[Path, list[float]]:
     schedule = schedule_from_args(args)
     options = Distillation.from_args(args)
     geometry = t2i.require_text_to_image(args, t2i.base_geometry(args, None))
+    check_noise_schedule(args.model, options)
     size = t2i.training_size(args.resolution, geometry)
     rows = t2i.read_data(args.data, require=("text",))
     data_sha256 = t2i.data_digest(rows)
@@ -160,15 +161,34 @@ def train_lcm_lora(args) -> tuple[Path, list[float]]:
     return path, losses
 
 
+def check_noise_schedule(model_dir: Path, options: Distillation) -> None:
+    """The teacher's scheduler config fits the recipe (an epsilon or v-prediction UNet, at least as many
+    training timesteps as solver steps), checked from its file before anything is written or loaded."""
+    import json
+
+    config = json.loads((Path(model_dir) / "scheduler" / "scheduler_config.json").read_text())
+    prediction_type, timesteps = config.get("prediction_type", "epsilon"), config.get("num_train_timesteps", 1000)
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise InputError(f"--model: '{model_dir}' predicts '{prediction_type}' (scheduler/scheduler_config.json); "
+                         "train-lcm-lora distils epsilon and v_prediction UNets")
+    if options.num_ddim_timesteps > timesteps:
+        raise InputError(f"--num-ddim-timesteps: at most the teacher's {timesteps} training timesteps, got "
+                         f"{options.num_ddim_timesteps}")
+
+
 # -- the student: the teacher's UNet with a LoRA ----------------------------------------------------------------
-def add_lora(unet, options: Distillation):
+def add_lora(unet, options: Distillation, seed: int):
     """Freeze ``unet`` and add the LoRA (diffusers' peft integration, so the adapter can be switched off for the
-    teacher and saved in diffusers' layout). peft initialises lora_B to zero: the student starts as the teacher."""
+    teacher and saved in diffusers' layout). peft initialises lora_B to zero (the student starts as the teacher)
+    and lora_A at random from torch's global generator: seeded here, so that a run's result is its seed's."""
+    import torch
     from peft import LoraConfig
 
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=options.rank, lora_alpha=options.lora_alpha, target_modules=list(TARGET_MODULES),
-                                init_lora_weights=True))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(LoraConfig(r=options.rank, lora_alpha=options.lora_alpha,
+                                    target_modules=list(TARGET_MODULES), init_lora_weights=True))
     return unet
 
 
@@ -191,7 +211,7 @@ def write_lora(path: Path, unet) -> Path:
 
     weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
     config = unet.peft_config["default"].to_dict()
-    config["target_modules"] = sorted(config["target_modules"])  # a set: sorted, so the same run gives the same file
+    config["target_modules"] = sorted(config["target_modules"])  # a set: sorted, so the header reads the same
     with atomic_file(path) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp.parent, unet_lora_layers=weights, weight_name=tmp.name,
                                                   unet_lora_adapter_metadata=config)
@@ -210,11 +230,7 @@ class DDIMSolver:
 
     @classmethod
     def build(cls, alphas_cumprod, num_ddim_timesteps: int) -> "DDIMSolver":
-        skip = len(alphas_cumprod) // num_ddim_timesteps
-        if skip < 1:
-            raise InputError(f"--num-ddim-timesteps: at most the checkpoint's {len(alphas_cumprod)} training "
-                             f"timesteps, got {num_ddim_timesteps}")
-        return cls(alphas_cumprod.float(), skip, num_ddim_timesteps)
+        return cls(alphas_cumprod.float(), len(alphas_cumprod) // num_ddim_timesteps, num_ddim_timesteps)
 
     def timesteps(self, index):
         """The start ``t_n`` and the end ``t_n - k`` (clamped to 0) of the steps ``index``."""
@@ -267,15 +283,12 @@ class ConsistencyLoss:
         import torch
         from diffusers import DDPMScheduler
 
-        scheduler = DDPMScheduler.from_config(parts["scheduler_config"])
+        scheduler = DDPMScheduler.from_config(parts["scheduler_config"])  # checked by check_noise_schedule
         prediction_type = scheduler.config.prediction_type
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise InputError(f"--model: scheduler/scheduler_config.json has prediction_type '{prediction_type}'; "
-                             "train-lcm-lora supports epsilon and v_prediction")
         solver = DDIMSolver.build(scheduler.alphas_cumprod, options.num_ddim_timesteps)
         text_encoder = parts["text_encoder"].requires_grad_(False).to(device).eval()
         parts["vae"].requires_grad_(False)
-        unet = add_lora(parts["unet"], options).to(device)
+        unet = add_lora(parts["unet"], options, schedule.seed).to(device)
         with torch.no_grad():
             uncond = text_encoder(data.empty_ids.to(device), return_dict=False)[0]
         return cls(unet, text_encoder, uncond, scheduler.alphas_cumprod.float(), prediction_type, solver, data,

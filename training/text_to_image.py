@@ -72,12 +72,13 @@ def add_base_arguments(p) -> None:
                       "--resolution/8); the initial checkpoint (seeded by --seed) is written to OUT/base")
 
 
-def add_data_arguments(p, what: str) -> None:
+def add_data_arguments(p, what: str, config: bool = True) -> None:
+    """``--data`` and ``--resolution``; ``config``: the command takes ``--config`` (a size instead of a model)."""
     p.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
                    help=f"imagefolder ({what}); repeat to train on several")
     p.add_argument("--resolution", type=int, default=None,
                    help="square training size in pixels, a multiple of the VAE's downscale (default: the "
-                   "checkpoint's native size; with --config, sample_size x 8)")
+                   "checkpoint's native size" + ("; with --config, sample_size x 8)" if config else ")"))
 
 
 def read_config_object(path: Path, known: list[str], what: str) -> dict:
