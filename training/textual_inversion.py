@@ -58,7 +58,8 @@ def add_arguments(p) -> None:
                      "(A1111) and OUT/learned_embeds.safetensors (diffusers), which `fashiongen export "
                      "--embedding` takes.")
     p.add_argument("--model", type=Path, required=True, metavar="DIR", help="SD 1.x diffusers checkpoint folder")
-    add_data_arguments(p, "metadata.jsonl rows with file_name, and a 'text' caption if --template uses {caption}", config=False)
+    add_data_arguments(p, "metadata.jsonl rows with file_name, and a 'text' caption if --template uses {caption}",
+                       config=False)
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, the embedding files")
     p.add_argument("--token", required=True, help='the new token, e.g. "<my-style>"')
     p.add_argument("--init-word", required=True,
