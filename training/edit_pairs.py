@@ -143,7 +143,9 @@ def clause(attribute: str, value: str, pronoun: str = "it") -> str:
     if attribute == "sleeve":
         return f"make {pronoun} sleeveless" if value == "sleeveless" else f"give {pronoun} {value} sleeves"
     if attribute == "neckline":
-        return f"make {pronoun} {_article(value)} {value}" if value.endswith("neck") else f"give {pronoun} a {value} neck"
+        if value.endswith("neck"):  # "crewneck", "v-neck"
+            return f"make {pronoun} {_article(value)} {value}"
+        return f"give {pronoun} a {value} neck"
     if attribute == "length":
         return f"make {pronoun} {value} length"
     return f"make {pronoun} {value}"  # colour, pattern ("make it striped", "make it plain")
