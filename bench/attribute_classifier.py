@@ -266,7 +266,8 @@ def train_classifier(data: Path, out_file: Path, steps: int = 1200, seed: int = 
     """Train on the ``train`` split of both views of the data set in ``data``; write ``out_file`` (safetensors)
     and its ``.json``; measure the held-out accuracy on ``evaluate_on`` splits (those the data set has)."""
     from fashiongen.training.options import Schedule
-    from fashiongen.training.runs import RunFolder, batch_indices, train
+    from fashiongen.training.options import batch_indices
+    from fashiongen.training.runs import RunFolder, train
 
     data, out_file = Path(data), Path(out_file)
     if out_file.suffix != ".safetensors":

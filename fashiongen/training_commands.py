@@ -15,6 +15,8 @@ COMMANDS = {
                        "distil a tiny VAE (TAESD, AutoencoderTiny) from an SD 1.x folder's VAE on imagefolders"),
     "train": ("fashiongen.training.text_to_image",
               "train or fine-tune an SD 1.x checkpoint on captioned images (text to image)"),
+    "train-pix2pix": ("fashiongen.training.instruct_pix2pix",
+                      "train an InstructPix2Pix editor on pairs of catalog items (approach 2: edit the retrieved item)"),
     "train-embedding": ("fashiongen.training.textual_inversion",
                         "learn a new token by textual inversion (A1111 .pt and diffusers files)"),
     "train-lcm-lora": ("fashiongen.training.lcm_lora",

@@ -118,11 +118,9 @@ class ReconstructionLoss:
         import torch
 
         from .imagefolder import to_unit_range
-        from .runs import batch_indices
+        from .options import step_batch
 
-        size = self.schedule.batch_size
-        index = batch_indices(len(self.images), size, (step * self.schedule.gradient_accumulation + micro) * size,
-                              self.schedule.seed)
+        index = step_batch(len(self.images), self.schedule, step, micro)
         rgb = torch.from_numpy(to_unit_range(self.images[index]))
         pixels = torch.einsum("ij,bjhw->bihw", torch.from_numpy(self.basis).float(), rgb).to(self.device)
         posterior = self.vae.encode(pixels).latent_dist

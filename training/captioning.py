@@ -36,8 +36,9 @@ from fashiongen.runtime.errors import InputError
 
 from .imagefolder import open_image, read_rows
 from .options import Schedule, add_schedule_arguments, schedule_from_args
+from .options import step_batch
 from .transformers_models import (MODEL_DIR, add_run_arguments, check_model_type, print_summary, random_base,
-                                  run_record, schedule_identity, step_batch, write_model)
+                                  run_record, schedule_identity, write_model)
 
 IGNORE_INDEX = -100  # transformers' label for "no loss here"
 DEFAULTS = {"steps": 1000, "batch_size": 16, "learning_rate": 1e-4, "checkpoint_every": 250}

@@ -40,8 +40,9 @@ from fashiongen.runtime.retrieval import ClipPreprocess, unit
 
 from .imagefolder import open_image, read_rows
 from .options import Schedule, add_schedule_arguments, schedule_from_args
+from .options import step_batch
 from .transformers_models import (MODEL_DIR, add_run_arguments, check_model_type, print_summary, random_base,
-                                  run_record, schedule_identity, step_batch, write_model)
+                                  run_record, schedule_identity, write_model)
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips its temperature at 100
 RECALL_AT = (1, 5)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from fashiongen.runtime.errors import InputError
 
-from .options import add_schedule_arguments, schedule_from_args
+from .options import add_schedule_arguments, schedule_from_args, step_batch
 
 if TYPE_CHECKING:
     import torch
@@ -298,7 +298,7 @@ class ConsistencyLoss:
         import torch
 
         size = self.schedule.batch_size
-        latents, ids = self.data.batch(self.schedule, step, micro, generator, 0.0)
+        latents, ids = self.data.draw(step_batch(len(self.data), self.schedule, step, micro), generator, 0.0)
         noise = torch.randn(latents.shape, generator=generator)
         index = torch.randint(0, self.solver.count, (size,), generator=generator)
         w = self.options.w_min + (self.options.w_max - self.options.w_min) * torch.rand(size, generator=generator)

@@ -77,3 +77,23 @@ def schedule_from_args(args, ema_decay: float | None = None) -> Schedule:
                         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule)
     schedule.check()
     return schedule
+
+
+def step_batch(count: int, schedule, step: int, micro: int) -> np.ndarray:
+    """The example indices of micro-batch ``micro`` of ``step`` (of ``count`` examples): a resumed run draws
+    the same ones."""
+    size = schedule.batch_size
+    return batch_indices(count, size, (step * schedule.gradient_accumulation + micro) * size, schedule.seed)
+
+
+def batch_indices(count: int, batch_size: int, position: int, seed: int) -> np.ndarray:
+    """The ``batch_size`` examples at sample ``position`` of the run: each epoch a fresh permutation of
+    ``count`` examples drawn from (seed, epoch), so any position can be found again without replaying."""
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, count)
+        order = np.random.default_rng([seed, epoch]).permutation(count)
+        take = order[offset:offset + batch_size - len(out)]
+        out.extend(take.tolist())
+        position += len(take)
+    return np.asarray(out)

@@ -29,19 +29,6 @@ RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
 
 
-def batch_indices(count: int, batch_size: int, position: int, seed: int) -> np.ndarray:
-    """The ``batch_size`` examples at sample ``position`` of the run: each epoch a fresh permutation of
-    ``count`` examples drawn from (seed, epoch), so any position can be found again without replaying."""
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(position, count)
-        order = np.random.default_rng([seed, epoch]).permutation(count)
-        take = order[offset:offset + batch_size - len(out)]
-        out.extend(take.tolist())
-        position += len(take)
-    return np.asarray(out)
-
-
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     """The noise of one micro-batch of one step: the same on a resumed run as on an uninterrupted one."""
     return torch.Generator().manual_seed(_derived_seed(seed, step, micro))

@@ -37,8 +37,9 @@ from fashiongen.runtime.segmentation import SegPreprocess
 
 from .imagefolder import load_label_map, open_image, read_rows
 from .options import Schedule, add_schedule_arguments, schedule_from_args
+from .options import step_batch
 from .transformers_models import (MODEL_DIR, add_run_arguments, print_summary, read_size, run_record, schedule_identity,
-                                  step_batch, write_model)
+                                  write_model)
 
 IGNORE_INDEX = 255  # SegformerConfig.semantic_loss_ignore_index: pixels of this value count for nothing
 DEFAULT_ZOOM = 1.25

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from fashiongen.runtime.errors import InputError
 
-from .options import add_schedule_arguments, schedule_from_args
+from .options import add_schedule_arguments, schedule_from_args, step_batch
 
 if TYPE_CHECKING:
     import torch
@@ -226,9 +226,11 @@ def identity_of(args, schedule, base, data_sha256: str, size: int, **extra) -> d
             "data_sha256": data_sha256, "base": base, "resolution": size, **hyper, **extra}
 
 
-def write_model(out_dir: Path, base: Path, trained: dict, record: dict) -> Path:
+def write_model(out_dir: Path, base: Path, trained: dict, record: dict, pipeline_class: str | None = None) -> Path:
     """``out_dir``: the base folder with the ``trained`` parts (name -> module) saved anew, every other file
-    hard-linked, and ``training.json``; built beside it and renamed into place."""
+    hard-linked, and ``training.json``; built beside it and renamed into place. ``pipeline_class`` renames the
+    diffusers pipeline in ``model_index.json`` (train-pix2pix makes an InstructPix2Pix model of a text-to-image
+    one)."""
     from fashiongen.random_checkpoints.sd import _save_text_encoder
     from fashiongen.runtime.files import link_or_copy, staged_folder
 
@@ -243,6 +245,11 @@ def write_model(out_dir: Path, base: Path, trained: dict, record: dict) -> Path:
                 _save_text_encoder(module, stage / name)
             else:
                 module.save_pretrained(stage / name, safe_serialization=True)
+        if pipeline_class is not None:
+            index_file = stage / "model_index.json"
+            index = {**json.loads(index_file.read_text()), "_class_name": pipeline_class}
+            index_file.unlink()  # a hard link to the base's: write a new file, never through the link
+            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         (stage / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return out_dir
 
@@ -264,6 +271,21 @@ def training_record(args, losses: list[float], started: float, **extra) -> dict:
             "wall_seconds": round(time.perf_counter() - started, 1), **extra}
 
 
+def add_diffusion_arguments(p, what: str) -> None:
+    """``--out``, the schedule, ``--ema-decay`` and ``--snr-gamma``: what train and train-pix2pix take alike."""
+    p.add_argument("--out", type=Path, required=True, help=f"run folder; the trained {what} goes to OUT/model")
+    add_schedule_arguments(p, steps=1000, batch_size=16, learning_rate=1e-4, checkpoint_every=250)
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="keep an exponential moving average of the weights and write it as the model (e.g. 0.999)")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="min-SNR loss weighting with this gamma (5.0 is the paper's; default off)")
+
+
+def check_snr_gamma(gamma: float | None) -> None:
+    if gamma is not None and not gamma > 0:
+        raise InputError(f"--snr-gamma: must be positive, got {gamma}")
+
+
 # -- train ------------------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     p.description = ("Train an SD 1.x text-to-image model on an imagefolder (captions in 'text'), diffusers' "
@@ -274,12 +296,7 @@ def add_arguments(p) -> None:
                      "with --model ... --train-text-encoder --caption-dropout 0.1.")
     add_base_arguments(p)
     add_data_arguments(p, "metadata.jsonl rows with file_name and a 'text' caption")
-    p.add_argument("--out", type=Path, required=True, help="run folder; the trained model goes to OUT/model")
-    add_schedule_arguments(p, steps=1000, batch_size=16, learning_rate=1e-4, checkpoint_every=250)
-    p.add_argument("--ema-decay", type=float, default=None,
-                   help="keep an exponential moving average of the weights and write it as the model (e.g. 0.999)")
-    p.add_argument("--snr-gamma", type=float, default=None,
-                   help="min-SNR loss weighting with this gamma (5.0 is the paper's; default off)")
+    add_diffusion_arguments(p, "model")
     p.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="train the text encoder with the UNet (default: on with --config, off with --model)")
     p.add_argument("--caption-dropout", type=float, default=None, metavar="P",
@@ -310,8 +327,7 @@ class Options:
                       else args.caption_dropout, snr_gamma=args.snr_gamma)
         if not 0 <= options.caption_dropout < 1:
             raise InputError(f"--caption-dropout: must be in [0, 1), got {options.caption_dropout}")
-        if options.snr_gamma is not None and not options.snr_gamma > 0:
-            raise InputError(f"--snr-gamma: must be positive, got {options.snr_gamma}")
+        check_snr_gamma(options.snr_gamma)
         for name in ("validation_every", "validation_images"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
@@ -373,22 +389,20 @@ class CachedData:
     def __len__(self) -> int:
         return len(self.mean)
 
-    def batch(self, schedule, step: int, micro: int, generator, caption_dropout: float):
-        """:meth:`draw` of the examples of micro-batch ``micro`` of ``step``: the loss functions' data."""
-        from .runs import batch_indices
-
-        size = schedule.batch_size
-        index = batch_indices(len(self), size, (step * schedule.gradient_accumulation + micro) * size, schedule.seed)
-        return self.draw(index, generator, caption_dropout)
-
     def draw(self, index, generator, caption_dropout: float):
         """Latents sampled from the cached posteriors, and token ids with captions dropped at random."""
         import torch
 
-        mean, std = self.mean[index], self.std[index]
-        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * self.scaling_factor
+        latents = sample_latents(self.mean[index], self.std[index], generator, self.scaling_factor)
         keep = torch.rand(len(index), generator=generator) >= caption_dropout
         return latents, torch.where(keep[:, None], self.ids[index], self.empty_ids)
+
+
+def sample_latents(mean, std, generator, scaling_factor: float):
+    """What the recipe's ``vae.encode(x).latent_dist.sample() * scaling_factor`` draws, from a cached posterior."""
+    import torch
+
+    return (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor
 
 
 def tokenize(tokenizer, texts: list[str]):
@@ -433,7 +447,9 @@ def weights_digest(module) -> str:
 
 @dataclass
 class DiffusionLoss:
-    """``loss_fn(step, micro, generator)`` of the shared loop: diffusers' text-to-image loss on one micro-batch."""
+    """``loss_fn(step, micro, generator)`` of the shared loop: diffusers' text-to-image loss on one micro-batch.
+
+    :meth:`draw` is what a recipe changes: train-pix2pix's adds the latents the UNet sees beside the noisy ones."""
 
     unet: object
     text_encoder: object
@@ -465,17 +481,25 @@ class DiffusionLoss:
         import torch.nn.functional as F
 
         size = self.schedule.batch_size
-        latents, ids = self.data.batch(self.schedule, step, micro, generator, self.options.caption_dropout)
+        latents, ids, condition = self.draw(step_batch(len(self.data), self.schedule, step, micro), generator)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         latents, ids, noise, timesteps = (t.to(self.device) for t in (latents, ids, noise, timesteps))
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        if condition is not None:  # InstructPix2Pix: the image latents as extra input channels
+            noisy = torch.cat([noisy, condition.to(self.device)], dim=1)
         with torch.set_grad_enabled(self.options.train_text_encoder):
             hidden = self.text_encoder(ids, return_dict=False)[0]
         prediction = self.unet(noisy, timesteps, hidden, return_dict=False)[0]
         target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
         per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (per_image * self.weights(timesteps)).mean()
+
+    def draw(self, index, generator):
+        """The micro-batch: target latents, token ids, and the latents the UNet sees beside the noisy ones
+        (None: text-to-image has none)."""
+        latents, ids = self.data.draw(index, generator, self.options.caption_dropout)
+        return latents, ids, None
 
     def weights(self, timesteps):
         """1, or min-SNR-gamma (arXiv:2303.09556) as diffusers' example: min(SNR, gamma) / SNR for epsilon,

@@ -186,11 +186,9 @@ class DistillationLoss:
         import torch
 
         from .imagefolder import to_unit_range
-        from .runs import batch_indices
+        from .options import step_batch
 
-        size = self.schedule.batch_size
-        index = batch_indices(len(self.images), size, (step * self.schedule.gradient_accumulation + micro) * size,
-                              self.schedule.seed)
+        index = step_batch(len(self.images), self.schedule, step, micro)
         pixels = torch.from_numpy(to_unit_range(self.images[index])).to(self.device)
         target = self.latents[torch.from_numpy(index)].to(self.device)
         encoded = self.tiny.encode(pixels).latents

@@ -18,7 +18,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 
 from fashiongen.runtime.errors import InputError
 
@@ -94,14 +93,6 @@ def schedule_identity(schedule) -> dict:
     return {"batch_size": schedule.batch_size, "gradient_accumulation": schedule.gradient_accumulation,
             "learning_rate": schedule.learning_rate, "warmup_steps": schedule.warmup_steps, "seed": schedule.seed,
             "mixed_precision": schedule.mixed_precision}
-
-
-def step_batch(count: int, schedule, step: int, micro: int) -> np.ndarray:
-    """The example indices of one micro-batch of one step: a resumed run draws the same ones."""
-    from .runs import batch_indices
-
-    size = schedule.batch_size
-    return batch_indices(count, size, (step * schedule.gradient_accumulation + micro) * size, schedule.seed)
 
 
 def run_record(arguments: dict, schedule, losses: list[float], started: float, **extra) -> dict:

@@ -1,0 +1,208 @@
+"""``fashiongen train-pix2pix``: diffusers' InstructPix2Pix recipe, on pairs of catalog items (approach 2's editor).
+
+Approach 2 retrieves the catalog item nearest a query and edits it toward the query. This trains that editor on
+the catalog itself: pairs of items one or two attributes apart, told either the imperative a user types ("make
+it red", "give it long sleeves") or the target's caption, what approach 2 sends after retrieval (the pairs and
+their words: :mod:`fashiongen.training.edit_pairs`).
+
+The recipe is diffusers' ``examples/instruct_pix2pix``. The base (``--model``) is a text-to-image SD 1.x folder,
+whose UNet's ``conv_in`` is widened to twice the latent channels (the source image's latent beside the noisy
+one) with the new input channels zero-initialised, or an InstructPix2Pix folder, fine-tuned as it is. Only the
+UNet trains; the VAE and the text encoder stay frozen. The noisy latent is the target's VAE latent (sampled,
+scaled), the source is seen as its latent *mode, unscaled* (as the recipe, and as the runtime's ``edit`` encodes
+its input); the loss is text-to-image's (:class:`~fashiongen.training.text_to_image.DiffusionLoss`: the
+scheduler's prediction type, optional min-SNR). Conditioning dropout is the paper's (section 3.2.1), so that
+both guidance scales work: of a uniform draw u per example, u < p drops the text, p <= u < 2p text and image,
+2p <= u < 3p the image (``--conditioning-dropout-prob`` p, 0.05 as the recipe's README).
+
+One deliberate difference: the widened ``conv_in`` keeps the original bias (the recipe leaves a fresh random
+one), so that at step 0 the model is exactly the text-to-image model and the first steps are not spent
+undoing noise in the first layer.
+
+Run folder layout, latents cache (every image encoded once, sources and targets alike), checkpoints, exact
+``--resume``, EMA and the output are ``train``'s; ``OUT/model`` is a diffusers
+``StableDiffusionInstructPix2PixPipeline`` folder that ``fashiongen export --model`` takes as it is (it
+recognises pix2pix by the UNet's input channels). Importing this module imports no torch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fashiongen.runtime.errors import InputError
+
+from .edit_pairs import attribute_rows, check_pairing, make_pairs
+from .options import schedule_from_args
+from .text_to_image import (LATENTS_CACHE, MODEL, DiffusionLoss, add_data_arguments, add_diffusion_arguments,
+                            base_geometry, base_identity, cached_posteriors, check_snr_gamma, data_digest,
+                            identity_of, load_base, read_data, sample_latents, tokenize, training_record,
+                            training_size, write_model)
+
+if TYPE_CHECKING:
+    import torch
+
+PIPELINE_CLASS = "StableDiffusionInstructPix2PixPipeline"
+
+
+def add_arguments(p) -> None:
+    p.description = (
+        "Train an InstructPix2Pix editor (diffusers' instruct_pix2pix recipe) on pairs of catalog items that differ "
+        "in one or two attributes (type within its family, colour, pattern, sleeve, neckline, length), told the "
+        "imperative a user types ('make it red and give it long sleeves') or the target's caption ('black short "
+        "sleeve crewneck crop top', what approach 2 sends after retrieval). --model is a text-to-image SD 1.x "
+        "folder (its UNet's conv_in is widened to take the source image's latent, the new channels starting at "
+        "zero) or an InstructPix2Pix folder (fine-tuned); only the UNet trains. --out is the run folder "
+        "(run.json, checkpoints/, latents-cache.safetensors); the editor is written to OUT/model, a diffusers "
+        "StableDiffusionInstructPix2PixPipeline folder that `fashiongen export --model OUT/model` takes, and "
+        "`fashiongen edit` runs.")
+    p.add_argument("--model", type=Path, required=True, metavar="DIR",
+                   help="text-to-image SD 1.x diffusers folder to widen (e.g. `fashiongen train`'s OUT/model on the "
+                   "product view), or an InstructPix2Pix folder to fine-tune (e.g. timbrooks/instruct-pix2pix)")
+    add_data_arguments(p, "the product view: metadata.jsonl rows with file_name, a 'text' caption and the columns "
+                       "type, colour, pattern, sleeve, neckline, length (null where one does not apply), as "
+                       "`fashiongen dataset` writes data/product/train")
+    add_diffusion_arguments(p, "editor")
+    p.add_argument("--conditioning-dropout-prob", type=float, default=0.05, metavar="P",
+                   help="drop the text, the image, or both, each with probability P (the paper's; at most 1/3), so "
+                   "that text and image guidance work (default 0.05)")
+    p.add_argument("--pairs-per-image", type=int, default=4, metavar="N",
+                   help="edits drawn for every source item, each changing a set of attributes drawn uniformly "
+                   "(default 4; the images are encoded once however many pairs use them)")
+    p.add_argument("--instruction-mix", type=float, default=0.5, metavar="F",
+                   help="fraction of pairs told the imperative ('make it red'); the rest are told the target's "
+                   "caption (default 0.5: approach 2 sends captions, users type imperatives)")
+    p.set_defaults(command_name="train-pix2pix")
+
+
+@dataclass
+class Options:
+    """The recipe's choices that are not the schedule's, checked."""
+
+    conditioning_dropout: float
+    snr_gamma: float | None
+    pairs_per_image: int
+    instruction_mix: float
+    train_text_encoder: bool = False  # the recipe's: the text encoder stays frozen
+
+    @classmethod
+    def from_args(cls, args) -> "Options":
+        options = cls(args.conditioning_dropout_prob, args.snr_gamma, args.pairs_per_image, args.instruction_mix)
+        if not 0 <= options.conditioning_dropout <= 1 / 3:
+            raise InputError(f"--conditioning-dropout-prob: must be in [0, 1/3] (text, image and both are dropped "
+                             f"with it each), got {options.conditioning_dropout}")
+        if not 0 <= options.instruction_mix <= 1:
+            raise InputError(f"--instruction-mix: must be in [0, 1], got {options.instruction_mix}")
+        if options.pairs_per_image < 1:
+            raise InputError(f"--pairs-per-image: must be at least 1, got {options.pairs_per_image}")
+        check_snr_gamma(options.snr_gamma)
+        return options
+
+
+def needs_widening(model: Path, geometry: dict) -> bool:
+    """True for a text-to-image base (its UNet takes the latent channels), False for an InstructPix2Pix one (twice
+    them); anything else is refused in one line."""
+    channels, latent = geometry["unet_in_channels"], geometry["latent_channels"]
+    if channels not in (latent, 2 * latent):
+        raise InputError(f"--model: '{model}' has a {channels}-channel UNet for {latent}-channel latents; "
+                         f"train-pix2pix takes a text-to-image SD 1.x folder ({latent}) or an InstructPix2Pix one "
+                         f"({2 * latent})")
+    return channels == latent
+
+
+def widen_conv_in(unet) -> None:
+    """The recipe's surgery: ``conv_in`` takes twice its input channels, the noisy latent's weights copied into
+    the first ones and the image latent's set to zero, so that the widened UNet computes what the text-to-image
+    one did (the bias is kept too, see the module docstring) and learns to use the image from there."""
+    import torch
+
+    old = unet.conv_in
+    new = torch.nn.Conv2d(2 * old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)
+
+
+def run(args) -> int:
+    from .runs import RunFolder, make_accelerator, train
+
+    started = time.perf_counter()
+    schedule = schedule_from_args(args, ema_decay=args.ema_decay)
+    options = Options.from_args(args)
+    geometry = base_geometry(args, None)
+    widen = needs_widening(args.model, geometry)
+    size = training_size(args.resolution, geometry)
+    rows = read_data(args.data, require=("text",))
+    pairs = make_pairs(attribute_rows(rows), [row.text for row in rows], args.seed, options.pairs_per_image,
+                       options.instruction_mix)
+    check_pairing(pairs, rows)
+    data_sha256 = data_digest(rows)
+    run_folder = RunFolder(args.out, identity_of(args, schedule, base_identity(args, None), data_sha256, size,
+                                                 **options.__dict__))
+    run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
+    parts = load_base(Path(args.model))
+    if widen:
+        widen_conv_in(parts["unet"])
+    device = make_accelerator(schedule).device
+    data = PairData.build(rows, pairs, parts, size, data_sha256, run_folder.out / LATENTS_CACHE, device,
+                          progress=not args.no_progress)
+    loss = Pix2PixLoss.build(parts, data, schedule, options, device)
+    trainable = {"unet": parts["unet"]}
+    losses = train(run_folder, schedule, trainable, loss, resume=args.resume, progress=not args.no_progress,
+                   description="train-pix2pix")
+    record = training_record(args, losses, started, step_losses=losses, prediction_type=loss.prediction_type,
+                             resolution=size, widened=widen, pairs=len(pairs),
+                             example_instructions=[p.instruction for p in pairs[:8]], **options.__dict__)
+    model = write_model(run_folder.out / MODEL, Path(args.model), trainable, record, pipeline_class=PIPELINE_CLASS)
+    print(f"wrote {model} ({len(pairs)} pairs, {len(losses)} steps, final loss {losses[-1]:.4f})")
+    return 0
+
+
+@dataclass
+class PairData:
+    """The pairs as the loop reads them: every image's VAE posterior once, and each pair's source, target and
+    instruction token ids."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    source: torch.Tensor
+    target: torch.Tensor
+    ids: torch.Tensor
+    empty_ids: torch.Tensor  # the empty instruction, for conditioning dropout
+    scaling_factor: float
+
+    @classmethod
+    def build(cls, rows, pairs, parts: dict, size: int, data_sha256: str, cache: Path, device, progress: bool):
+        import torch
+
+        tokenizer = parts["tokenizer"]
+        mean, std = cached_posteriors(rows, parts["vae"], size, data_sha256, cache, device, progress)
+        return cls(mean, std, torch.tensor([p.source for p in pairs]), torch.tensor([p.target for p in pairs]),
+                   tokenize(tokenizer, [p.instruction for p in pairs]), tokenize(tokenizer, [""]),
+                   parts["vae"].config.scaling_factor)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def draw(self, index, generator, dropout: float):
+        """The targets' latents sampled from their posteriors (scaled), the sources' latent modes (unscaled, the
+        recipe's ``latent_dist.mode()``), and the instructions' ids; text and image dropped as the paper does."""
+        import torch
+
+        target, source = self.target[index], self.source[index]
+        latents = sample_latents(self.mean[target], self.std[target], generator, self.scaling_factor)
+        draw = torch.rand(len(index), generator=generator)
+        ids = torch.where((draw < 2 * dropout)[:, None], self.empty_ids, self.ids[index])
+        keep_image = ~((draw >= dropout) & (draw < 3 * dropout))
+        return latents, ids, self.mean[source] * keep_image[:, None, None, None]
+
+
+class Pix2PixLoss(DiffusionLoss):
+    """Text-to-image's loss with the source image's latent beside the noisy one and the paper's dropout."""
+
+    def draw(self, index, generator):
+        return self.data.draw(index, generator, self.options.conditioning_dropout)
