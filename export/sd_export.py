@@ -25,7 +25,8 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import staged_folder
 from fashiongen.runtime.manifest import (MANIFEST_NAME, Manifest, NetworkEntry, TokenizerSection, VaeSection,
                                          write_json_atomic)
-from fashiongen.runtime.presets import recommend_fast
+from fashiongen.runtime.denoise import check_guidance
+from fashiongen.runtime.presets import DEFAULT_PRESET, recommend_fast
 
 from .embeddings import LearnedEmbedding, bake_embeddings
 from .lora import LoraFile, merge_loras
@@ -246,8 +247,10 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
 def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embeddings: list[LearnedEmbedding] = (),
                          segmenter_dir: Path | None = None, opset: int = DEFAULT_OPSET,
                          progress: bool = True, loras: list[LoraFile] = (),
-                         tiny_vae_dir: Path | None = None) -> Manifest:
-    """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest."""
+                         tiny_vae_dir: Path | None = None, guidance: float | None = None) -> Manifest:
+    """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest.
+    ``guidance``: the scale the checkpoint samples best at, recorded as the folder's default (see
+    :func:`fashiongen.runtime.presets.default_guidance`)."""
     if model_dir is None and segmenter_dir is None:
         raise InputError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
     if model_dir is None and embeddings:
@@ -256,6 +259,10 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         raise InputError("--lora needs --model: a LoRA is merged into a UNet and a text encoder")
     if model_dir is None and tiny_vae_dir is not None:
         raise InputError("--tiny-vae needs --model: a tiny VAE decodes a checkpoint's latents")
+    if guidance is not None:
+        if model_dir is None:
+            raise InputError("--guidance needs --model: it is the guidance scale a checkpoint samples best at")
+        check_guidance("--guidance", guidance)
     if tiny_vae_dir is not None:  # refused before anything loads
         check_tiny_vae(tiny_vae_dir, json.loads((check_checkpoint(model_dir) / "vae/config.json").read_text()))
     total = (SD_STAGES + bool(loras) + (TINY_VAE_STAGES if tiny_vae_dir else 0) if model_dir else 0) + \
@@ -265,6 +272,8 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         manifest = Manifest(kind="segmenter", dims={}, networks={}, opset=opset, versions=versions())
         if model_dir is not None:
             export_sd(model_dir, embeddings, stage, manifest, bar, loras, tiny_vae_dir)
+            if guidance is not None:
+                manifest.presets[DEFAULT_PRESET] = {"guidance": float(guidance)}
         if segmenter_dir is not None:
             export_segmenter(segmenter_dir, stage, manifest, bar)
         write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())

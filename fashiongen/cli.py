@@ -50,6 +50,10 @@ def _add_export(sub) -> None:
                    "output): its decoder and encoder are exported beside the full VAE as vae_decoder_tiny and "
                    "vae_encoder_tiny; then `generate/edit --decoder tiny`. Its latent channels must be the "
                    "checkpoint's")
+    p.add_argument("--guidance", type=float, default=None, metavar="SCALE",
+                   help="the classifier-free guidance scale the checkpoint samples best at, recorded in the manifest: "
+                   "`generate` uses it when given no --guidance (default: none recorded; generate then uses 7.5, "
+                   "diffusers' default)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     options.add_progress_argument(p)
     p.set_defaults(run=_run_export)
@@ -66,7 +70,8 @@ def _run_export(args) -> int:
     loras = [read_lora(*parse_lora_arg(a)) for a in args.lora]  # every file checked before the checkpoint loads
     loras += [replace(read_lora(*parse_lora_arg(a)), lcm=True) for a in args.lcm_lora]
     manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
-                                    progress=not args.no_progress, loras=loras, tiny_vae_dir=args.tiny_vae)
+                                    progress=not args.no_progress, loras=loras, tiny_vae_dir=args.tiny_vae,
+                                    guidance=args.guidance)
     print(f"wrote {args.out} ({manifest.kind})")
     for lora in manifest.source.get("loras", []):
         print(f"  LoRA {lora['file']} x{lora['scale']:g}: {lora['layers']['unet']} UNet and "
@@ -92,7 +97,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--negative-prompt", default="", help="what to steer away from (learned negative tokens work)")
     p.add_argument("--height", type=int, default=None, help="image height, a multiple of 8 (default: native)")
     p.add_argument("--width", type=int, default=None, help="image width, a multiple of 8 (default: native)")
-    options.add_sampling_arguments(p, steps=25, images_help="images for the prompt")
+    options.add_sampling_arguments(p, steps=25, images_help="images for the prompt", guidance=None)
     options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
     serving_commands.add_triton_arguments(p, "txt2img")

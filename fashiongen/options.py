@@ -9,18 +9,21 @@ from fashiongen.training.options import add_progress_argument
 
 
 def add_sampling_arguments(p, steps: int, images_help: str, guidance_help: str = "classifier-free guidance scale",
-                           guidance: float = 7.5) -> None:
+                           guidance: float | None = 7.5) -> None:
     """Seed, steps, guidance, scheduler (and TCD's eta), decoder, ``--preset``, images and output. Steps,
     guidance, scheduler and decoder default to None here so that :func:`settle_sampling` can tell the user's
-    own values (which win) from the ones ``--preset`` or the command fills in."""
-    from fashiongen.runtime.presets import EMBEDDING_GUIDANCE, FAST_STEPS, PRESETS
+    own values (which win) from the ones ``--preset`` or the command fills in. ``guidance=None``: the pipeline
+    fills it in from the engine folder (``export --guidance``)."""
+    from fashiongen.runtime.presets import DEFAULT_GUIDANCE, EMBEDDING_GUIDANCE, FAST_STEPS, PRESETS
     from fashiongen.runtime.schedulers import SCHEDULER_NAMES
 
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same image")
     p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {steps})")
+    default = (f"default {guidance:g}" if guidance is not None else "default: the scale the engine folder "
+               f"records (`fashiongen export --guidance`), else {DEFAULT_GUIDANCE:g}")
     p.add_argument("--guidance", type=float, default=None,
-                   help=f"{guidance_help} (default {guidance:g}); at 1 or below no guidance batch runs (one UNet "
-                   "call a step at batch 1), as in diffusers")
+                   help=f"{guidance_help} ({default}); at 1 or below no guidance batch runs (one UNet call a step at "
+                   "batch 1), as in diffusers")
     p.add_argument("--scheduler", default=None,
                    help=f"{', '.join(SCHEDULER_NAMES)} (default: the checkpoint's own, with all its settings)")
     p.add_argument("--eta", type=float, default=None,
@@ -39,7 +42,7 @@ def add_sampling_arguments(p, steps: int, images_help: str, guidance_help: str =
                    "plain UNet at 4 steps draws noise)")
     p.add_argument("--num-images", type=int, default=1, help=f"{images_help} (out-0.png, out-1.png, ...)")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.set_defaults(sampling_defaults={"steps": steps, "guidance": guidance})
+    p.set_defaults(sampling_defaults={"steps": steps, **({"guidance": guidance} if guidance is not None else {})})
     add_timings_argument(p)
 
 

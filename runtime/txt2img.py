@@ -19,6 +19,7 @@ from .engines import EngineSet
 from .errors import InputError
 from .images import decoded_to_uint8
 from .manifest import require_kind
+from .presets import default_guidance
 from .rng import TorchGenerator
 from .schedulers import make_scheduler
 from .timings import StageTimings
@@ -31,7 +32,7 @@ class Txt2ImgRequest:
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 25
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the engine folder's recorded scale (export --guidance), else 7.5
     scheduler: str | None = None   # None: the one the checkpoint's scheduler config names
     height: int | None = None      # None: the checkpoint's native size
     width: int | None = None
@@ -93,11 +94,13 @@ class Txt2ImgPipeline:
         check_size("width", width, self.downscale)
         check_positive_int("num_images", request.num_images)
         check_seed(request.seed)
-        check_guidance("guidance", request.guidance)
+        guidance = default_guidance(self.engines.manifest) if request.guidance is None else request.guidance
+        check_guidance("guidance", guidance)
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler, request.eta)
         check_steps(request.steps, self.max_steps, scheduler)
         decoder = choose_decoder(self.engines, request.decoder)
-        return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width, "decoder": decoder})
+        return Txt2ImgRequest(**{**request.__dict__, "height": height, "width": width, "decoder": decoder,
+                                 "guidance": guidance})
 
     # -- stages -------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, guided: bool) -> np.ndarray:

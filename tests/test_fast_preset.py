@@ -92,13 +92,14 @@ def test_a_folder_without_an_lcm_capable_unet_is_one_line(sd_engines, tmp_path, 
 
 
 def test_without_a_preset_the_commands_defaults_hold(sd_engines, tmp_path):
-    """--steps / --guidance now default to None in argparse: the command's own defaults still fill them."""
+    """--steps / --guidance now default to None in argparse: the command's own defaults still fill them
+    (generate leaves guidance to the pipeline, which reads the folder's recorded scale)."""
     from fashiongen.cli import build_parser
     from fashiongen.options import settle_sampling
 
     args = build_parser().parse_args(["generate", "--prompt", "x", "--out", str(tmp_path / "a.png")])
     settle_sampling(args)
-    assert (args.steps, args.guidance, args.scheduler, args.decoder) == (25, 7.5, None, None)
+    assert (args.steps, args.guidance, args.scheduler, args.decoder) == (25, None, None, None)
     args = build_parser().parse_args(["edit", "--image", "i.png", "--prompt", "x", "--out", str(tmp_path / "a.png")])
     settle_sampling(args)
     assert (args.steps, args.guidance) == (20, 7.5)
@@ -171,3 +172,55 @@ def test_edit_takes_the_preset_too(p2p_engines, tmp_path, capsys):
                  "--preset", "fast", "--out", str(tmp_path / "out.png"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"fashiongen: error: --preset: '{p2p_engines}' has no LCM-capable")
+
+
+# -- the folder's own guidance (export --guidance) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def guided_engines(tmp_path_factory, sd_checkpoint):
+    out = tmp_path_factory.mktemp("guided") / "engines"
+    assert main(["export", "--model", str(sd_checkpoint), "--guidance", "2", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_a_request_without_guidance_gets_the_folders_recorded_scale(guided_engines, tmp_path):
+    assert load_manifest(guided_engines).presets["default"] == {"guidance": 2.0}
+    pipeline = Txt2ImgPipeline(EngineSet(guided_engines, backend_factory("ort")))
+    assert pipeline.resolve(Txt2ImgRequest(prompt=PROMPT)).guidance == 2.0
+    assert pipeline.resolve(Txt2ImgRequest(prompt=PROMPT, guidance=5.0)).guidance == 5.0
+    assert cli_generate(guided_engines, tmp_path / "folder.png") == 0
+    assert cli_generate(guided_engines, tmp_path / "two.png", "--guidance", "2") == 0
+    assert cli_generate(guided_engines, tmp_path / "seven.png", "--guidance", "7.5") == 0
+    assert np.array_equal(read_png(tmp_path / "folder.png"), read_png(tmp_path / "two.png"))
+    assert not np.array_equal(read_png(tmp_path / "folder.png"), read_png(tmp_path / "seven.png"))
+
+
+def test_a_folder_without_a_recorded_scale_samples_at_diffusers_default(lcm_lora_engines):
+    pipeline = Txt2ImgPipeline(EngineSet(lcm_lora_engines, backend_factory("ort")))
+    assert "default" not in load_manifest(lcm_lora_engines).presets
+    assert pipeline.resolve(Txt2ImgRequest(prompt=PROMPT)).guidance == 7.5
+
+
+@pytest.mark.parametrize("flags, message", [(["--guidance", "nan"], "--guidance: must be a finite number"),
+                                            (["--guidance", "-1"], "--guidance: must be a finite number")])
+def test_a_bad_recorded_guidance_is_refused_before_export(sd_checkpoint, tmp_path, capsys, flags, message):
+    assert main(["export", "--model", str(sd_checkpoint), *flags, "--out", str(tmp_path / "e"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_the_quality_bench_measures_the_tiny_decoder_and_each_lcm_step_count(lcm_lora_engines):
+    """bench/quality.py's few-step rows: approach 3 with the tiny decoder, and the LCM-LoRA folder at each step
+    count without guidance, with each decoder; each request carries exactly those settings."""
+    import argparse
+
+    from fashiongen.bench.quality import Prompt, few_step_contenders
+
+    args = argparse.Namespace(product_engines=lcm_lora_engines, fast_engines=lcm_lora_engines, lcm_steps=[1, 4])
+    rows = {c.name: c for c, splits in few_step_contenders(args)}
+    assert list(rows) == ["3, tiny decoder", "3, lcm 1 step", "3, lcm 1 step, tiny decoder", "3, lcm 4 steps",
+                          "3, lcm 4 steps, tiny decoder"]
+    request = rows["3, lcm 4 steps, tiny decoder"].request(Prompt("red shirt", {}, 3), steps=25)
+    assert (request.scheduler, request.steps, request.guidance, request.decoder) == ("lcm", 4, 1.0, "tiny")
+    assert request.prompt == "red shirt" and request.negative_prompt == ""
+    assert rows["3, tiny decoder"].request(Prompt("red shirt", {}, 3), steps=25).steps == 25
+    args.fast_engines = None
+    assert [c.name for c, _ in few_step_contenders(args)] == ["3, tiny decoder"]
