@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
@@ -41,6 +41,7 @@ from .common import CACHE, GARMENT, RESULTS, SEED
 POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
 README_PROMPT = GARMENT
 CEILING = "product/test through the VAE (ceiling)"  # the judge's row on VAE round trips
+WORN_CEILING = "worn/test through the VAE, cut out (approach 1's ceiling)"
 GARMENT_CLASSES = ("Upper-clothes", "Skirt", "Pants", "Dress")
 SHOWN = ("type", "colour", "pattern", "sleeve", "neckline", "length")
 
@@ -74,6 +75,7 @@ class Contender:
     positive: bool = True
     negative: bool = True
     cutout: bool = True  # approach 1 (cut out of a worn image); False: approach 3 (the product shot itself)
+    sampling: dict = field(default_factory=dict)  # request fields set for this contender (steps, scheduler, ...)
 
     def pipeline(self):
         from fashiongen.runtime.engines import EngineSet, backend_factory
@@ -92,7 +94,8 @@ class Contender:
 
         text = f"{POSITIVE} {prompt.caption}" if self.positive and self.cutout else prompt.caption
         negative = NEGATIVE if self.negative and self.cutout else ""
-        return Txt2ImgRequest(prompt=text, negative_prompt=negative, seed=prompt.seed, steps=steps)
+        return Txt2ImgRequest(**{"prompt": text, "negative_prompt": negative, "seed": prompt.seed, "steps": steps,
+                                 **self.sampling})
 
 
 def product_shots(contender: Contender, prompts: list[Prompt], steps: int, cutter) -> tuple[list, list, float]:
@@ -113,15 +116,20 @@ def product_shots(contender: Contender, prompts: list[Prompt], steps: int, cutte
 
 
 def judge(classifier, shots: list, prompts: list[Prompt]) -> dict:
+    result = scored(classifier, shots, [p.truth for p in prompts])
+    return {"accuracy": {a: result[a]["accuracy"] for a in SHOWN}, "counted": {a: result[a]["total"] for a in SHOWN},
+            "non_empty": sum(s is not None for s in shots) / max(1, len(shots))}
+
+
+def scored(classifier, shots: list, truths: list[dict]) -> dict:
+    """The judge's score per attribute; an empty cutout (None) counts as wrong on every attribute."""
     from fashiongen.bench.attribute_classifier import score
 
     present = [i for i, s in enumerate(shots) if s is not None]
     predicted: list = [None] * len(shots)
     for i, p in zip(present, classifier.classify([shots[i] for i in present])):
         predicted[i] = p
-    result = score(predicted, [p.truth for p in prompts])
-    return {"accuracy": {a: result[a]["accuracy"] for a in SHOWN}, "counted": {a: result[a]["total"] for a in SHOWN},
-            "non_empty": len(present) / max(1, len(shots))}
+    return score(predicted, truths)
 
 
 def vae_ceiling(classifier, engines: Path, data: Path, limit: int) -> dict:
@@ -130,16 +138,37 @@ def vae_ceiling(classifier, engines: Path, data: Path, limit: int) -> dict:
     ceiling blames the autoencoder, not the UNet."""
     from fashiongen.bench.attribute_classifier import load_examples, score
     from fashiongen.runtime.engines import EngineSet
+
+    images, truths = load_examples(data, "product", "test")
+    result = score(classifier.classify(round_trips(EngineSet(engines), images[:limit])), truths[:limit])
+    return {a: result[a] for a in SHOWN}
+
+
+def round_trips(networks, images: list) -> list:
+    """Each image encoded to its latent mean by the folder's VAE and decoded."""
     from fashiongen.runtime.images import decoded_to_uint8, uint8_to_model_input
 
-    networks = EngineSet(engines)
     scale = float(networks.manifest.vae.scaling_factor)
-    images, truths = load_examples(data, "product", "test")
-    round_trips = []
-    for image in images[:limit]:
+    out = []
+    for image in images:
         mean = networks["vae_encoder"].run({"image": uint8_to_model_input(image)})["latent_mean"]
-        round_trips.append(decoded_to_uint8(networks["vae_decoder"].run({"latent": mean * scale})["image"])[0])
-    result = score(classifier.classify(round_trips), truths[:limit])
+        out.append(decoded_to_uint8(networks["vae_decoder"].run({"latent": mean * scale})["image"])[0])
+    return out
+
+
+def worn_vae_ceiling(classifier, engines: Path, cutter, data: Path, limit: int) -> dict:
+    """The judge on held-out worn renders passed through the VAE and cut out by the segmenter as ``generate
+    --cutout auto`` cuts: what approach 1 could show with a perfect UNet. Below the bars, it says the worn view at
+    this size, not the UNet, is what limits approach 1."""
+    from fashiongen.bench.attribute_classifier import truth_of
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.training.imagefolder import open_image, read_rows
+
+    rows = read_rows(Path(data) / "worn" / "test", "--data", require=("text", "type", "colour"))[:limit]
+    images = round_trips(EngineSet(engines), [np.asarray(open_image(r.image, "--data")) for r in rows])
+    shots = [cutter([image], cutter.resolve_classes("auto", r.columns["text"])).results[0].image
+             for image, r in zip(images, rows)]
+    result = scored(classifier, shots, [truth_of(r.columns) for r in rows])
     return {a: result[a] for a in SHOWN}
 
 
@@ -266,11 +295,33 @@ def contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
                 (Contender("1, no tokens", worn, positive=False, negative=False), seen)]
         out += [(Contender(f"1, deepcache {n}", worn, fast="deepcache", deepcache=n), seen) for n in args.deepcache]
         out += [(Contender("1, int8", with_int8(worn, args.size), fast="int8"), seen)]
+        out += few_step_contenders(args)
+    return out
+
+
+def few_step_contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
+    """Approach 3 with the tiny decoder, and its LCM-LoRA folder (``--fast-engines``) at each of ``--lcm-steps``
+    without guidance (as ``--preset fast`` samples), full decoder and tiny; each where the folders have them."""
+    from fashiongen.runtime.manifest import load_manifest
+    from fashiongen.runtime.presets import fast_preset
+
+    out, product = [], Path(args.product_engines)
+    if "vae_decoder_tiny" in load_manifest(product).networks:
+        out.append((Contender("3, tiny decoder", product, cutout=False, sampling={"decoder": "tiny"}), ("test", "unseen")))
+    if args.fast_engines is None:
+        return out
+    fast = Path(args.fast_engines)
+    preset = fast_preset(load_manifest(fast), fast)
+    for steps in args.lcm_steps:
+        for decoder in ("full", preset.decoder) if preset.decoder else ("full",):
+            sampling = {"scheduler": preset.scheduler, "steps": steps, "guidance": preset.guidance, "decoder": decoder}
+            name = f"3, lcm {steps} step{'s' * (steps > 1)}" + (", tiny decoder" if decoder == "tiny" else "")
+            out.append((Contender(name, fast, cutout=False, sampling=sampling), ("test", "unseen")))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fashiongen.demo_family import engine_folder
+    from fashiongen.demo_family import engine_folder, installed
 
     p = argparse.ArgumentParser(prog="python -m fashiongen.bench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the data set (fashiongen dataset --out DIR)")
@@ -284,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the first prompt (default {SEED})")
     p.add_argument("--size", type=int, default=128, help="the INT8 calibration's image size (default 128, the demo's)")
     p.add_argument("--deepcache", type=int, nargs="*", default=[2, 3], help="DeepCache intervals (default 2 3)")
+    p.add_argument("--fast-engines", default=None,
+                   help="approach 3's folder exported with its LCM-LoRA (`export --lcm-lora`), for the few-step rows "
+                   "(default: demo-product-fast where it is installed, else none)")
+    p.add_argument("--lcm-steps", type=int, nargs="*", default=[1, 2, 4, 8], help="LCM step counts (default 1 2 4 8)")
     p.add_argument("--quick", action="store_true", help="approaches 1 and 3 only (no token ablation, no fast modes)")
     p.add_argument("--readme-runs", type=int, default=3, help="runs of the README command to time (default 3)")
     p.add_argument("--out", type=Path, default=RESULTS / "quality", help="report path without suffix")
@@ -291,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args.engines = engine_folder(args.engines, "demo")
     args.product_engines = engine_folder(args.product_engines, "demo-product", "--product-engines")
     args.segmenter_engines = engine_folder(args.segmenter_engines, "demo-segmenter", "--segmenter-engines")
+    args.fast_engines = (engine_folder(args.fast_engines, "demo-product-fast", "--fast-engines")
+                         if args.fast_engines is not None or installed("demo-product-fast") else None)
     return run(args)
 
 
@@ -325,7 +382,9 @@ def run(args) -> int:
     report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
               "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),
               "classifier_held_out": {**{k: {a: v[a] for a in SHOWN} for k, v in held_out.items()},
-                                      CEILING: vae_ceiling(classifier, Path(args.engines), args.data, args.prompts)},
+                                      CEILING: vae_ceiling(classifier, Path(args.engines), args.data, args.prompts),
+                                      WORN_CEILING: worn_vae_ceiling(classifier, Path(args.engines), cutter, args.data,
+                                                                     args.prompts)},
               "generated": generated, "segmenter": segmenter_iou(Path(args.segmenter_engines), args.data, 1000),
               "readme_command": readme_command_seconds(args.readme_runs, Path(args.engines),
                                                        Path(args.segmenter_engines)) if args.readme_runs else None}

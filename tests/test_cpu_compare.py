@@ -29,6 +29,15 @@ def test_the_driver_imports_only_the_standard_library():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+#: What every report of these tests has besides its contenders.
+REPORT_HEAD = {
+    "machine": "test CPU", "model": "tiny", "size": 256, "steps": 20, "seed": 1, "rounds": 1, "images": 1,
+    "peak_gflops": 100.0, "peak_source": "given",
+    "flop_floor": {"latent": 32, "counts": {"conv": 50.0, "matmul_linear": 20.0, "matmul_attention": 10.0},
+                   "unet_gflop_per_step": 80.0, "floor_step_s": 0.8, "vae_gflop": 30.0, "floor_vae_s": 0.3},
+}
+
+
 def _run(total, step, rss=2048.0, **more):
     return {"cold_start": 3.0, "text_encoder": 0.1, "unet_step": step, "unet_total": 20 * step, "unet_calls": 20,
             "vae_decoder": 0.5, "cutout": None, "total": total, "total_warm": None, "peak_rss_mb": rss, **more}
@@ -36,10 +45,7 @@ def _run(total, step, rss=2048.0, **more):
 
 def test_report_rows_and_goals():
     report = {
-        "machine": "test CPU", "model": "tiny", "size": 256, "steps": 20, "seed": 1, "rounds": 1, "images": 1,
-        "peak_gflops": 100.0, "peak_source": "given",
-        "flop_floor": {"latent": 32, "counts": {"conv": 50.0, "matmul_linear": 20.0, "matmul_attention": 10.0},
-                       "unet_gflop_per_step": 80.0, "floor_step_s": 0.8, "vae_gflop": 30.0, "floor_vae_s": 0.3},
+        **REPORT_HEAD,
         "contenders": {"fashiongen-ort": _run(20.0, 0.9),
                        "diffusers-pytorch": _run(50.0, 2.4, rss=4096.0),
                        "fashiongen-ort-deepcache": _run(5.0, 0.2, psnr_vs_exact=35.0)},
@@ -56,10 +62,7 @@ def test_report_rows_and_goals():
 
 def test_few_step_rows_sit_next_to_the_exact_mode_and_fastsd_cpus_figure():
     report = {
-        "machine": "test CPU", "model": "tiny", "size": 256, "steps": 20, "seed": 1, "rounds": 1, "images": 1,
-        "peak_gflops": 100.0, "peak_source": "given",
-        "flop_floor": {"latent": 32, "counts": {"conv": 50.0, "matmul_linear": 20.0, "matmul_attention": 10.0},
-                       "unet_gflop_per_step": 80.0, "floor_step_s": 0.8, "vae_gflop": 30.0, "floor_vae_s": 0.3},
+        **REPORT_HEAD,
         "contenders": {"fashiongen-ort": _run(20.0, 0.9),
                        "fashiongen-lcm-512": _run(2.0, 0.3, cutout=0.25, unet_calls=4),
                        "diffusers-lcm-256": _run(4.0, 0.4, unet_calls=4)},
