@@ -15,11 +15,15 @@ printed and logged, so what the demo does is what a user would type):
    ``<studio-style>`` (positive) on the shots whose garment fills the most of the frame, and ``<wrong>``
    (negative) on worn shots spoiled on purpose (blurred, noisy, colours rotated away from their caption).
 5. ``product``: the worn model fine-tuned on the product view (``train --model WORN``): approach 3.
-6. ``segmenter``: a SegFormer trained from random weights on the worn view's label maps.
-7. ``release``: fp16 copies of the models and the tokens (what is exported, measured and shipped).
-8. ``export``: the three engine folders (``fashiongen export``), from the fp16 copies; the worn one also
-   holds the DeepCache parts (``fashiongen deepcache``), so ``generate --fast deepcache`` runs on it.
-9. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
+6. ``tiny-vae`` and ``lcm-lora``: a tiny decoder distilled from the VAE (``train-tiny-vae``) and an LCM-LoRA
+   from the product model (``train-lcm-lora``): approach 3 in a few steps.
+7. ``segmenter``: a SegFormer trained from random weights on the worn view's label maps.
+8. ``release``: fp16 copies of the models, the tokens and the LoRA (what is exported, measured and shipped).
+9. ``export``: the engine folders (``fashiongen export``), from the fp16 copies, each recording the guidance
+   its model samples best at (``--guidance``); the worn one also holds the DeepCache parts (``fashiongen
+   deepcache``), so ``generate --fast deepcache`` runs on it; the product one the tiny decoder; and
+   ``product-fast`` is the product model with its LCM-LoRA merged (``generate --preset fast``).
+10. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
    ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses).
 
 Every stage is deterministic from ``--seed``, skipped when its output exists, and resumed from its last
@@ -67,6 +71,16 @@ RECIPE = {
     "tokens": {"steps": 150, "batch_size": 16, "learning_rate": 5e-3, "images": 600},
     "product": {"steps": 4000, "batch_size": 32, "learning_rate": 3e-4, "ema_decay": 0.998, "warmup_steps": 100,
                 "lr_schedule": "cosine", "snr_gamma": 5.0},
+    # the few-step parts of approach 3: a tiny decoder distilled from the VAE, an LCM-LoRA from the product UNet
+    # (guidance drawn around the scale the product model samples best at, not SD 1.5's 3-15)
+    "tiny_vae": {"steps": 1000, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 50, "lr_schedule": "cosine",
+                 "size": {"encoder_block_out_channels": [32, 32, 32, 32], "decoder_block_out_channels": [32, 32, 32, 32],
+                          "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1]}},
+    "lcm_lora": {"steps": 600, "batch_size": 12, "learning_rate": 3e-4, "warmup_steps": 50, "rank": 16,
+                 "w_min": 1.0, "w_max": 2.5},
+    # the guidance each generator samples best at, recorded in its engine folder (`export --guidance`): measured
+    # on 100 held-out prompts of the training combinations (bench/quality.py's judge)
+    "sampling": {"worn": 2.0, "product": 1.5},
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine", "resolution": 256,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
@@ -129,6 +143,18 @@ def stages(work: Path, seed: int) -> list[Stage]:
                           *schedule("product"),
                           "--validation-prompt", "black short sleeve crewneck crop top"],
               work / "product" / "model" / "training.json", work / "product"),
+        Stage("tiny-vae", ["train-tiny-vae", "--model", str(work / "vae" / "model"), "--config",
+                           str(work / "tiny-vae-size.json"), "--data", str(worn / "train"), "--data",
+                           str(product / "train"), "--resolution", "128", "--out", str(work / "tiny-vae"),
+                           *schedule("tiny_vae")],
+              work / "tiny-vae" / "model" / "training.json", work / "tiny-vae",
+              prepare=lambda: _write_json(work / "tiny-vae-size.json", r["tiny_vae"]["size"])),
+        Stage("lcm-lora", ["train-lcm-lora", "--model", str(work / "product" / "model"),
+                           "--data", str(product / "train"), "--resolution", "128", "--out", str(work / "lcm-lora"),
+                           "--rank", str(r["lcm_lora"]["rank"]),
+                           "--w-min", str(r["lcm_lora"]["w_min"]), "--w-max", str(r["lcm_lora"]["w_max"]),
+                           *schedule("lcm_lora")],
+              work / "lcm-lora" / "training.json", work / "lcm-lora"),
         Stage("segmenter", ["train-segmenter", "--config", str(work / "segmenter-size.json"),
                             "--data", str(worn / "train"), "--eval-data", str(worn / "test"),
                             "--resolution", str(r["segmenter"]["resolution"]),
@@ -137,13 +163,20 @@ def stages(work: Path, seed: int) -> list[Stage]:
               prepare=lambda: _write_json(work / "segmenter-size.json", r["segmenter"]["size"])),
         Stage("release", [], release / "done", resumable=False, prepare=lambda: make_release(work)),
         Stage("export-worn", ["export", "--model", str(release / "worn"), "--out", str(work / "engines/worn"),
+                              "--guidance", str(r["sampling"]["worn"]),
                               "--embedding", f"{release / 'embeddings' / 'studio-style.pt'}={POSITIVE_TOKEN}",
                               "--embedding", f"{release / 'embeddings' / 'wrong.pt'}={NEGATIVE_TOKEN}"],
               work / "engines/worn/manifest.json", resumable=False),
         Stage("deepcache-worn", ["deepcache", "--model", str(release / "worn"), "--engines", str(work / "engines/worn")],
               work / "engines/worn/unet_shallow.onnx", resumable=False),
-        Stage("export-product", ["export", "--model", str(release / "product"), "--out", str(work / "engines/product")],
+        Stage("export-product", ["export", "--model", str(release / "product"), "--out", str(work / "engines/product"),
+                                 "--guidance", str(r["sampling"]["product"]), "--tiny-vae", str(release / "tiny-vae")],
               work / "engines/product/manifest.json", resumable=False),
+        Stage("export-product-fast", ["export", "--model", str(release / "product"),
+                                      "--out", str(work / "engines/product-fast"),
+                                      "--lcm-lora", str(release / "lcm-lora.safetensors"),
+                                      "--tiny-vae", str(release / "tiny-vae")],
+              work / "engines/product-fast/manifest.json", resumable=False),
         Stage("export-segmenter", ["export", "--segmenter", str(release / "segmenter"),
                                    "--out", str(work / "engines/segmenter")],
               work / "engines/segmenter/manifest.json", resumable=False),
@@ -155,8 +188,9 @@ def make_release(work: Path) -> None:
     from .ship import half_copy
 
     release = work / "release"
-    for name in ("worn", "product", "segmenter"):
+    for name in ("worn", "product", "segmenter", "tiny-vae"):
         half_copy(work / name / "model", release / name)
+    shutil.copy2(work / "lcm-lora" / "pytorch_lora_weights.safetensors", release / "lcm-lora.safetensors")
     (release / "embeddings").mkdir(exist_ok=True)
     for name in ("studio", "wrong"):
         for path in (work / f"token-{name}").glob("*.pt"):  # <token>.pt; every run's diffusers file has one name
