@@ -301,13 +301,14 @@ def contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
 
 def few_step_contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
     """Approach 3 with the tiny decoder, and its LCM-LoRA folder (``--fast-engines``) at each of ``--lcm-steps``
-    without guidance (as ``--preset fast`` samples), full decoder and tiny; each where the folders have them."""
+    without guidance (as ``--preset fast`` samples), full decoder and tiny; each where the folders have them, on
+    the training combinations (as the other fast modes)."""
     from fashiongen.runtime.manifest import load_manifest
     from fashiongen.runtime.presets import fast_preset
 
     out, product = [], Path(args.product_engines)
     if "vae_decoder_tiny" in load_manifest(product).networks:
-        out.append((Contender("3, tiny decoder", product, cutout=False, sampling={"decoder": "tiny"}), ("test", "unseen")))
+        out.append((Contender("3, tiny decoder", product, cutout=False, sampling={"decoder": "tiny"}), ("test",)))
     if args.fast_engines is None:
         return out
     fast = Path(args.fast_engines)
@@ -316,7 +317,7 @@ def few_step_contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
         for decoder in ("full", preset.decoder) if preset.decoder else ("full",):
             sampling = {"scheduler": preset.scheduler, "steps": steps, "guidance": preset.guidance, "decoder": decoder}
             name = f"3, lcm {steps} step{'s' * (steps > 1)}" + (", tiny decoder" if decoder == "tiny" else "")
-            out.append((Contender(name, fast, cutout=False, sampling=sampling), ("test", "unseen")))
+            out.append((Contender(name, fast, cutout=False, sampling=sampling), ("test",)))
     return out
 
 
