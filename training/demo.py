@@ -73,9 +73,11 @@ RECIPE = {
                 "lr_schedule": "cosine", "snr_gamma": 5.0},
     # the few-step parts of approach 3: a tiny decoder distilled from the VAE, an LCM-LoRA from the product UNet
     # (guidance drawn around the scale the product model samples best at, not SD 1.5's 3-15)
+    # (16 channels: AutoencoderTiny takes one width for every level, and at 32 its decoder was slower than the
+    # demo VAE's own, whose full-resolution level is 16 wide; the extra blocks sit at the cheap low resolutions)
     "tiny_vae": {"steps": 1000, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 50, "lr_schedule": "cosine",
-                 "size": {"encoder_block_out_channels": [32, 32, 32, 32], "decoder_block_out_channels": [32, 32, 32, 32],
-                          "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [1, 1, 1, 1]}},
+                 "size": {"encoder_block_out_channels": [16, 16, 16, 16], "decoder_block_out_channels": [16, 16, 16, 16],
+                          "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [3, 3, 1, 1]}},
     "lcm_lora": {"steps": 600, "batch_size": 12, "learning_rate": 3e-4, "warmup_steps": 50, "rank": 16,
                  "w_min": 1.0, "w_max": 2.5},
     # the guidance each generator samples best at, recorded in its engine folder (`export --guidance`): measured
