@@ -82,8 +82,8 @@ RECIPE = {
                  "w_min": 2.0, "w_max": 6.0},
     # the guidance each generator samples best at, recorded in its engine folder (`export --guidance`): measured
     # on 100 held-out prompts of the training combinations (bench/quality.py's judge); product type / colour at
-    # 1.5: 75 / 83%, 2.5: 79 / 85%, 4: 83 / 82%
-    "sampling": {"worn": 2.0, "product": 4.0},
+    # 1.5: 75 / 83%, 2.5: 79 / 85%, 4: 83 / 82%, 7.5: 69 / 55%; worn (cut out) at 2: 18 / 25%, 4: 17 / 36%
+    "sampling": {"worn": 4.0, "product": 4.0},
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine", "resolution": 256,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
