@@ -215,8 +215,9 @@ def with_int8(engines: Path, size: int) -> Path:
     from fashiongen.runtime.manifest import load_manifest
 
     copy = CACHE / f"quality-{engines.name}-int8"
-    source = {name: entry.sha256 for name, entry in load_manifest(engines).networks.items()}
-    if copy.is_dir() and "int8" in (made := load_manifest(copy)).variants and \
+    manifest = load_manifest(engines)
+    source = {name: entry.sha256 for name, entry in manifest.networks.items()}
+    if copy.is_dir() and "int8" in (made := load_manifest(copy)).variants and made.presets == manifest.presets and \
             {name: entry.sha256 for name, entry in made.networks.items()} == source:  # not another family's copy
         return copy
     shutil.rmtree(copy, ignore_errors=True)
