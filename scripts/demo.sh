@@ -3,9 +3,9 @@
 # shipped in fashiongen/demo_models/ (trained here from nothing: how, in its recipe.json). No training, no export,
 # no torch at run time. Extra arguments go to the generate commands.
 #
-# A checkout without the shipped generators (train them with `python -m fashiongen.training.demo --work DIR --ship`)
-# runs the same job on a small SD 1.x with seeded random weights instead: the pipeline end to end, noise out;
-# the shipped segmenter, where it is, cuts the top out of a fresh procedural render.
+# A checkout without the shipped worn model (train it with `python -m fashiongen.training.demo --work DIR --ship`)
+# runs approach 3 where its model is shipped, the shipped segmenter on a fresh procedural render, and approach 1's
+# pipeline end to end on a small SD 1.x with seeded random weights (noise out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -25,6 +25,11 @@ if [ -f fashiongen/demo_models/engines/worn/manifest.json ]; then
   echo "        demo/approach3.png (product shot), demo/cutout.png (cutout command)"
   exit 0
 fi
+if [ -f fashiongen/demo_models/engines/product/manifest.json ]; then
+  echo "approach 3: the demo model fine-tuned on product shots draws the garment on white directly"
+  "$FG" generate --engines demo-product --prompt "$PROMPT" --seed 19687 --out demo/approach3.png --timings "$@"
+  echo "image: demo/approach3.png (product shot)"
+fi
 if [ -f fashiongen/demo_models/engines/segmenter/manifest.json ]; then
   echo "the shipped demo segmenter on a worn render it never saw (fashiongen dataset, seed 4242): the top on white"
   "$FG" dataset --out demo/render --count 8 --seed 4242 --test-fraction 0 --unseen-count 0 --overwrite --no-progress
@@ -32,7 +37,7 @@ if [ -f fashiongen/demo_models/engines/segmenter/manifest.json ]; then
   "$FG" cutout "demo/render/worn/train/$RENDER" --class Upper-clothes --out demo/cutout.png
   echo "images: demo/render/worn/train/$RENDER (the render), demo/cutout.png (its top on white)"
 fi
-echo "no text-to-image demo family in fashiongen/demo_models/: generating on random weights (the image is noise)"
+echo "no approach-1 (worn) demo model in fashiongen/demo_models/: its pipeline on random weights (the image is noise)"
 if [ ! -f demo/checkpoint/model_index.json ]; then
   .venv/bin/python -m fashiongen.random_checkpoints.sd --out demo/checkpoint --with-embeddings
 fi

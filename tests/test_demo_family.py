@@ -90,6 +90,22 @@ def test_the_readme_command_draws_a_black_crop_top_on_white(tmp_path, capsys):
     assert np.median(image[garment].max(axis=-1)) < 90  # black
 
 
+@pytest.mark.skipif(not demo_family.installed("demo-product"), reason="this checkout has no shipped product model")
+def test_the_shipped_product_model_draws_a_black_crop_top_on_white(tmp_path, capsys):
+    """Approach 3 with no flag but the folder's name: the README's prompt, the folder's own guidance."""
+    shot = tmp_path / "shot.png"
+    assert main(["generate", "--engines", "demo-product", "--prompt", "black short sleeve crewneck crop top",
+                 "--seed", "19687", "--out", str(shot), "--no-progress"]) == 0, capsys.readouterr().err
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    garment = image.min(axis=-1) < 200
+    assert 0.03 < garment.mean() < 0.6, garment.mean()  # a garment, not a blank square nor the whole frame
+    inner = garment[4:-4, 4:-4]  # the decoder's faint frame along the sides is not garment
+    rows, cols = np.flatnonzero(inner.sum(axis=1) > 2), np.flatnonzero(inner.sum(axis=0) > 2)
+    assert rows[-1] - rows[0] < 0.8 * (cols[-1] - cols[0])  # a crop top is wider than tall
+    assert (image[~garment] >= 230).all(axis=-1).mean() > 0.9  # on white
+    assert np.median(image[garment].max(axis=-1)) < 90  # black
+
+
 @pytest.mark.skipif(not (demo_family.DEMO_DIR / "engines" / "segmenter" / "manifest.json").is_file(),
                     reason="this checkout has no shipped demo segmenter")
 def test_the_shipped_segmenter_finds_the_garment_of_a_new_render(tmp_path, capsys):
