@@ -75,7 +75,7 @@ def test_without_the_demo_the_error_says_what_to_pass(tmp_path, monkeypatch, cap
 
 # -- the real shipped family ----------------------------------------------------------------------------------
 shipped = pytest.mark.skipif(not (demo_family.DEMO_DIR / "engines" / "worn" / "manifest.json").is_file(),
-                             reason="this checkout has no shipped demo family")
+                             reason="this checkout has no shipped worn model (approach 1)")
 
 
 @shipped
