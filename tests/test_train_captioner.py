@@ -153,7 +153,7 @@ def test_unknown_bases_are_one_line(data, tmp_path):
     bad.write_text(json.dumps({**TINY, "hiden": 32}))
     for base, words in ((["--model", tmp_path / "nowhere"], ("--model", "nowhere", "not a folder")),
                         (["--model", clip], ("--model", "'clip' model", "BLIP")),
-                        (["--config", bad], ("--config", "unknown: hiden")),
+                        (["--config", bad], ("--config", "unknown key 'hiden'")),
                         (["--config", tmp_path / "none.json"], ("--config", "cannot read"))):
         args = parser.parse_args([str(a) for a in ("--data", data["train"], *base, "--out", tmp_path / "run")])
         refused(lambda: captioning.run(args), *words)

@@ -176,7 +176,7 @@ def test_unknown_bases_are_one_line(data, tmp_path):
     for base, words in ((["--model", tmp_path / "nowhere"], ("--model", "nowhere", "not a folder")),
                         (["--model", blip], ("--model", "'blip' model", "CLIP")),
                         (["--model", tmp_path], ("--model", "config.json")),
-                        (["--config", bad], ("--config", "unknown: heads")),
+                        (["--config", bad], ("--config", "unknown key 'heads'")),
                         (["--config", odd], ("--config", "does not make a CLIP"))):
         args = parser.parse_args([str(a) for a in ("--data", data["train"], *base, "--out", tmp_path / "run")])
         refused(lambda: contrastive.run(args), *words)

@@ -211,7 +211,7 @@ def test_bad_model_and_config_are_one_line(data, tmp_path):
     for base, expected in ((["--model", str(tmp_path / "nowhere")], "--model: .*nowhere' is not a folder"),
                            (["--model", str(tmp_path)], "--model: .* lacks 'config.json'"),
                            (["--config", str(tmp_path / "none.json")], "--config: cannot read"),
-                           (["--config", str(_bad_json(tmp_path))], "--config: .*unknown: heads")):
+                           (["--config", str(_bad_json(tmp_path))], "--config: .*unknown key 'heads'")):
         args = parser.parse_args(["--data", str(data["train"]), *base, "--out", str(tmp_path / "run")])
         with pytest.raises(InputError, match=expected) as error:
             segmenter.run(args)

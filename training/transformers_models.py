@@ -41,17 +41,9 @@ def add_run_arguments(p, data: str, model: str, config: str, eval_data: str) -> 
 def read_size(path: Path, size_class: type):
     """(``size_class`` instance, the JSON object as read) from a ``--config`` file; unknown fields are refused.
     Lists become tuples, as the size dataclasses hold them."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"--config: cannot read '{path}' ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--config: '{path}' is not JSON ({exc.msg} at line {exc.lineno})") from None
-    known = [f.name for f in fields(size_class)]
-    unknown = sorted(set(raw) - set(known)) if isinstance(raw, dict) else None
-    if unknown is None or unknown:
-        raise InputError(f"--config: '{path}' must be a JSON object of {size_class.__name__} fields "
-                         f"({', '.join(known)})" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    from .text_to_image import read_config_object
+
+    raw = read_config_object(path, [f.name for f in fields(size_class)], f"{size_class.__name__} fields")
     return size_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}), raw
 
 
