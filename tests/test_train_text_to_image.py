@@ -149,6 +149,27 @@ def test_train_vae_learns_and_sets_the_latent_scale(config_file, data, tmp_path)
     assert train(["--model", out / t2i.MODEL], data, tmp_path / "next", "--steps", 1)["steps"] == 1
 
 
+
+def test_train_vae_decoder_only_keeps_the_latent_space(sd_checkpoint, data, tmp_path):
+    """--decoder-only tunes the decoder (as Stability's ft-MSE decoder): the encoder, and so every latent a UNet
+    was trained on, stays; scaling_factor stays."""
+    out = tmp_path / "decoder"
+    args = parse(autoencoder, ["--model", sd_checkpoint, "--decoder-only", "--data", data, "--out", out,
+                               "--resolution", SIZE, "--batch-size", 4, "--learning-rate", 2e-3, "--steps", 4,
+                               "--no-progress"])
+    assert autoencoder.run(args) == 0
+    before = load_file(str(Path(sd_checkpoint) / "vae" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(out / t2i.MODEL / "vae" / "diffusion_pytorch_model.safetensors"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    tuned = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and len(frozen) + len(tuned) == len(before)
+    for key in frozen:  # the encoder's first conv went through the colour basis and back: float rounding only
+        torch.testing.assert_close(after[key], before[key], atol=1e-5, rtol=1e-5)
+    assert sum(not torch.allclose(after[k], before[k], atol=1e-5) for k in tuned) > len(tuned) // 2
+    assert json.loads((out / t2i.MODEL / "vae" / "config.json").read_text())["scaling_factor"] == json.loads(
+        (Path(sd_checkpoint) / "vae" / "config.json").read_text())["scaling_factor"]
+
+
 def test_learning_rate_schedules():
     from fashiongen.training.options import Schedule
 
@@ -217,6 +238,8 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     refused(lambda: autoencoder.run(vae_args), "--l1-weight")
     vae_args.l1_weight, vae_args.colour_whitening = 0.0, 0.7
     refused(lambda: autoencoder.run(vae_args), "--colour-whitening", "0.5")
+    vae_args.colour_whitening, vae_args.decoder_only, vae_args.rescale = 0.375, True, True
+    refused(lambda: autoencoder.run(vae_args), "--decoder-only", "--rescale")
     assert not (tmp_path / "run").exists()
 
 

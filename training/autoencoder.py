@@ -57,6 +57,9 @@ def add_arguments(p) -> None:
                    help="weight of the KL term (default 1e-6, latent diffusion's; larger gives smoother latents)")
     p.add_argument("--rescale", action="store_true",
                    help="with --model: recompute scaling_factor from the data too (always done with --config)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="with --model: train the decoder only, the encoder frozen, so the latent space (and every "
+                        "UNet trained on it) stays valid, as Stability's ft-MSE decoder was tuned for SD 1.x")
     p.set_defaults(command_name="train-vae")
 
 
@@ -72,13 +75,16 @@ def run(args) -> int:
             raise InputError(f"--{name.replace('_', '-')}: must be a non-negative number, got {getattr(args, name)}")
     if not 0 <= args.colour_whitening <= 0.5:
         raise InputError(f"--colour-whitening: must be between 0 and 0.5, got {args.colour_whitening}")
+    if args.decoder_only and (args.config is not None or args.rescale):
+        raise InputError("--decoder-only: needs --model (a trained VAE whose latents stay) and no --rescale")
     config = read_config(args.config, args.resolution) if args.config is not None else None
     size = training_size(args.resolution, base_geometry(args, config))
     rows = read_data(args.data, require=())
     data_sha256 = data_digest(rows)
     run_folder = RunFolder(args.out, identity_of(args, schedule, base_identity(args, config), data_sha256, size,
                                                  kl_weight=args.kl_weight, l1_weight=args.l1_weight,
-                                                 colour_whitening=args.colour_whitening))
+                                                 colour_whitening=args.colour_whitening,
+                                                 decoder_only=args.decoder_only))
     run_folder.begin(args.resume)
     base = prepare_base(args, config, run_folder.out)
     vae = load_base(base)["vae"]
@@ -86,7 +92,11 @@ def run(args) -> int:
     images = load_images(rows, size)  # uint8: 10,000 images of 128 px are 0.5 GB
     basis = colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)
     recolour(vae, basis)  # train in the whitened basis; checkpoints hold these coordinates
-    loss = ReconstructionLoss(vae, images, schedule, args.kl_weight, args.l1_weight, basis, device)
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    loss = ReconstructionLoss(vae, images, schedule, args.kl_weight, args.l1_weight, basis, device,
+                              decoder_only=args.decoder_only)
     losses = train(run_folder, schedule, {"vae": vae}, loss, resume=args.resume, progress=not args.no_progress,
                    description="train-vae")
     recolour(vae, np.linalg.inv(basis))  # back to RGB: the saved VAE reads and writes plain pixels
@@ -113,6 +123,7 @@ class ReconstructionLoss:
     l1_weight: float
     basis: np.ndarray  # 3x3, pixels are compared (and fed) as basis @ rgb
     device: object
+    decoder_only: bool = False  # the encoder frozen: no KL term, no encoder graph
 
     def __call__(self, step: int, micro: int, generator):
         import torch
@@ -123,13 +134,16 @@ class ReconstructionLoss:
         index = step_batch(len(self.images), self.schedule, step, micro)
         rgb = torch.from_numpy(to_unit_range(self.images[index]))
         pixels = torch.einsum("ij,bjhw->bihw", torch.from_numpy(self.basis).float(), rgb).to(self.device)
-        posterior = self.vae.encode(pixels).latent_dist
+        with torch.set_grad_enabled(not self.decoder_only):
+            posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
             self.device)
         decoded = self.vae.decode(latents).sample
         error = decoded.float() - pixels
-        kl = posterior.kl().mean() / pixels[0].numel()
-        return error.pow(2).mean() + self.l1_weight * error.abs().mean() + self.kl_weight * kl
+        loss = error.pow(2).mean() + self.l1_weight * error.abs().mean()
+        if self.decoder_only:
+            return loss
+        return loss + self.kl_weight * posterior.kl().mean() / pixels[0].numel()
 
 
 def colour_basis(images: np.ndarray, power: float) -> np.ndarray:
