@@ -6,7 +6,7 @@ captions (default 200) of the data set's ``test`` split (attribute combinations 
 ``unseen`` split (combinations held out of every training split), each contender generates one image a prompt
 (seed ``--seed`` + the prompt's index) through the torch-free runtime, and the judge names its attributes:
 
-- approach 1 (``--engines``, the worn model): the generated person, cut out by the segmenter
+- approach 1 (``--engines``, the worn model, where there is one): the generated person, cut out by the segmenter
   (``--segmenter-engines``) with the class read from the prompt, as ``generate --cutout auto`` does; an empty
   cutout counts as wrong on every attribute, and the share of non-empty cutouts is reported. With both learned
   tokens (``<studio-style>`` before the caption, ``<wrong>`` as the negative prompt), with each alone, without;
@@ -192,20 +192,30 @@ def segmenter_iou(engines: Path, data: Path, limit: int) -> dict:
             "iou": iou}
 
 
-def readme_command_seconds(runs: int, engines: Path, segmenter_engines: Path) -> dict:
+def readme_command_seconds(runs: int, engines: Path, segmenter_engines: Path | None) -> dict:
     """Wall seconds of the README's product shot, a fresh ``fashiongen`` process each run (start-up included),
-    on the family measured here (the README's command names none: it runs the shipped one)."""
+    on the family measured here (the README's command names none: it runs the shipped one): approach 1's, cut
+    out by ``segmenter_engines``, or with None approach 3's (``engines`` a product folder, no cutout)."""
     out = CACHE / "quality-readme-shot.png"
-    readme = ["generate", "--prompt", README_PROMPT, "--cutout", "auto", "--out", str(out)]
-    command = [sys.executable, "-m", "fashiongen", *readme, "--engines", str(engines),
-               "--segmenter-engines", str(segmenter_engines), "--no-progress"]
+    readme = ["generate", "--prompt", README_PROMPT, "--out", str(out)]
+    cutout = [] if segmenter_engines is None else ["--cutout", "auto", "--segmenter-engines", str(segmenter_engines)]
+    command = [sys.executable, "-m", "fashiongen", *readme, "--engines", str(engines), *cutout, "--no-progress"]
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
-    return {"command": "fashiongen " + " ".join(readme), "engines": str(engines), "median_s": median(times),
+    return {"command": "fashiongen " + " ".join(readme + cutout[:2]), "engines": str(engines), "median_s": median(times),
             "runs": times}
+
+
+def readme_command(args) -> dict | None:
+    """The README command's time: approach 1's with a worn folder, else approach 3's."""
+    if not args.readme_runs:
+        return None
+    if args.engines is None:
+        return readme_command_seconds(args.readme_runs, Path(args.product_engines), None)
+    return readme_command_seconds(args.readme_runs, Path(args.engines), Path(args.segmenter_engines))
 
 
 # -- fast-mode variants ---------------------------------------------------------------------------------------
@@ -285,11 +295,13 @@ def markdown(report: dict) -> str:
 
 
 def contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
-    """Each contender with the splits it is measured on."""
+    """Each contender with the splits it is measured on (approach 1's only with a worn folder)."""
     both, seen = ("test", "unseen"), ("test",)
+    product = [(Contender("approach 3", Path(args.product_engines), cutout=False), both)]
+    if args.engines is None:
+        return product + ([] if args.quick else few_step_contenders(args))
     worn = Path(args.engines)
-    out = [(Contender("approach 1", worn), both),
-           (Contender("approach 3", Path(args.product_engines), cutout=False), both)]
+    out = [(Contender("approach 1", worn), both), *product]
     if not args.quick:
         out += [(Contender("1, no <studio-style>", worn, positive=False), seen),
                 (Contender("1, no <wrong>", worn, negative=False), seen),
@@ -327,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m fashiongen.bench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the data set (fashiongen dataset --out DIR)")
-    p.add_argument("--engines", default=None, help="approach 1's engine folder (default: the shipped demo)")
+    p.add_argument("--engines", default=None,
+                   help="approach 1's engine folder (default: the shipped demo where it is installed; without one, "
+                        "approach 1's rows are left out and the README command is timed on approach 3)")
     p.add_argument("--product-engines", default=None, help="approach 3's engine folder (default: demo-product)")
     p.add_argument("--segmenter-engines", default=None, help="the segmenter's folder (default: demo-segmenter)")
     p.add_argument("--classifier", type=Path, default=CACHE / "attribute-classifier.safetensors",
@@ -345,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme-runs", type=int, default=3, help="runs of the README command to time (default 3)")
     p.add_argument("--out", type=Path, default=RESULTS / "quality", help="report path without suffix")
     args = p.parse_args(argv)
-    args.engines = engine_folder(args.engines, "demo")
+    args.engines = engine_folder(args.engines, "demo") if args.engines is not None or installed("demo") else None
     args.product_engines = engine_folder(args.product_engines, "demo-product", "--product-engines")
     args.segmenter_engines = engine_folder(args.segmenter_engines, "demo-segmenter", "--segmenter-engines")
     args.fast_engines = (engine_folder(args.fast_engines, "demo-product-fast", "--fast-engines")
@@ -384,12 +398,13 @@ def run(args) -> int:
     report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
               "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),
               "classifier_held_out": {**{k: {a: v[a] for a in SHOWN} for k, v in held_out.items()},
-                                      CEILING: vae_ceiling(classifier, Path(args.engines), args.data, args.prompts),
-                                      WORN_CEILING: worn_vae_ceiling(classifier, Path(args.engines), cutter, args.data,
-                                                                     args.prompts)},
+                                      CEILING: vae_ceiling(classifier, Path(args.product_engines), args.data,
+                                                           args.prompts),
+                                      **({} if args.engines is None else {
+                                          WORN_CEILING: worn_vae_ceiling(classifier, Path(args.engines), cutter,
+                                                                         args.data, args.prompts)})},
               "generated": generated, "segmenter": segmenter_iou(Path(args.segmenter_engines), args.data, 1000),
-              "readme_command": readme_command_seconds(args.readme_runs, Path(args.engines),
-                                                       Path(args.segmenter_engines)) if args.readme_runs else None}
+              "readme_command": readme_command(args)}
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):

@@ -106,3 +106,20 @@ def test_training_blur_is_per_image_and_keeps_the_mean():
     assert torch.equal(y[0], x[0])
     assert 0 < (y[1] - x[1]).abs().mean() < (y[2] - x[2]).abs().mean()
     assert torch.allclose(y.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.03)
+
+
+def test_without_a_worn_folder_only_approach_3_is_measured(sd_engines, monkeypatch):
+    """The shipped family may hold no approach-1 model: the bench then measures approach 3 (and its few-step
+    rows) and times the README command on it, rather than refusing to run."""
+    from fashiongen import demo_family
+
+    monkeypatch.setattr(demo_family, "installed", lambda name: False)
+    monkeypatch.setattr(quality, "run", lambda args: args)
+    args = quality.main(["--data", "x", "--product-engines", str(sd_engines), "--segmenter-engines", "y",
+                         "--quick"])
+    assert args.engines is None
+    assert [(c.name, c.cutout) for c, _ in quality.contenders(args)] == [("approach 3", False)]
+    calls = []
+    monkeypatch.setattr(quality, "readme_command_seconds", lambda runs, engines, seg: calls.append((engines, seg)))
+    quality.readme_command(args)
+    assert calls == [(Path(sd_engines), None)]
