@@ -26,6 +26,8 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
             args = parser.parse_args(stage.argv)
             assert callable(args.run), stage.name
     assert names[0] == "dataset" and {"vae", "worn", "product", "segmenter", "export-worn"} <= set(names)
+    # the product decoder is tuned on the product model, and the tiny decoder distilled from it
+    assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
 
 
 def test_the_recipe_sizes_build():
