@@ -102,4 +102,5 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_
     mismatched.write_text(json.dumps({"num_encoder_blocks": [1, 1]}))
     refused(run(config=mismatched), "--config", "num_encoder_blocks 2")
     refused(run("--teacher-weight", "-1"), "--teacher-weight")
+    refused(run("--colour-whitening", "0.6"), "--colour-whitening", "0.5")
     assert not (tmp_path / "run").exists()

@@ -49,10 +49,7 @@ def add_arguments(p) -> None:
     add_schedule_arguments(p, steps=1000, batch_size=8, learning_rate=1e-4, checkpoint_every=250)
     p.add_argument("--l1-weight", type=float, default=0.0,
                    help="weight of an L1 term beside the MSE (default 0: L1 greys out colours the model is unsure of)")
-    p.add_argument("--colour-whitening", type=float, default=0.375, metavar="P",
-                   help="measure the error in the data's colour basis, each direction scaled by variance^-P: 0 is "
-                        "plain RGB MSE (a small VAE then learns hue last, if at all), 0.5 weighs every colour "
-                        "direction the same (hue first, brightness blurred); default 0.375, the demo family's")
+    add_colour_whitening_argument(p)
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="weight of the KL term (default 1e-6, latent diffusion's; larger gives smoother latents)")
     p.add_argument("--rescale", action="store_true",
@@ -73,8 +70,7 @@ def run(args) -> int:
     for name in ("kl_weight", "l1_weight"):
         if not getattr(args, name) >= 0:
             raise InputError(f"--{name.replace('_', '-')}: must be a non-negative number, got {getattr(args, name)}")
-    if not 0 <= args.colour_whitening <= 0.5:
-        raise InputError(f"--colour-whitening: must be between 0 and 0.5, got {args.colour_whitening}")
+    check_colour_whitening(args.colour_whitening)
     if args.decoder_only and (args.config is not None or args.rescale):
         raise InputError("--decoder-only: needs --model (a trained VAE whose latents stay) and no --rescale")
     config = read_config(args.config, args.resolution) if args.config is not None else None
@@ -144,6 +140,21 @@ class ReconstructionLoss:
         if self.decoder_only:
             return loss
         return loss + self.kl_weight * posterior.kl().mean() / pixels[0].numel()
+
+
+def add_colour_whitening_argument(p) -> None:
+    """``--colour-whitening``, shared by every command that trains a decoder to redraw pixels."""
+    p.add_argument("--colour-whitening", type=float, default=0.375, metavar="P",
+                   help="measure the error in the data's colour basis, each direction scaled by variance^-P: 0 is "
+                        "plain RGB MSE (a small decoder then learns hue last, if at all), 0.5 weighs every colour "
+                        "direction the same (hue first, brightness blurred); default 0.375, the demo family's")
+
+
+def check_colour_whitening(value: float) -> None:
+    from fashiongen.runtime.errors import InputError
+
+    if not 0 <= value <= 0.5:
+        raise InputError(f"--colour-whitening: must be between 0 and 0.5, got {value}")
 
 
 def colour_basis(images: np.ndarray, power: float) -> np.ndarray:

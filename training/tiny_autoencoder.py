@@ -4,7 +4,9 @@ SD 1.x folder on imagefolders.
 The teacher is the folder's AutoencoderKL, frozen. Its posterior means of the training images, times its
 ``scaling_factor`` (the latents the UNet works in, which TAESD's encoder predicts and its decoder takes, so that
 the tiny VAE's own ``scaling_factor`` is 1), are computed once at the start. Each step the tiny encoder learns to
-predict those latents (MSE) and the tiny decoder to redraw the image from them (MSE in pixels), plus
+predict those latents (MSE) and the tiny decoder to redraw the image from them (MSE in pixels, measured in the
+data's colour basis as ``train-vae`` measures it, ``--colour-whitening``: in plain RGB a small decoder drew every
+garment's hue wrong, green as olive, grey as blue, after 1,000 steps), plus
 ``--teacher-weight`` x the MSE to the teacher decoder's image of the same latents (off by default: it costs a
 teacher decode a step). No adversarial or perceptual loss (TAESD's own has both; no network for them can be
 downloaded here), so the result is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
@@ -24,6 +26,7 @@ import numpy as np
 
 from fashiongen.runtime.errors import InputError
 
+from .autoencoder import COLOUR_SAMPLE, add_colour_whitening_argument, check_colour_whitening, colour_basis
 from .options import add_schedule_arguments, schedule_from_args
 from .text_to_image import (MODEL, RECORD, add_data_arguments, data_digest, identity_of, load_images,
                             read_config_object, read_data, training_record, training_size)
@@ -45,6 +48,7 @@ def add_arguments(p) -> None:
     add_data_arguments(p, "metadata.jsonl rows with file_name; captions are not needed")
     p.add_argument("--out", type=Path, required=True, help="run folder; the tiny VAE goes to OUT/model")
     add_schedule_arguments(p, steps=2000, batch_size=8, learning_rate=2e-4, checkpoint_every=250)
+    add_colour_whitening_argument(p)
     p.add_argument("--teacher-weight", type=float, default=0.0,
                    help="weight of an MSE to the teacher decoder's image of the same latents, beside the MSE to the "
                    "image itself (default 0; each step then also runs the teacher's decoder)")
@@ -110,6 +114,7 @@ def run(args) -> int:
     schedule = schedule_from_args(args)
     if not (args.teacher_weight >= 0 and np.isfinite(args.teacher_weight)):
         raise InputError(f"--teacher-weight: must be a non-negative number, got {args.teacher_weight}")
+    check_colour_whitening(args.colour_whitening)
     size = read_tiny_config(args.config)
     geometry = teacher_geometry(args.model)
     check_downscale(size, geometry["downscale"], args.config)
@@ -117,7 +122,8 @@ def run(args) -> int:
     rows = read_data(args.data, require=())
     data_sha256 = data_digest(rows)
     run_folder = RunFolder(args.out, identity_of(args, schedule, str(Path(args.model).absolute()), data_sha256,
-                                                 resolution, tiny_config=size, teacher_weight=args.teacher_weight))
+                                                 resolution, tiny_config=size, teacher_weight=args.teacher_weight,
+                                                 colour_whitening=args.colour_whitening))
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
     teacher = load_teacher(args.model)
     device = make_accelerator(schedule).device
@@ -126,7 +132,8 @@ def run(args) -> int:
     from fashiongen.random_checkpoints.tiny_vae import build_tiny_vae
 
     tiny = build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"])
-    loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, device)
+    basis = torch.from_numpy(colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)).float().to(device)
+    loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, device, basis)
     losses = train(run_folder, schedule, {"tiny_vae": tiny}, loss, resume=args.resume,
                    progress=not args.no_progress, description="train-tiny-vae")
     with torch.no_grad():
@@ -181,6 +188,7 @@ class DistillationLoss:
     schedule: object
     teacher_weight: float
     device: object
+    basis: object       # torch 3x3: pixel errors are measured as basis @ (decoded - image)
 
     def __call__(self, step: int, micro: int, generator):
         import torch
@@ -193,12 +201,17 @@ class DistillationLoss:
         target = self.latents[torch.from_numpy(index)].to(self.device)
         encoded = self.tiny.encode(pixels).latents
         decoded = self.tiny.decode(target).sample.float()
-        loss = (encoded.float() - target).pow(2).mean() + (decoded - pixels).pow(2).mean()
+        loss = (encoded.float() - target).pow(2).mean() + self.pixel_error(decoded, pixels)
         if self.teacher_weight:
             with torch.no_grad():
                 reference = self.teacher.decode(target / self.teacher.config.scaling_factor).sample.float()
-            loss = loss + self.teacher_weight * (decoded - reference).pow(2).mean()
+            loss = loss + self.teacher_weight * self.pixel_error(decoded, reference)
         return loss
+
+    def pixel_error(self, decoded, reference):
+        import torch
+
+        return torch.einsum("ij,bjhw->bihw", self.basis, decoded - reference).pow(2).mean()
 
 
 def _psnr(a, b) -> float:
