@@ -197,15 +197,17 @@ def readme_command_seconds(runs: int, engines: Path, segmenter_engines: Path | N
     on the family measured here (the README's command names none: it runs the shipped one): approach 1's, cut
     out by ``segmenter_engines``, or with None approach 3's (``engines`` a product folder, no cutout)."""
     out = CACHE / "quality-readme-shot.png"
-    readme = ["generate", "--prompt", README_PROMPT, "--out", str(out)]
+    readme = ["generate", "--prompt", f'"{README_PROMPT}"', "--out", "shot.png"]
     cutout = [] if segmenter_engines is None else ["--cutout", "auto", "--segmenter-engines", str(segmenter_engines)]
-    command = [sys.executable, "-m", "fashiongen", *readme, "--engines", str(engines), *cutout, "--no-progress"]
+    shown = readme + (cutout[:2] if cutout else ["--engines", "demo-product"])  # as the README writes it
+    command = [sys.executable, "-m", "fashiongen", "generate", "--prompt", README_PROMPT, "--out", str(out),
+               "--engines", str(engines), *cutout, "--no-progress"]
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
-    return {"command": "fashiongen " + " ".join(readme + cutout[:2]), "engines": str(engines), "median_s": median(times),
+    return {"command": "fashiongen " + " ".join(shown), "engines": str(engines), "median_s": median(times),
             "runs": times}
 
 
