@@ -120,11 +120,12 @@ def _add_index(sub) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR", help="index folder to write or update")
     p.add_argument("--clip", type=Path, default=None, metavar="DIR",
                    help="local CLIP checkpoint (openai/clip-vit-base-patch32 layout) or CLIP engine folder (e.g. an "
-                        "index's clip/); a new index defaults to the shipped demo-clip, an update keeps the index's "
-                        "own (a different one is refused)")
+                        "index's clip/); a new index defaults to the shipped demo-clip (and then the captioner to "
+                        "demo-captioner), an update keeps the index's own (a different one is refused)")
     p.add_argument("--captioner", type=Path, default=None, metavar="DIR",
-                   help="local BLIP captioning checkpoint (Salesforce/blip-image-captioning-base layout); a new index "
-                        "defaults to the shipped demo-captioner, an update to the recorded one if still in place")
+                   help="local BLIP captioning checkpoint (Salesforce/blip-image-captioning-base layout); without it "
+                        "a new index with the demo CLIP uses demo-captioner, one with a --clip of yours gets no "
+                        "captions, an update uses the recorded one if still in place")
     p.add_argument("--batch-size", type=int, default=16, help="images per captioning / embedding batch (default 16)")
     p.add_argument("--rebuild", action="store_true",
                    help="re-caption and re-embed the whole catalog (needed to change the CLIP or the captioner)")
@@ -136,11 +137,13 @@ def _add_index(sub) -> None:
 
 def _run_index(args) -> int:
     from fashiongen.export.catalog_index import build_index
-
     from fashiongen.runtime.retrieval import INDEX_META
 
-    if args.rebuild or not (args.out / INDEX_META).is_file():  # a new index: the demo's networks unless named
+    # a new index without --clip is the demo's pair; a CLIP of one's own is not captioned by the demo's BLIP
+    demo_pair = args.clip is None and (args.rebuild or not (args.out / INDEX_META).is_file())
+    if demo_pair or args.clip is not None:  # (a demo name given in place of a folder resolves too)
         args.clip = demo_family.engine_folder(args.clip, "demo-clip", "--clip")
+    if demo_pair or args.captioner is not None:
         args.captioner = demo_family.engine_folder(args.captioner, "demo-captioner", "--captioner")
     report = build_index(args.catalog, args.out, clip_dir=args.clip, captioner_dir=args.captioner,
                          batch_size=args.batch_size, approximate=args.approximate, rebuild=args.rebuild, progress=not args.no_progress)
