@@ -73,7 +73,7 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
         for name in kept:
             for folder in PART_FOLDERS[name]:
                 if (target / folder).is_dir():
-                    shutil.copytree(target / folder, stage / folder)
+                    copy_engines(target / folder, stage / folder)  # without ONNX Runtime's cache/
         for name in parts:
             if name == "catalog":
                 ship_catalog(work, stage)
@@ -83,11 +83,21 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
         if "worn" in parts:
             shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
         shipped = [name for name in PARTS if name in kept or name in parts]
-        times = {**before.get("wall_seconds", {}), **recipe.get("wall_seconds", {})}
         with atomic_file(stage / MARKER) as tmp:
-            tmp.write_text(json.dumps({**recipe, "wall_seconds": times, "shipped": shipped}, indent=2,
+            tmp.write_text(json.dumps({**merged_recipe(before, recipe), "shipped": shipped}, indent=2,
                                       sort_keys=True) + "\n")
     return target
+
+
+def merged_recipe(before: dict, recipe: dict) -> dict:
+    """``recipe`` with the stages this work folder did not run (no wall time) as ``before`` recorded them: a part
+    kept from an earlier shipment keeps the commands and times it was made with."""
+    made = {name for name, seconds in recipe.get("wall_seconds", {}).items() if seconds}
+    old = {stage["name"]: stage for stage in before.get("stages", [])}
+    stages = [stage if stage["name"] in made or stage["name"] not in old else old[stage["name"]]
+              for stage in recipe.get("stages", [])]
+    times = {**before.get("wall_seconds", {}), **{k: v for k, v in recipe.get("wall_seconds", {}).items() if v}}
+    return {**recipe, "stages": stages, "wall_seconds": times}
 
 
 def ship_catalog(work: Path, stage: Path) -> None:
