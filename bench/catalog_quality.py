@@ -220,6 +220,8 @@ def markdown(report: dict) -> str:
     demo = report.get("demo")
     if demo:
         lines += ["", f"## Time on the shipped demo catalog ({demo['catalog_images']} images)", "",
+                  f"Load average (1 min) when the bench ended: {report['load_average_1min_at_end'] or '?'} on "
+                  f"{os.cpu_count()} cores (other jobs slow these figures down).", "",
                   f"- `{demo['index']['command']}` from scratch (shipped CLIP and captioner, fresh process): median "
                   f"{demo['index']['median_s']:.1f} s over {len(demo['index']['runs'])} runs",
                   f"- `{demo['search']['command']}` (fresh process, start-up included): median "
@@ -279,8 +281,9 @@ def run(args) -> int:
     demo = None
     if not args.no_demo:
         shipped = engine_folder(None, "demo-catalog", "demo-catalog")
-        demo = demo_times(shipped / load_index_meta(shipped)["catalog"], args.index_runs, args.query_runs)
-    out = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
+        demo = demo_times((shipped / load_index_meta(shipped)["catalog"]).resolve(), args.index_runs, args.query_runs)
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None  # a shared machine: how busy
+    out = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "load_average_1min_at_end": load,
            "data": str(args.data), "clip": str(args.clip), "captioner": str(args.captioner),
            "held_out_catalog": {"images": report.total, "index_s": report.seconds},
            "retrieval": scores, "captions": captions, "demo": demo}
