@@ -85,13 +85,14 @@ def test_shipping_a_part_keeps_the_parts_shipped_before(tmp_path):
     (work / "engines" / "catalog" / "index.json").write_text(json.dumps(
         {"catalog": str(work / "catalog"), "clip": {"source": str(work)}, "captioner": {"source": str(work)}}))
     stages = [{"name": "segmenter", "command": "first"}, {"name": "clip", "command": "first"}]
-    target = ship_family(work, tmp_path / "shipped", {"wall_seconds": {"segmenter": 1.0}, "stages": stages},
-                         parts=("segmenter",))
+    target = ship_family(work, tmp_path / "shipped", {"wall_seconds": {"segmenter": 1.0}, "stages": stages,
+                                                      "notes": "how the segmenter was made"}, parts=("segmenter",))
     stages = [{"name": "segmenter", "command": "second"}, {"name": "clip", "command": "second"}]
     ship_family(work, target, {"wall_seconds": {"clip": 2.0, "segmenter": 0.0}, "stages": stages}, parts=("catalog",))
     recipe = json.loads((target / "recipe.json").read_text())
     assert recipe["shipped"] == ["segmenter", "catalog"] and recipe["wall_seconds"] == {"segmenter": 1.0, "clip": 2.0}
     assert [stage["command"] for stage in recipe["stages"]] == ["first", "second"]  # as each part was made
+    assert recipe["notes"] == "how the segmenter was made"
     assert (target / "engines" / "segmenter" / "manifest.json").is_file()
     assert (target / "weights" / "segmenter" / "config.json").is_file()
     assert (target / "catalog" / "a.png").is_file() and (target / "engines" / "captioner" / "config.json").is_file()

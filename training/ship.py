@@ -91,13 +91,13 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
 
 def merged_recipe(before: dict, recipe: dict) -> dict:
     """``recipe`` with the stages this work folder did not run (no wall time) as ``before`` recorded them: a part
-    kept from an earlier shipment keeps the commands and times it was made with."""
+    kept from an earlier shipment keeps the commands and times it was made with (and notes ``before`` holds)."""
     made = {name for name, seconds in recipe.get("wall_seconds", {}).items() if seconds}
     old = {stage["name"]: stage for stage in before.get("stages", [])}
     stages = [stage if stage["name"] in made or stage["name"] not in old else old[stage["name"]]
               for stage in recipe.get("stages", [])]
     times = {**before.get("wall_seconds", {}), **{k: v for k, v in recipe.get("wall_seconds", {}).items() if v}}
-    return {**recipe, "stages": stages, "wall_seconds": times}
+    return {**before, **recipe, "stages": stages, "wall_seconds": times}
 
 
 def ship_catalog(work: Path, stage: Path) -> None:
