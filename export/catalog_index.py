@@ -10,6 +10,9 @@ re-run embeds and captions only new or changed images, keeps the vectors of the 
 ones. Files that cannot be read as images are skipped and reported; the rest is indexed. The new index is
 built beside ``INDEX_DIR`` and renamed into place, so the folder on disk is always a complete index.
 A different CLIP (or captioner) than the index was built with is refused unless ``rebuild``.
+
+The CLIP is a transformers checkpoint, exported here, or a CLIP engine folder already exported (another
+index's ``clip/``, the shipped ``demo-clip``), copied as it is: the demo family ships its CLIP only as ONNX.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import numpy as np
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import link_or_copy, staged_folder
 from fashiongen.runtime.images import load_rgb_image
-from fashiongen.runtime.manifest import sha256_file, write_json_atomic
+from fashiongen.runtime.manifest import MANIFEST_NAME, sha256_file, write_json_atomic
 from fashiongen.runtime.retrieval import (CLIP_FOLDER, FAISS_FILES, IMAGE_SUFFIXES, INDEX_FORMAT, INDEX_META, CatalogIndexError,
                                ClipEncoder, load_index_meta, read_faiss, stored_vectors, write_faiss_files)
 
@@ -115,8 +118,14 @@ def caption_images(model, processor, images: list[np.ndarray]) -> list[str]:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Copy a folder by hard links where the file system allows (the CLIP weights are large)."""
-    shutil.copytree(src, dst, copy_function=link_or_copy)
+    """Copy a folder by hard links where the file system allows (the CLIP weights are large), without the
+    CPU-specific graph cache ONNX Runtime may have written into an engine folder."""
+    shutil.copytree(src, dst, copy_function=link_or_copy, ignore=shutil.ignore_patterns("cache"))
+
+
+def is_clip_engine_folder(clip_dir: Path) -> bool:
+    """Whether ``--clip`` names an exported CLIP engine folder (a manifest) rather than a checkpoint."""
+    return (Path(clip_dir) / MANIFEST_NAME).is_file()
 
 
 # -- the build --------------------------------------------------------------------------------------------
@@ -132,7 +141,10 @@ def _resolve_clip(old: dict | None, clip_dir: Path | None) -> str | None:
         if old is None:
             raise CatalogIndexError("--clip DIR is needed to build a new index (a local CLIP checkpoint)")
         return None
-    fingerprint = checkpoint_fingerprint(check_clip_checkpoint(clip_dir))
+    if is_clip_engine_folder(clip_dir):  # refused here, in one line, when it is not a CLIP folder
+        fingerprint = ClipEncoder.open(clip_dir, arg="--clip").fingerprint
+    else:
+        fingerprint = checkpoint_fingerprint(check_clip_checkpoint(clip_dir))
     if old is not None and old["clip"]["fingerprint"] != fingerprint:
         raise CatalogIndexError(
             f"--clip: '{clip_dir}' is CLIP {fingerprint[:12]} but the index was built with CLIP "
@@ -189,6 +201,8 @@ def build_index(catalog_dir: Path, out_dir: Path, clip_dir: Path | None = None, 
         if new_clip is None or (old is not None and (out_dir / CLIP_FOLDER).is_dir()
                                 and old["clip"]["fingerprint"] == new_clip):
             _link_tree(out_dir / CLIP_FOLDER, stage / CLIP_FOLDER)
+        elif is_clip_engine_folder(clip_dir):
+            _link_tree(clip_dir, stage / CLIP_FOLDER)
         else:
             export_clip_folder(clip_dir, stage / CLIP_FOLDER, progress=False)
             report.clip_exported = True

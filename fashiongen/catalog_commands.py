@@ -6,6 +6,9 @@ InstructPix2Pix edits toward the same prompt (text → nearest catalog image →
 
 ``edit`` and ``search`` are runtime commands (torch-free); ``index`` is an offline batch job on the torch
 side (BLIP captioning, CLIP export) and imports it only when run.
+
+Without a catalog, CLIP or captioner named, they use the shipped demo ones (``fashiongen.demo_family``):
+``search`` and ``edit --from-catalog`` the demo catalog's index, ``index`` the demo CLIP and captioner.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiongen import cutout_commands, options, serving_commands
+from fashiongen import cutout_commands, demo_family, options, serving_commands
 from fashiongen.runtime.errors import InputError
 
 
@@ -36,8 +39,9 @@ def _add_edit(sub) -> None:
                    help="pix2pix engine folder written by `fashiongen export` (not needed with --server-side)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image to edit (PNG/JPEG...; grayscale and RGBA are converted)")
-    source.add_argument("--from-catalog", type=Path, metavar="INDEX_DIR",
-                        help="catalog index written by `fashiongen index`: edit the catalog image nearest the prompt")
+    source.add_argument("--from-catalog", type=Path, metavar="INDEX_DIR", nargs="?", const="demo-catalog",
+                        help="catalog index written by `fashiongen index`: edit the catalog image nearest the prompt "
+                             "(alone, or 'demo-catalog': the shipped demo catalog)")
     p.add_argument("--prompt", required=True, help="the edit, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
     options.add_match_argument(p, when="with --from-catalog: ")
@@ -60,8 +64,8 @@ def _run_edit(args) -> int:
     if args.from_catalog is not None:  # the catalog is searched here, on its own CLIP engines
         from fashiongen.runtime.retrieval import CatalogSearch
 
-        search = CatalogSearch(args.from_catalog, ort_factory(args.providers.split(","), args.threads),
-                               arg="--from-catalog")
+        index_dir = demo_family.engine_folder(args.from_catalog, "demo-catalog", "--from-catalog")
+        search = CatalogSearch(index_dir, ort_factory(args.providers.split(","), args.threads), arg="--from-catalog")
         search.resolve_match(args.match)
     image = load_rgb_image(args.image, "--image") if args.image is not None else None
     if args.engines is None and not args.server_side:
@@ -115,11 +119,13 @@ def _add_index(sub) -> None:
     p.add_argument("catalog", type=Path, metavar="CATALOG_DIR", help="folder of product images (searched recursively)")
     p.add_argument("--out", required=True, type=Path, metavar="INDEX_DIR", help="index folder to write or update")
     p.add_argument("--clip", type=Path, default=None, metavar="DIR",
-                   help="local CLIP checkpoint (openai/clip-vit-base-patch32 layout); needed for a new index, "
-                        "optional on an update (the index keeps its exported CLIP; a different one is refused)")
+                   help="local CLIP checkpoint (openai/clip-vit-base-patch32 layout) or CLIP engine folder (e.g. an "
+                        "index's clip/); a new index defaults to the shipped demo-clip (and then the captioner to "
+                        "demo-captioner), an update keeps the index's own (a different one is refused)")
     p.add_argument("--captioner", type=Path, default=None, metavar="DIR",
-                   help="local BLIP captioning checkpoint (Salesforce/blip-image-captioning-base layout); needed for "
-                        "a new index, optional on an update when the recorded one is still in place")
+                   help="local BLIP captioning checkpoint (Salesforce/blip-image-captioning-base layout); without it "
+                        "a new index with the demo CLIP uses demo-captioner, one with a --clip of yours gets no "
+                        "captions, an update uses the recorded one if still in place")
     p.add_argument("--batch-size", type=int, default=16, help="images per captioning / embedding batch (default 16)")
     p.add_argument("--rebuild", action="store_true",
                    help="re-caption and re-embed the whole catalog (needed to change the CLIP or the captioner)")
@@ -131,7 +137,14 @@ def _add_index(sub) -> None:
 
 def _run_index(args) -> int:
     from fashiongen.export.catalog_index import build_index
+    from fashiongen.runtime.retrieval import INDEX_META
 
+    # a new index without --clip is the demo's pair; a CLIP of one's own is not captioned by the demo's BLIP
+    demo_pair = args.clip is None and (args.rebuild or not (args.out / INDEX_META).is_file())
+    if demo_pair or args.clip is not None:  # (a demo name given in place of a folder resolves too)
+        args.clip = demo_family.engine_folder(args.clip, "demo-clip", "--clip")
+    if demo_pair or args.captioner is not None:
+        args.captioner = demo_family.engine_folder(args.captioner, "demo-captioner", "--captioner")
     report = build_index(args.catalog, args.out, clip_dir=args.clip, captioner_dir=args.captioner,
                          batch_size=args.batch_size, approximate=args.approximate, rebuild=args.rebuild, progress=not args.no_progress)
     print(report.summary())
@@ -143,7 +156,8 @@ def _add_search(sub) -> None:
     p = sub.add_parser("search", help="the catalog images nearest a text prompt (torch-free)",
                        description="Embed the prompt with the index's own exported CLIP text tower (or --clip-engines, "
                        "which must be the same CLIP) and print the k nearest catalog images with their cosine scores.")
-    p.add_argument("index", type=Path, metavar="INDEX_DIR", help="index folder written by `fashiongen index`")
+    p.add_argument("index", type=Path, metavar="INDEX_DIR", nargs="?", default=None,
+                   help="index folder written by `fashiongen index` (default: demo-catalog, the shipped demo catalog)")
     p.add_argument("--prompt", required=True, help="what to look for, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("-k", type=int, default=5, help="how many results (default 5; at most the catalog's size)")
     options.add_match_argument(p)
@@ -157,8 +171,11 @@ def _run_search(args) -> int:
     from fashiongen.runtime.engines import ort_factory
     from fashiongen.runtime.retrieval import CatalogSearch
 
-    search = CatalogSearch(args.index, ort_factory(args.providers.split(","), args.threads),
-                           clip_engines=args.clip_engines, arg="INDEX_DIR")
+    clip_engines = demo_family.engine_folder(args.clip_engines, "demo-clip", "--clip-engines") \
+        if args.clip_engines is not None else None  # none: the index's own copy
+    search = CatalogSearch(demo_family.engine_folder(args.index, "demo-catalog", "INDEX_DIR"),
+                           ort_factory(args.providers.split(","), args.threads), clip_engines=clip_engines,
+                           arg="INDEX_DIR")
     hits = search.search(args.prompt, k=args.k, match=args.match)
     if args.k > len(hits):
         print(f"(the catalog holds {len(hits)} images; showing all of them)")

@@ -2,7 +2,8 @@
 
 An index folder (written by ``fashiongen index``)::
 
-    index.json          format, the CLIP fingerprint, the captioner, the catalog root, one item per row
+    index.json          format, the CLIP fingerprint, the captioner, the catalog root (absolute, or relative
+                        to the index folder: a shipped index travels with its catalog), one item per row
                         (path relative to the catalog, sha256 of the file, BLIP caption)
     image.faiss         unit CLIP image vectors, row i = item i           (exact inner product: IndexFlatIP)
     caption.faiss       unit CLIP text vectors of the captions            (only when captioned)
@@ -266,7 +267,7 @@ class CatalogSearch:
                 for s, r in zip(scores[0], rows[0]) if r >= 0]
 
     def image_path(self, hit: Hit) -> Path:
-        path = Path(self.meta["catalog"]) / hit.path
+        path = self.index_dir / self.meta["catalog"] / hit.path  # an absolute catalog root replaces index_dir
         if not path.is_file():
             raise CatalogIndexError(f"catalog image '{path}' (match for the prompt) is gone; re-run `fashiongen index`")
         return path

@@ -28,11 +28,75 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     assert names[0] == "dataset" and {"vae", "worn", "product", "segmenter", "export-worn"} <= set(names)
     # the product decoder is tuned on the product model, and the tiny decoder distilled from it
     assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
+    assert {"clip", "captioner", "catalog", "index-catalog"} <= set(names)
+    assert names.index("index-catalog") > max(names.index("release"), names.index("catalog"))
 
 
 def test_the_recipe_sizes_build():
     size = SDSize(**{k: tuple(v) if isinstance(v, list) else v for k, v in demo.RECIPE["model"].items()})
     assert size.vae_scale_factor * size.sample_size == demo.RECIPE["dataset"]["size"] >= 128
+
+
+def test_the_retrieval_sizes_build():
+    from fashiongen.random_checkpoints.retrieval import BlipSize, ClipSize, blip_vocab
+
+    clip, blip = ClipSize(**demo.RECIPE["clip"]["size"]), BlipSize(**demo.RECIPE["captioner"]["size"])
+    assert clip.image_size == blip.image_size == demo.RECIPE["dataset"]["size"]  # the renders at full size
+    assert clip.image_size % clip.patch_size == 0 and blip.image_size % blip.patch_size == 0
+    assert len(blip_vocab()) > 0
+
+
+def test_the_demo_catalog_is_one_item_per_caption_of_the_training_split(tmp_path):
+    from fashiongen.runtime.errors import InputError
+    from fashiongen.training.attributes import HELD_OUT, parse_caption
+    from fashiongen.training.dataset import write_dataset
+
+    write_dataset(tmp_path / "set", count=40, size=64, test_fraction=0.0, unseen_count=0, progress=False)
+    source = tmp_path / "set" / "product" / "train"
+    rows = [json.loads(line) for line in (source / "metadata.jsonl").read_text().splitlines()]
+    wanted = rows[7]["text"]
+    demo.make_catalog(source, tmp_path / "catalog", 10, seed=1, include=[wanted])
+    chosen = [json.loads(line) for line in (tmp_path / "catalog" / "metadata.jsonl").read_text().splitlines()]
+    texts = [row["text"] for row in chosen]
+    assert len(texts) == len(set(texts)) == 10 and wanted in texts
+    assert not {parse_caption(t) for t in texts} & set(HELD_OUT)
+    assert all((tmp_path / "catalog" / row["file_name"]).is_file() and row["type"] for row in chosen)
+    with pytest.raises(InputError, match="none of them 'purple"):
+        demo.make_catalog(source, tmp_path / "other", 10, seed=1, include=["purple maxi skirt"])
+    with pytest.raises(InputError, match="held-out"):
+        held = tmp_path / "held"
+        held.mkdir()
+        (held / "metadata.jsonl").write_text(json.dumps({**rows[0], "text": "black sleeveless crewneck tank top"}))
+        demo.make_catalog(held, tmp_path / "third", 1, seed=1)
+
+
+def test_shipping_a_part_keeps_the_parts_shipped_before(tmp_path):
+    from fashiongen.training.ship import ship_family
+
+    work = tmp_path / "work"
+    for name in ("segmenter", "captioner"):
+        (work / "release" / name).mkdir(parents=True)
+        (work / "release" / name / "config.json").write_text("{}")
+    (work / "engines" / "segmenter").mkdir(parents=True)
+    (work / "engines" / "segmenter" / "manifest.json").write_text("{}")
+    (work / "catalog").mkdir()
+    (work / "catalog" / "a.png").write_bytes(b"png")
+    (work / "engines" / "catalog" / "clip").mkdir(parents=True)
+    (work / "engines" / "catalog" / "index.json").write_text(json.dumps(
+        {"catalog": str(work / "catalog"), "clip": {"source": str(work)}, "captioner": {"source": str(work)}}))
+    stages = [{"name": "segmenter", "command": "first"}, {"name": "clip", "command": "first"}]
+    target = ship_family(work, tmp_path / "shipped", {"wall_seconds": {"segmenter": 1.0}, "stages": stages,
+                                                      "notes": "how the segmenter was made"}, parts=("segmenter",))
+    stages = [{"name": "segmenter", "command": "second"}, {"name": "clip", "command": "second"}]
+    ship_family(work, target, {"wall_seconds": {"clip": 2.0, "segmenter": 0.0}, "stages": stages}, parts=("catalog",))
+    recipe = json.loads((target / "recipe.json").read_text())
+    assert recipe["shipped"] == ["segmenter", "catalog"] and recipe["wall_seconds"] == {"segmenter": 1.0, "clip": 2.0}
+    assert [stage["command"] for stage in recipe["stages"]] == ["first", "second"]  # as each part was made
+    assert recipe["notes"] == "how the segmenter was made"
+    assert (target / "engines" / "segmenter" / "manifest.json").is_file()
+    assert (target / "weights" / "segmenter" / "config.json").is_file()
+    assert (target / "catalog" / "a.png").is_file() and (target / "engines" / "captioner" / "config.json").is_file()
+    assert json.loads((target / "engines" / "catalog" / "index.json").read_text())["catalog"] == "../../catalog"
 
 
 def test_a_stage_already_done_is_skipped(tmp_path):
@@ -62,7 +126,8 @@ def test_the_segmenter_runs_beside_the_diffusion_stages_on_one_thread_each(tmp_p
     threads = {name: n for name, n, _ in calls}
     assert order[0] == "dataset" and threads["dataset"] is None
     assert threads["segmenter"] == 1 and threads["vae"] == 1 and threads["worn"] == 1
-    assert dict((name, thread) for name, _, thread in calls)["segmenter"] == "beside"
+    assert all(dict((name, thread) for name, _, thread in calls)[name] == "beside" for name in demo.BESIDE)
+    assert threads["clip"] == threads["captioner"] == 1 and order.index("release") > order.index("captioner")
     assert order.index("release") > order.index("segmenter") and threads["release"] is None
     assert set(times) == set(order) and all(v == 1.0 for v in times.values())
 
@@ -124,11 +189,12 @@ def test_the_studio_token_data_covers_every_type(tmp_path):
     assert {by_name[name] for name in chosen} == types
 
 
-def test_a_finished_segmenter_leaves_both_threads_to_the_main_chain(tmp_path, monkeypatch):
+def test_finished_side_stages_leave_both_threads_to_the_main_chain(tmp_path, monkeypatch):
     calls = []
-    segmenter = next(s for s in demo.stages(tmp_path, demo.SEED) if s.name == "segmenter")
-    segmenter.done.parent.mkdir(parents=True)
-    segmenter.done.write_text("{}")
+    for stage in demo.stages(tmp_path, demo.SEED):
+        if stage.name in demo.BESIDE:
+            stage.done.parent.mkdir(parents=True)
+            stage.done.write_text("{}")
     monkeypatch.setattr(demo, "run_stage", lambda stage, work, log, threads=None: calls.append((stage.name, threads)) or 1.0)
     demo.run_all(tmp_path, demo.SEED, log=lambda line: None)
     assert all(threads is None for _, threads in calls), calls

@@ -253,9 +253,12 @@ def test_missing_and_empty_catalog(tmp_path, clip_checkpoint, capsys):
     assert not (tmp_path / "i").exists()
 
 
-def test_new_index_needs_clip(tmp_path, catalog, capsys):
+def test_new_index_needs_clip(tmp_path, catalog, capsys, monkeypatch):
+    from fashiongen import demo_family
+
+    monkeypatch.setattr(demo_family, "DEMO_DIR", tmp_path / "none")  # no demo CLIP to default to
     err = run_cli(capsys, "index", catalog, "--out", tmp_path / "i")
-    assert "--clip DIR is needed" in err
+    assert "--clip" in err and "not installed" in err and "CLIP checkpoint" in err
 
 
 def test_query_with_another_clip_is_refused(tmp_path, index_dir, other_clip_checkpoint, capsys):

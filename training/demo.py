@@ -19,18 +19,23 @@ printed and logged, so what the demo does is what a user would type):
    --decoder-only``), so the product UNet's latents decode sharper.
 6. ``tiny-vae`` and ``lcm-lora``: a tiny decoder distilled from that VAE (``train-tiny-vae``) and an LCM-LoRA
    from the product model (``train-lcm-lora``): approach 3 in a few steps.
-7. ``segmenter``: a SegFormer trained from random weights on the worn view's label maps.
+7. ``segmenter``: a SegFormer trained from random weights on the worn view's label maps; ``clip`` and
+   ``captioner``: approach 2's retrieval networks, a CLIP (``train-clip``) and a BLIP captioner
+   (``train-captioner``) trained from random weights on the product view and its captions.
 8. ``release``: fp16 copies of the models, the tokens and the LoRA (what is exported, measured and shipped).
 9. ``export``: the engine folders (``fashiongen export``), from the fp16 copies, each recording the guidance
    its model samples best at (``--guidance``); the worn one also holds the DeepCache parts (``fashiongen
    deepcache``), so ``generate --fast deepcache`` runs on it; the product one the tiny decoder; and
    ``product-fast`` is the product model with its LCM-LoRA merged (``generate --preset fast``).
+   ``catalog`` picks the demo catalog from the product training split (one image per caption, none of the
+   held-out combinations) and ``index-catalog`` indexes it (``fashiongen index``) with the fp16 CLIP and
+   captioner: the index and its CLIP engine folder are what ``search`` and ``edit --from-catalog`` default to.
 10. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
    ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses).
 
 Every stage is deterministic from ``--seed``, skipped when its output exists, and resumed from its last
-checkpoint when it was interrupted: run the same command again. The segmenter needs only the data set, so it
-trains beside stages 2-5, each side on one thread (see :data:`BESIDE`). Why 128 px: the garment's attributes (sleeve,
+checkpoint when it was interrupted: run the same command again. The segmenter, CLIP and captioner need only the
+data set, so they train beside stages 2-5, each side on one thread (see :data:`BESIDE`). Why 128 px: the garment's attributes (sleeve,
 neckline, length, stripes) are legible at 128 px, and the SD 1.x VAE's factor 8 gives 16x16 latents, small
 enough to train the UNet for thousands of steps on two cores.
 """
@@ -52,7 +57,7 @@ import numpy as np
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import atomic_file
 
-from .attributes import SEGMENT_CLASSES
+from .attributes import HELD_OUT, SEGMENT_CLASSES, parse_caption
 
 POSITIVE_TOKEN = "<studio-style>"
 NEGATIVE_TOKEN = "<wrong>"
@@ -99,6 +104,25 @@ RECIPE = {
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine", "resolution": 256,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
+    # approach 2's retrieval networks on the product view, from random weights (ClipSize / BlipSize fields); the
+    # images stay at 128 px (16 px patches: 64 tokens) because the garment spans nearly the whole frame and its
+    # stripes and neckline are a few pixels wide. The shipped ones (seed 19687, 2 shared cores, one thread each):
+    # clip: 2,000 steps (32.5 min; held-out text-to-image recall@1 0.892 / @5 0.999 over every test row, image
+    # vectors), then resumed to 3,000 (15.2 min; 0.915 / 1.000); at ~3.5 steps/s of batch 64 on an idle thread,
+    # 3,000 steps take ~30 min. captioner: 3,000 steps, 14.5 min, greedy captions exact 77.7%, per attribute type
+    # 97.5, colour 99.8, pattern 99.9, sleeve 98.6, neckline 68.1, length 95.5% (96 px with 8 px patches,
+    # 2,500 steps: neckline 70.9%, type 95.5%, 24.8 min: not kept). Neckline is what both miss most.
+    "clip": {"steps": 3000, "batch_size": 128, "learning_rate": 5e-4, "warmup_steps": 100, "lr_schedule": "cosine",
+             "size": {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_intermediate": 256,
+                      "vision_hidden": 64, "vision_layers": 3, "vision_heads": 4, "vision_intermediate": 256,
+                      "image_size": 128, "patch_size": 16, "projection_dim": 64}},
+    "captioner": {"steps": 3000, "batch_size": 32, "learning_rate": 5e-4, "warmup_steps": 100,
+                  "lr_schedule": "cosine",
+                  "size": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 256, "image_size": 128,
+                           "patch_size": 16, "projection_dim": 64}},
+    # the demo catalog: one product shot per caption of the training split (so no held-out combination), the
+    # README's prompt among them (so the demo's search has its exact item)
+    "catalog": {"count": 500, "include": ["black short sleeve crewneck crop top"]},
 }
 
 
@@ -181,6 +205,11 @@ def stages(work: Path, seed: int) -> list[Stage]:
                             "--out", str(work / "segmenter"), *schedule("segmenter")],
               work / "segmenter" / "model" / "training.json", work / "segmenter",
               prepare=lambda: _write_json(work / "segmenter-size.json", r["segmenter"]["size"])),
+        *[Stage(name, [command, "--config", str(work / f"{name}-size.json"), "--data", str(product / "train"),
+                       "--eval-data", str(product / "test"), "--out", str(work / name), *schedule(name)],
+                work / name / "model" / "training.json", work / name,
+                prepare=lambda name=name: _write_json(work / f"{name}-size.json", r[name]["size"]))
+          for name, command in (("clip", "train-clip"), ("captioner", "train-captioner"))],
         Stage("release", [], release / "done", resumable=False, prepare=lambda: make_release(work)),
         Stage("export-worn", ["export", "--model", str(release / "worn"), "--out", str(work / "engines/worn"),
                               "--guidance", str(r["sampling"]["worn"]),
@@ -200,6 +229,13 @@ def stages(work: Path, seed: int) -> list[Stage]:
         Stage("export-segmenter", ["export", "--segmenter", str(release / "segmenter"),
                                    "--out", str(work / "engines/segmenter")],
               work / "engines/segmenter/manifest.json", resumable=False),
+        Stage("catalog", [], work / "catalog" / "metadata.jsonl", resumable=False,
+              prepare=lambda: make_catalog(product / "train", work / "catalog", r["catalog"]["count"], seed,
+                                           r["catalog"]["include"])),
+        Stage("index-catalog", ["index", str(work / "catalog"), "--out", str(work / "engines/catalog"),
+                                "--clip", str(release / "clip"), "--captioner", str(release / "captioner"),
+                                "--no-progress"],
+              work / "engines/catalog/index.json", resumable=False),
     ]
 
 
@@ -209,7 +245,7 @@ def make_release(work: Path) -> None:
 
     release = work / "release"
     for name, run in (("worn", "worn"), ("product", "product-decoder"), ("segmenter", "segmenter"),
-                      ("tiny-vae", "tiny-vae")):
+                      ("tiny-vae", "tiny-vae"), ("clip", "clip"), ("captioner", "captioner")):
         half_copy(work / run / "model", release / name)
     shutil.copy2(work / "lcm-lora" / "pytorch_lora_weights.safetensors", release / "lcm-lora.safetensors")
     (release / "embeddings").mkdir(exist_ok=True)
@@ -223,6 +259,45 @@ def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# -- the demo catalog -----------------------------------------------------------------------------------------------
+def make_catalog(source: Path, out: Path, count: int, seed: int, include: list[str] = ()) -> None:
+    """``count`` product shots of the training split, one per caption (the most combinations for the images),
+    the captions ``include`` first, the rest drawn in a seeded order; with their metadata rows (attributes
+    included, to check searches against).
+
+    The held-out combinations are absent from the training split by construction; checked here all the same,
+    since a catalog holding one would make the held-out prompts of approach 2 a plain lookup."""
+    from PIL import Image
+
+    if (out / "metadata.jsonl").is_file():
+        return
+    rows = [json.loads(line) for line in (source / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    order = np.random.default_rng([seed, 3]).permutation(len(rows))
+    first = {text: rank for rank, text in enumerate(include)}
+    order = sorted(order, key=lambda i: first.get(rows[i]["text"], len(first)))  # stable: the rest keep theirs
+    chosen: dict[str, dict] = {}
+    for i in order:
+        chosen.setdefault(rows[i]["text"], rows[i])
+    chosen = dict(list(chosen.items())[:count])
+    missing = [text for text in include if text not in chosen]
+    if len(chosen) < count or missing:
+        raise InputError(f"catalog: '{source}' has {len(chosen)} captions for {count} items"
+                         + (f", none of them {missing[0]!r}" if missing else ""))
+    held = set(HELD_OUT)
+    held_out = sorted(text for text in chosen if parse_caption(text) in held)
+    if held_out:
+        raise InputError(f"catalog: '{source}' holds held-out combinations ({', '.join(held_out[:3])}); pick the "
+                         "train split of `fashiongen dataset`")
+    stage = out.with_name(out.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    with open(stage / "metadata.jsonl", "w") as meta:
+        for row in sorted(chosen.values(), key=lambda r: r["file_name"]):
+            Image.open(source / row["file_name"]).save(stage / row["file_name"], optimize=True)  # lossless, smaller
+            meta.write(json.dumps({k: v for k, v in row.items() if k != "mask_file"}) + "\n")
+    stage.rename(out)
 
 
 # -- the learned tokens' data ---------------------------------------------------------------------------------
@@ -323,7 +398,7 @@ def run_stage(stage: Stage, work: Path, log=print, threads: int | None = None) -
 #: Stages that need only the data set run beside the diffusion stages, each side on one CPU thread: two
 #: one-thread trainings get more out of two cores than two-thread ones one after the other. ``JOIN`` and the
 #: stages after it need their output.
-BESIDE = ("segmenter",)
+BESIDE = ("segmenter", "clip", "captioner")
 JOIN = "release"
 
 
@@ -397,9 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, logs, engines)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of everything (default {SEED})")
     parser.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
-    parser.add_argument("--ship", nargs="?", const="worn,product,segmenter", default=None, metavar="PARTS",
+    parser.add_argument("--ship", nargs="?", const="worn,product,segmenter,catalog", default=None, metavar="PARTS",
                         help="then copy the family into the package (fashiongen/demo_models/); PARTS, comma-separated, "
-                             "ships only those of worn, product, segmenter (default: all)")
+                             "ships (or replaces) only those of worn, product, segmenter, catalog (default: all); "
+                             "parts shipped before and not named stay")
     args = parser.parse_args(argv)
     try:
         started = time.perf_counter()

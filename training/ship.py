@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import atomic_file, staged_folder
+from fashiongen.runtime.manifest import write_json_atomic
 
 MARKER = "recipe.json"
 
@@ -45,23 +46,69 @@ def copy_engines(source: Path, out: Path) -> None:
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("cache"))
 
 
-PARTS = ("worn", "product", "segmenter")
+PARTS = ("worn", "product", "segmenter", "catalog")
+#: What each part puts into the shipped folder, so that shipping some parts can keep the others as they are.
+PART_FOLDERS = {"worn": ("weights/worn", "weights/embeddings", "engines/worn"),
+                "product": ("weights/product", "engines/product"),
+                "segmenter": ("weights/segmenter", "engines/segmenter"),
+                "catalog": ("catalog", "engines/catalog", "engines/captioner")}
+#: Where the shipped catalog index finds its images, relative to itself (``engines/catalog`` -> ``catalog``).
+CATALOG_FROM_INDEX = "../../catalog"
 
 
 def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] = PARTS) -> Path:
     """``target/weights/*`` (fp16 model folders, and the learned tokens with ``worn``), ``target/engines/*`` and
     ``recipe.json``, for the ``parts`` of the family that are shipped (a part that misses its quality bar is
-    left out: its name then says "not installed" rather than drawing the wrong garment)."""
-    work = Path(work)
+    left out: its name then says "not installed" rather than drawing the wrong garment).
+
+    Parts shipped before and not named stay as they are (their recipe wall times too): a part trained later,
+    such as the catalog, ships without retraining the rest."""
+    work, target = Path(work), Path(target)
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         raise InputError(f"parts: expected some of {', '.join(PARTS)}, got {', '.join(parts) or 'none'}")
+    before = json.loads((target / MARKER).read_text()) if (target / MARKER).is_file() else {}
+    kept = [name for name in before.get("shipped", []) if name in PARTS and name not in parts]
     with staged_folder(target, MARKER, "a shipped demo family", arg="target") as stage:
+        for name in kept:
+            for folder in PART_FOLDERS[name]:
+                if (target / folder).is_dir():
+                    copy_engines(target / folder, stage / folder)  # without ONNX Runtime's cache/
         for name in parts:
+            if name == "catalog":
+                ship_catalog(work, stage)
+                continue
             shutil.copytree(work / "release" / name, stage / "weights" / name)
             copy_engines(work / "engines" / name, stage / "engines" / name)
         if "worn" in parts:
             shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
+        shipped = [name for name in PARTS if name in kept or name in parts]
         with atomic_file(stage / MARKER) as tmp:
-            tmp.write_text(json.dumps({**recipe, "shipped": list(parts)}, indent=2, sort_keys=True) + "\n")
-    return Path(target)
+            tmp.write_text(json.dumps({**merged_recipe(before, recipe), "shipped": shipped}, indent=2,
+                                      sort_keys=True) + "\n")
+    return target
+
+
+def merged_recipe(before: dict, recipe: dict) -> dict:
+    """``recipe`` with the stages this work folder did not run (no wall time) as ``before`` recorded them: a part
+    kept from an earlier shipment keeps the commands and times it was made with (and notes ``before`` holds)."""
+    made = {name for name, seconds in recipe.get("wall_seconds", {}).items() if seconds}
+    old = {stage["name"]: stage for stage in before.get("stages", [])}
+    stages = [stage if stage["name"] in made or stage["name"] not in old else old[stage["name"]]
+              for stage in recipe.get("stages", [])]
+    times = {**before.get("wall_seconds", {}), **{k: v for k, v in recipe.get("wall_seconds", {}).items() if v}}
+    return {**before, **recipe, "stages": stages, "wall_seconds": times}
+
+
+def ship_catalog(work: Path, stage: Path) -> None:
+    """The demo catalog (its images and metadata), its index with the index's CLIP engine folder (the demo
+    CLIP: one copy) and the fp16 captioner. The index is made to travel: it finds its catalog relative to
+    itself, and names its CLIP and captioner by their demo names instead of this machine's paths."""
+    shutil.copytree(work / "catalog", stage / "catalog")
+    copy_engines(work / "engines" / "catalog", stage / "engines" / "catalog")
+    shutil.copytree(work / "release" / "captioner", stage / "engines" / "captioner")
+    index_file = stage / "engines" / "catalog" / "index.json"
+    meta = json.loads(index_file.read_text())
+    meta["catalog"] = CATALOG_FROM_INDEX
+    meta["clip"]["source"], meta["captioner"]["source"] = "demo-clip", "demo-captioner"
+    write_json_atomic(index_file, meta)
