@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, both approaches, with the seed's prompt, seed 19687 and the learned tokens, on the demo family
+# The main job, every approach, with the seed's prompt, seed 19687 and the learned tokens, on the demo family
 # shipped in fashiongen/demo_models/ (trained here from nothing: how, in its recipe.json). No training, no export,
 # no torch at run time. Extra arguments go to the generate commands.
 #
@@ -13,6 +13,17 @@ export HF_HUB_OFFLINE=1
 FG=.venv/bin/fashiongen
 PROMPT="black short sleeve crewneck crop top"
 mkdir -p demo
+approach2() {  # the shipped catalog searched for the prompt, its nearest item edited toward it
+  if [ -f fashiongen/demo_models/engines/catalog/index.json ]; then
+    echo "approach 2: the shipped demo catalog (500 product shots) searched for the prompt (CLIP + captions)"
+    "$FG" search --prompt "$PROMPT" -k 3
+    if [ -f fashiongen/demo_models/engines/pix2pix/manifest.json ]; then
+      echo "approach 2: the nearest catalog item, edited toward the prompt by the shipped InstructPix2Pix editor"
+      "$FG" edit --from-catalog --prompt "$PROMPT" --seed 19687 --out demo/approach2.png --timings
+      echo "image: demo/approach2.png (the edited catalog item)"
+    fi
+  fi
+}
 if [ -f fashiongen/demo_models/engines/worn/manifest.json ]; then
   echo "approach 1: a person wearing the garment (learned tokens <studio-style>, <wrong>), cut out onto white"
   "$FG" generate --prompt "<studio-style> $PROMPT" --negative-prompt "<wrong>" --seed 19687 \
@@ -23,6 +34,7 @@ if [ -f fashiongen/demo_models/engines/worn/manifest.json ]; then
   "$FG" cutout demo/approach1-raw.png --class Upper-clothes --out demo/cutout.png
   echo "images: demo/approach1-raw.png (worn), demo/approach1.png (its garment on white),"
   echo "        demo/approach3.png (product shot), demo/cutout.png (cutout command)"
+  approach2
   exit 0
 fi
 if [ -f fashiongen/demo_models/engines/product/manifest.json ]; then
@@ -30,6 +42,7 @@ if [ -f fashiongen/demo_models/engines/product/manifest.json ]; then
   "$FG" generate --engines demo-product --prompt "$PROMPT" --seed 19687 --out demo/approach3.png --timings "$@"
   echo "image: demo/approach3.png (product shot)"
 fi
+approach2
 if [ -f fashiongen/demo_models/engines/segmenter/manifest.json ]; then
   echo "the shipped demo segmenter on a worn render it never saw (fashiongen dataset, seed 4242): the top on white"
   "$FG" dataset --out demo/render --count 8 --seed 4242 --test-fraction 0 --unseen-count 0 --overwrite --no-progress
