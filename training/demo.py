@@ -23,7 +23,10 @@ printed and logged, so what the demo does is what a user would type):
    its model samples best at (``--guidance``); the worn one also holds the DeepCache parts (``fashiongen
    deepcache``), so ``generate --fast deepcache`` runs on it; the product one the tiny decoder; and
    ``product-fast`` is the product model with its LCM-LoRA merged (``generate --preset fast``).
-10. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
+10. ``pix2pix``: approach 2's editor, an InstructPix2Pix UNet widened from the released product model and trained
+   on pairs of product shots one or two attributes apart (``train-pix2pix``), then released in fp16 and exported
+   (``engines/pix2pix``, recording the text and image guidance it edits best at): ``fashiongen edit``'s default.
+11. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
    ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses).
 
 Every stage is deterministic from ``--seed``, skipped when its output exists, and resumed from its last
@@ -51,6 +54,7 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import atomic_file
 
 from .attributes import SEGMENT_CLASSES
+from .ship import half_copy
 
 POSITIVE_TOKEN = "<studio-style>"
 NEGATIVE_TOKEN = "<wrong>"
@@ -85,6 +89,16 @@ RECIPE = {
     # on 100 held-out prompts of the training combinations (bench/quality.py's judge); product type / colour at
     # 1.5: 75 / 83%, 2.5: 79 / 85%, 4: 83 / 82%, 7.5: 69 / 55%; worn (cut out) at 2: 18 / 25%, 4: 17 / 36%
     "sampling": {"worn": 4.0, "product": 4.0},
+    # approach 2's editor, from the released product model (its conv_in widened; only the UNet trains) on the 36,000
+    # pairs of the product view's training split (4 a source item, half told the imperative, half the target's
+    # caption), the product stage's schedule: 3000 steps at batch 32 were 59 min on one shared thread (2 cores,
+    # beside two other trainings), loss 0.0184 at step 100 -> PLACEHOLDER_LOSS at the end
+    "pix2pix": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "ema_decay": 0.998, "warmup_steps": 100,
+                "lr_schedule": "cosine", "snr_gamma": 5.0},
+    # the (text, image) guidance the editor edits best at, recorded in engines/pix2pix (`export --guidance
+    # --image-guidance`): bench/edit_quality.py's sweep on 50 held-out pairs, success imperative / caption:
+    # PLACEHOLDER_SWEEP
+    "edit_sampling": {"guidance": 7.5, "image_guidance": 1.5},
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine", "resolution": 256,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
@@ -184,13 +198,20 @@ def stages(work: Path, seed: int) -> list[Stage]:
         Stage("export-segmenter", ["export", "--segmenter", str(release / "segmenter"),
                                    "--out", str(work / "engines/segmenter")],
               work / "engines/segmenter/manifest.json", resumable=False),
+        Stage("pix2pix", ["train-pix2pix", "--model", str(release / "product"), "--data", str(product / "train"),
+                          "--resolution", "128", "--out", str(work / "pix2pix"), *schedule("pix2pix")],
+              work / "pix2pix" / "model" / "training.json", work / "pix2pix"),
+        Stage("release-pix2pix", [], release / "pix2pix" / "model_index.json", resumable=False,
+              prepare=lambda: half_copy(work / "pix2pix" / "model", release / "pix2pix")),
+        Stage("export-pix2pix", ["export", "--model", str(release / "pix2pix"), "--out", str(work / "engines/pix2pix"),
+                                 "--guidance", str(r["edit_sampling"]["guidance"]),
+                                 "--image-guidance", str(r["edit_sampling"]["image_guidance"])],
+              work / "engines/pix2pix/manifest.json", resumable=False),
     ]
 
 
 def make_release(work: Path) -> None:
     """fp16 copies of the trained models and the learned tokens: what is exported, measured and shipped."""
-    from .ship import half_copy
-
     release = work / "release"
     for name in ("worn", "product", "segmenter", "tiny-vae"):
         half_copy(work / name / "model", release / name)
@@ -380,9 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, logs, engines)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of everything (default {SEED})")
     parser.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
-    parser.add_argument("--ship", nargs="?", const="worn,product,segmenter", default=None, metavar="PARTS",
+    parser.add_argument("--ship", nargs="?", const="worn,product,segmenter,pix2pix", default=None, metavar="PARTS",
                         help="then copy the family into the package (fashiongen/demo_models/); PARTS, comma-separated, "
-                             "ships only those of worn, product, segmenter (default: all)")
+                             "ships only those of worn, product, segmenter, pix2pix (default: all)")
     args = parser.parse_args(argv)
     try:
         started = time.perf_counter()

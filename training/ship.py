@@ -45,7 +45,10 @@ def copy_engines(source: Path, out: Path) -> None:
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("cache"))
 
 
-PARTS = ("worn", "product", "segmenter")
+PARTS = ("worn", "product", "segmenter", "pix2pix")
+#: Parts shipped as their engine folder alone: the editor's text encoder and VAE are the product model's, and the
+#: runtime reads only the engines; its fp16 weights (11 MB) would not fit the package's budget beside them.
+ENGINES_ONLY = ("pix2pix",)
 
 
 def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] = PARTS) -> Path:
@@ -58,7 +61,8 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
         raise InputError(f"parts: expected some of {', '.join(PARTS)}, got {', '.join(parts) or 'none'}")
     with staged_folder(target, MARKER, "a shipped demo family", arg="target") as stage:
         for name in parts:
-            shutil.copytree(work / "release" / name, stage / "weights" / name)
+            if name not in ENGINES_ONLY:
+                shutil.copytree(work / "release" / name, stage / "weights" / name)
             copy_engines(work / "engines" / name, stage / "engines" / name)
         if "worn" in parts:
             shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
