@@ -147,9 +147,15 @@ def test_the_shipped_segmenter_finds_the_garment_of_a_new_render(tmp_path, capsy
 
 
 @pytest.mark.skipif(not demo_family.installed("demo-pix2pix"), reason="this checkout has no shipped editor")
-def test_the_shipped_editor_makes_a_black_top_red(tmp_path, capsys):
-    """Approach 2's editor with no flag: a black crop top rendered from a seed no training saw, told the imperative
-    a user types, comes back red (the garment's pixels red-dominant), with the folder's own guidance."""
+@pytest.mark.parametrize("prompt", [
+    "red short sleeve crewneck crop top",  # the target's caption, what approach 2 sends after retrieval
+    pytest.param("make it red", marks=pytest.mark.xfail(strict=True, reason=(
+        "the demo editor follows imperatives on 4.5% of held-out pairs (bench/results/edit_quality.md): it draws "
+        "an orange maxi skirt here"))),
+])
+def test_the_shipped_editor_makes_a_black_top_red(prompt, tmp_path, capsys):
+    """Approach 2's editor with no flag: a black crop top rendered from a seed no training saw comes back red (the
+    garment's pixels red-dominant) and still a top (wider than tall), with the folder's own guidance."""
     from fashiongen.runtime.manifest import load_manifest
     from fashiongen.training.attributes import Garment
     from fashiongen.training.dataset import item_rng, render_garment
@@ -159,10 +165,13 @@ def test_the_shipped_editor_makes_a_black_top_red(tmp_path, capsys):
     top = Garment("crop top", "black", "plain", "short", "crewneck")
     source, out = tmp_path / "black.png", tmp_path / "red.png"
     Image.fromarray(render_garment(item_rng(4242, 0), top, 128)[2]).save(source)
-    assert main(["edit", "--image", str(source), "--prompt", "make it red", "--seed", "19687", "--out", str(out),
+    assert main(["edit", "--image", str(source), "--prompt", prompt, "--seed", "19687", "--out", str(out),
                  "--no-progress"]) == 0, capsys.readouterr().err
     image = np.asarray(Image.open(out).convert("RGB")).astype(int)
     garment = image.min(axis=-1) < 200
     assert 0.03 < garment.mean() < 0.6, garment.mean()  # a garment, not a blank square nor the whole frame
     red, other = image[garment][:, 0], image[garment][:, 1:].max(axis=-1)
     assert np.median(red - other) > 60 and np.median(red) > 120, (np.median(red), np.median(other))
+    inner = garment[4:-4, 4:-4]  # the decoder's faint frame along the sides is not garment
+    rows, cols = np.flatnonzero(inner.sum(axis=1) > 2), np.flatnonzero(inner.sum(axis=0) > 2)
+    assert rows[-1] - rows[0] < cols[-1] - cols[0]  # a top, wider than tall
