@@ -88,6 +88,15 @@ def check_checkpoint(model_dir: Path) -> Path:
     return model_dir
 
 
+def is_pix2pix_checkpoint(model_dir: Path) -> bool:
+    """Whether the checkpoint's UNet takes twice its VAE's latent channels (the input image's latent beside the
+    noisy one), read from the configs so that a wrong flag is refused before anything loads."""
+    model_dir = check_checkpoint(model_dir)
+    unet = json.loads((model_dir / "unet" / "config.json").read_text())
+    vae = json.loads((model_dir / "vae" / "config.json").read_text())
+    return unet.get("in_channels") == 2 * vae.get("latent_channels", 4)
+
+
 def quiet_libraries() -> None:
     """Our own progress bar and errors say what happens; silence the libraries' chatter."""
     import diffusers
@@ -247,10 +256,12 @@ def export_sd(model_dir: Path, embeddings: list[LearnedEmbedding], stage: Path, 
 def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embeddings: list[LearnedEmbedding] = (),
                          segmenter_dir: Path | None = None, opset: int = DEFAULT_OPSET,
                          progress: bool = True, loras: list[LoraFile] = (),
-                         tiny_vae_dir: Path | None = None, guidance: float | None = None) -> Manifest:
+                         tiny_vae_dir: Path | None = None, guidance: float | None = None,
+                         image_guidance: float | None = None) -> Manifest:
     """Write an engine folder with a diffusion pipeline, a segmenter, or both; returns its manifest.
-    ``guidance``: the scale the checkpoint samples best at, recorded as the folder's default (see
-    :func:`fashiongen.runtime.presets.default_guidance`)."""
+    ``guidance`` (and, for an InstructPix2Pix checkpoint, ``image_guidance``): the scales the checkpoint samples
+    best at, recorded as the folder's defaults (see :func:`fashiongen.runtime.presets.default_guidance`), so
+    that a request without them gets what was measured best rather than diffusers' SD 1.5 values."""
     if model_dir is None and segmenter_dir is None:
         raise InputError("nothing to export: give --model CHECKPOINT_DIR and/or --segmenter DIR")
     if model_dir is None and embeddings:
@@ -263,6 +274,11 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         if model_dir is None:
             raise InputError("--guidance needs --model: it is the guidance scale a checkpoint samples best at")
         check_guidance("--guidance", guidance)
+    if image_guidance is not None:
+        if model_dir is None or not is_pix2pix_checkpoint(model_dir):
+            raise InputError("--image-guidance needs --model with an InstructPix2Pix checkpoint (its UNet takes the "
+                             "input image's latent): only an edit has an image guidance scale")
+        check_guidance("--image-guidance", image_guidance)
     if tiny_vae_dir is not None:  # refused before anything loads
         check_tiny_vae(tiny_vae_dir, json.loads((check_checkpoint(model_dir) / "vae/config.json").read_text()))
     total = (SD_STAGES + bool(loras) + (TINY_VAE_STAGES if tiny_vae_dir else 0) if model_dir else 0) + \
@@ -272,8 +288,9 @@ def export_engine_folder(out_dir: Path, model_dir: Path | None = None, embedding
         manifest = Manifest(kind="segmenter", dims={}, networks={}, opset=opset, versions=versions())
         if model_dir is not None:
             export_sd(model_dir, embeddings, stage, manifest, bar, loras, tiny_vae_dir)
-            if guidance is not None:
-                manifest.presets[DEFAULT_PRESET] = {"guidance": float(guidance)}
+            recorded = {"guidance": guidance, "image_guidance": image_guidance}
+            if any(v is not None for v in recorded.values()):
+                manifest.presets[DEFAULT_PRESET] = {k: float(v) for k, v in recorded.items() if v is not None}
         if segmenter_dir is not None:
             export_segmenter(segmenter_dir, stage, manifest, bar)
         write_json_atomic(stage / MANIFEST_NAME, manifest.to_json())

@@ -36,7 +36,8 @@ def _add_edit(sub) -> None:
         "The image comes from --image, or with --from-catalog from the catalog index: the prompt retrieves the "
         "nearest catalog image (CLIP), which is then edited toward the same prompt.")
     p.add_argument("--engines", type=Path, default=None,
-                   help="pix2pix engine folder written by `fashiongen export` (not needed with --server-side)")
+                   help="pix2pix engine folder written by `fashiongen export`, or demo-pix2pix (default: the shipped "
+                   "demo editor; not needed with --server-side)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image to edit (PNG/JPEG...; grayscale and RGBA are converted)")
     source.add_argument("--from-catalog", type=Path, metavar="INDEX_DIR", nargs="?", const="demo-catalog",
@@ -45,9 +46,11 @@ def _add_edit(sub) -> None:
     p.add_argument("--prompt", required=True, help="the edit, e.g. 'black short sleeve crewneck crop top'")
     p.add_argument("--negative-prompt", default="", help="what to steer away from")
     options.add_match_argument(p, when="with --from-catalog: ")
-    p.add_argument("--image-guidance", type=float, default=1.5,
-                   help="image guidance scale: how closely to keep the input (default 1.5; < 1 turns guidance off)")
-    options.add_sampling_arguments(p, steps=20, images_help="edits of the image", guidance_help="text guidance scale")
+    p.add_argument("--image-guidance", type=float, default=None,
+                   help="image guidance scale: how closely to keep the input (default: the scale the engine folder "
+                   "records, `fashiongen export --image-guidance`, else 1.5; < 1 turns guidance off)")
+    options.add_sampling_arguments(p, steps=20, images_help="edits of the image", guidance_help="text guidance scale",
+                                   guidance=None)
     options.add_session_arguments(p)
     cutout_commands.add_cutout_arguments(p)
     serving_commands.add_triton_arguments(p, "edit")
@@ -68,8 +71,8 @@ def _run_edit(args) -> int:
         search = CatalogSearch(index_dir, ort_factory(args.providers.split(","), args.threads), arg="--from-catalog")
         search.resolve_match(args.match)
     image = load_rgb_image(args.image, "--image") if args.image is not None else None
-    if args.engines is None and not args.server_side:
-        raise InputError("--engines is required (except with --triton URL --server-side)")
+    if not args.server_side:
+        args.engines = demo_family.engine_folder(args.engines, "demo-pix2pix")
     manifest = options.sampling_manifest(args)
     options.settle_sampling(args, manifest, args.engines)
     request = Pix2PixRequest(image=image, prompt=args.prompt,

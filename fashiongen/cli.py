@@ -54,6 +54,10 @@ def _add_export(sub) -> None:
                    help="the classifier-free guidance scale the checkpoint samples best at, recorded in the manifest: "
                    "`generate` uses it when given no --guidance (default: none recorded; generate then uses 7.5, "
                    "diffusers' default)")
+    p.add_argument("--image-guidance", type=float, default=None, metavar="SCALE",
+                   help="an InstructPix2Pix checkpoint's image guidance scale it edits best at, recorded beside "
+                   "--guidance: `edit` uses it when given no --image-guidance (default: none recorded; edit then "
+                   "uses 1.5, diffusers' default)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     options.add_progress_argument(p)
     p.set_defaults(run=_run_export)
@@ -71,7 +75,7 @@ def _run_export(args) -> int:
     loras += [replace(read_lora(*parse_lora_arg(a)), lcm=True) for a in args.lcm_lora]
     manifest = export_engine_folder(args.out, args.model, embeddings, segmenter_dir=args.segmenter, opset=args.opset,
                                     progress=not args.no_progress, loras=loras, tiny_vae_dir=args.tiny_vae,
-                                    guidance=args.guidance)
+                                    guidance=args.guidance, image_guidance=args.image_guidance)
     print(f"wrote {args.out} ({manifest.kind})")
     for lora in manifest.source.get("loras", []):
         print(f"  LoRA {lora['file']} x{lora['scale']:g}: {lora['layers']['unet']} UNet and "

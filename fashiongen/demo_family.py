@@ -2,9 +2,10 @@
 
 ``fashiongen/demo_models/`` holds its engine folders (``engines/worn``: approach 1's text-to-image model with
 its learned tokens; ``engines/product``: approach 3's; ``engines/product-fast``: approach 3's with its LCM-LoRA
-merged, for ``--preset fast``; ``engines/segmenter``: the clothes segmenter), its fp16 weights and
-``recipe.json`` (how each was made). Commands that take ``--engines`` default to them, and accept their names
-(``demo``, ``demo-product``, ``demo-product-fast``, ``demo-segmenter``) in place of a folder.
+merged, for ``--preset fast``; ``engines/segmenter``: the clothes segmenter; ``engines/pix2pix``: approach 2's
+InstructPix2Pix editor, the default of ``edit``), its fp16 weights and ``recipe.json`` (how each was made).
+Commands that take ``--engines`` default to them, and accept their names (``demo``, ``demo-product``,
+``demo-product-fast``, ``demo-segmenter``, ``demo-pix2pix``) in place of a folder.
 
 Approach 2's retrieval half ships the same way: ``engines/catalog`` is the index of the demo catalog (the
 product images in ``catalog/``), and its own CLIP engine folder ``engines/catalog/clip`` is the demo CLIP (one
@@ -19,7 +20,8 @@ from pathlib import Path
 from fashiongen.runtime.errors import InputError
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_models"
-NAMES = {"demo": "worn", "demo-product": "product", "demo-product-fast": "product-fast", "demo-segmenter": "segmenter"}
+NAMES = {"demo": "worn", "demo-product": "product", "demo-product-fast": "product-fast", "demo-segmenter": "segmenter",
+         "demo-pix2pix": "pix2pix"}
 NAMES.update({"demo-catalog": "catalog", "demo-clip": "catalog/clip", "demo-captioner": "captioner"})
 #: What a command takes in place of a demo folder that is not installed (the error says so).
 WHAT_TO_PASS = {"demo-catalog": "an index folder written by `fashiongen index`",

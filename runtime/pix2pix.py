@@ -29,6 +29,7 @@ from .engines import EngineSet
 from .errors import InputError
 from .images import as_rgb, uint8_to_model_input
 from .manifest import require_kind
+from .presets import default_guidance, default_image_guidance
 from .rng import TorchGenerator
 from .schedulers import make_scheduler
 from .timings import StageTimings
@@ -42,8 +43,8 @@ class Pix2PixRequest:
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 20
-    guidance: float = 7.5             # text guidance
-    image_guidance: float = 1.5       # how closely to keep the input image
+    guidance: float | None = None     # text guidance; None: the folder's recorded one (export --guidance), else 7.5
+    image_guidance: float | None = None  # how closely to keep the input; None: recorded, else 1.5
     scheduler: str | None = None      # None: the checkpoint's own
     num_images: int = 1
     decoder: str | None = None        # "full" | "tiny" (encoder and decoder); None: full, or the only one
@@ -92,12 +93,16 @@ class Pix2PixPipeline:
         image = fit_to_grid(as_rgb(request.image), self.downscale)
         check_positive_int("num_images", request.num_images)
         check_seed(request.seed)
-        check_guidance("guidance", request.guidance)
-        check_guidance("image_guidance", request.image_guidance)
+        manifest = self.engines.manifest
+        guidance = default_guidance(manifest) if request.guidance is None else request.guidance
+        image_guidance = default_image_guidance(manifest) if request.image_guidance is None else request.image_guidance
+        check_guidance("guidance", guidance)
+        check_guidance("image_guidance", image_guidance)
         scheduler = make_scheduler(self.engines.manifest.scheduler_config, request.scheduler, request.eta)
         check_steps(request.steps, self.max_steps, scheduler)
         decoder = choose_decoder(self.engines, request.decoder, encoder=True)
-        return Pix2PixRequest(**{**request.__dict__, "image": image, "decoder": decoder})
+        return Pix2PixRequest(**{**request.__dict__, "image": image, "decoder": decoder, "guidance": guidance,
+                                 "image_guidance": image_guidance})
 
     # -- stages -------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, guided: bool) -> np.ndarray:

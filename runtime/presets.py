@@ -29,6 +29,7 @@ PRESETS = ("fast",)
 #: the demo family's product shots had the right colour 68% of the time at guidance 1.5, 25% at 7.5.
 DEFAULT_PRESET = "default"
 DEFAULT_GUIDANCE = 7.5
+DEFAULT_IMAGE_GUIDANCE = 1.5  # diffusers' InstructPix2Pix default
 FAST_STEPS = 4
 LCM_LORA_GUIDANCE = 1.0
 EMBEDDING_GUIDANCE = 8.0
@@ -70,6 +71,12 @@ def recommend_fast(manifest: Manifest) -> dict | None:
 def default_guidance(manifest: Manifest) -> float:
     """The guidance a request without one gets: the folder's recorded scale, else :data:`DEFAULT_GUIDANCE`."""
     return float(manifest.presets.get(DEFAULT_PRESET, {}).get("guidance", DEFAULT_GUIDANCE))
+
+
+def default_image_guidance(manifest: Manifest) -> float:
+    """An edit's image guidance when the request has none: the pix2pix folder's recorded scale (``export
+    --image-guidance``), else :data:`DEFAULT_IMAGE_GUIDANCE`."""
+    return float(manifest.presets.get(DEFAULT_PRESET, {}).get("image_guidance", DEFAULT_IMAGE_GUIDANCE))
 
 
 def fast_preset(manifest: Manifest, engine_dir: Path | str) -> Preset:

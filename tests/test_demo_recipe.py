@@ -30,6 +30,11 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
     assert {"clip", "captioner", "catalog", "index-catalog"} <= set(names)
     assert names.index("index-catalog") > max(names.index("release"), names.index("catalog"))
+    # the editor trains on the released product model and is exported with the guidance it edits best at
+    order = [names.index(n) for n in ("release", "pix2pix", "release-pix2pix", "export-pix2pix")]
+    assert order == sorted(order)
+    export = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["export-pix2pix"]
+    assert export[export.index("--image-guidance") + 1] == str(demo.RECIPE["edit_sampling"]["image_guidance"])
 
 
 def test_the_recipe_sizes_build():
@@ -150,6 +155,17 @@ def test_ship_copies_only_the_parts_named(tmp_path):
     assert not (out / "engines" / "segmenter" / "cache").exists()
     assert json.loads((out / "recipe.json").read_text())["shipped"] == ["segmenter"]
     refused(lambda: ship_family(work, tmp_path / "other", {}, parts=("wron",)), "parts", "wron")
+
+
+def test_the_editor_ships_as_its_engine_folder_alone(tmp_path):
+    from fashiongen.training.ship import ship_family
+
+    work = tmp_path / "work"
+    (work / "release" / "pix2pix").mkdir(parents=True)
+    (work / "engines" / "pix2pix").mkdir(parents=True)
+    (work / "engines" / "pix2pix" / "manifest.json").write_text("{}")
+    out = ship_family(work, tmp_path / "shipped", {"seed": 1}, parts=("pix2pix",))
+    assert (out / "engines" / "pix2pix" / "manifest.json").is_file() and not (out / "weights").exists()
 
 
 def test_half_copy_stores_fp16_that_loads_back_exactly(sd_checkpoint, tmp_path):

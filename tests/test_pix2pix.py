@@ -157,13 +157,15 @@ def test_cli_edit(p2p_engines, p2p_diffusers, tmp_path, capsys):
     (["--image", "missing.png"], "--image: 'missing.png' does not exist"),
     (["--image", "{bad}"], "is not an image file"),
     (["--image", "{good}", "--out", "out.jpg"], "must end in .png"),
-    (["--image", "{good}", "--no-engines"], "--engines is required (except with --triton URL --server-side)"),
+    (["--image", "{good}", "--no-engines"], "--engines: the demo engines 'demo-pix2pix' are not installed"),
     (["--image", "{good}", "--no-engines", "--server-side"], "--server-side needs --triton URL"),
 ])
 def test_cli_edit_errors(p2p_engines, tmp_path, capsys, monkeypatch, args, message):
+    from fashiongen import demo_family
     from fashiongen.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_family, "DEMO_DIR", tmp_path / "no-demo")  # without --engines: the shipped editor
     (tmp_path / "bad.png").write_bytes(b"not a png")
     Image.fromarray(INPUT).save(tmp_path / "good.png")
     args = [a.format(bad=tmp_path / "bad.png", good=tmp_path / "good.png") for a in args]
@@ -178,12 +180,30 @@ def test_cli_edit_errors(p2p_engines, tmp_path, capsys, monkeypatch, args, messa
     assert not (tmp_path / "out.png").exists()
 
 
-def test_cli_export_detects_pix2pix(p2p_checkpoint, tmp_path, capsys):
+def test_cli_export_detects_pix2pix_and_records_its_guidance(p2p_checkpoint, p2p_diffusers, tmp_path, capsys):
+    """The scales an editor edits best at, recorded by export, are what a request without them gets."""
     from fashiongen.cli import main
+    from fashiongen.runtime.manifest import load_manifest
 
     out = tmp_path / "engines"
-    assert main(["export", "--model", str(p2p_checkpoint), "--out", str(out), "--no-progress"]) == 0
+    assert main(["export", "--model", str(p2p_checkpoint), "--out", str(out), "--guidance", "5",
+                 "--image-guidance", "2", "--no-progress"]) == 0
     assert f"wrote {out} (pix2pix)" in capsys.readouterr().out
+    assert load_manifest(out).presets["default"] == {"guidance": 5.0, "image_guidance": 2.0}
+    request = Pix2PixRequest(image=INPUT, prompt=PROMPT, negative_prompt=NEGATIVE, seed=SEED, steps=STEPS,
+                             scheduler="euler_a")
+    ours = Pix2PixPipeline(EngineSet(out))(request, progress=False).images
+    assert_close_images(ours, reference(p2p_diffusers, "euler_a", 5.0, 2.0))
+
+
+def test_cli_export_refuses_image_guidance_for_text_to_image(sd_checkpoint, tmp_path, capsys):
+    from fashiongen.cli import main
+
+    assert main(["export", "--model", str(sd_checkpoint), "--out", str(tmp_path / "e"), "--image-guidance", "2",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--image-guidance needs --model with an InstructPix2Pix checkpoint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "e").exists()
 
 
 def test_cli_edit_with_cutout(p2p_engines, segmenter_engines, tmp_path, capsys):

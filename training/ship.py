@@ -46,14 +46,18 @@ def copy_engines(source: Path, out: Path) -> None:
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("cache"))
 
 
-PARTS = ("worn", "product", "segmenter", "catalog")
+PARTS = ("worn", "product", "segmenter", "catalog", "pix2pix")
 #: What each part puts into the shipped folder, so that shipping some parts can keep the others as they are.
 PART_FOLDERS = {"worn": ("weights/worn", "weights/embeddings", "engines/worn"),
                 "product": ("weights/product", "engines/product"),
                 "segmenter": ("weights/segmenter", "engines/segmenter"),
-                "catalog": ("catalog", "engines/catalog", "engines/captioner")}
+                "catalog": ("catalog", "engines/catalog", "engines/captioner"),
+                "pix2pix": ("engines/pix2pix",)}
 #: Where the shipped catalog index finds its images, relative to itself (``engines/catalog`` -> ``catalog``).
 CATALOG_FROM_INDEX = "../../catalog"
+#: Parts shipped as their engine folder alone: the editor's text encoder and VAE are the product model's, and the
+#: runtime reads only the engines; its fp16 weights (11 MB) would not fit the package's budget beside them.
+ENGINES_ONLY = ("pix2pix",)
 
 
 def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] = PARTS) -> Path:
@@ -78,7 +82,8 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
             if name == "catalog":
                 ship_catalog(work, stage)
                 continue
-            shutil.copytree(work / "release" / name, stage / "weights" / name)
+            if name not in ENGINES_ONLY:
+                shutil.copytree(work / "release" / name, stage / "weights" / name)
             copy_engines(work / "engines" / name, stage / "engines" / name)
         if "worn" in parts:
             shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
