@@ -29,13 +29,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from statistics import median
 
-from .common import CACHE, GARMENT, RESULTS
+from .common import CACHE, GARMENT, RESULTS, fresh_process_seconds
 
 RECALL_AT = (1, 5)
 #: Prompts whose answer times are measured in process (the seed's garment first); each is a training combination.
@@ -137,18 +136,6 @@ def caption_folder(captioner, folder: Path, batch_size: int = 32) -> dict[str, s
 
 
 # -- time -----------------------------------------------------------------------------------------------------
-def fresh_process_seconds(argv: list[str], runs: int, before=None) -> list[float]:
-    """Wall seconds of ``fashiongen ARGV`` in a fresh process, ``runs`` times (``before`` runs first, untimed)."""
-    times = []
-    for _ in range(runs):
-        if before is not None:
-            before()
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "fashiongen", *argv], check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def demo_times(catalog: Path, index_runs: int, query_runs: int) -> dict:
     """Indexing the demo catalog from scratch with the shipped CLIP and captioner, and one query on the shipped
     index, as the README's commands run them."""

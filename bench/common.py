@@ -2,6 +2,8 @@
 that times each network call of a pipeline, and the image metric that compares two renders."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,6 +52,18 @@ class StageClock:
         started: list[float] = []
         module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
         module.register_forward_hook(lambda *_: self.add(name, time.perf_counter() - started.pop()))
+
+
+def fresh_process_seconds(argv: list[str], runs: int, before=None) -> list[float]:
+    """Wall seconds of ``fashiongen ARGV`` in a fresh process, ``runs`` times (``before`` runs first, untimed)."""
+    times = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fashiongen", *argv], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def diffusers_clock(pipe, vae_calls: tuple[str, ...] = ("decode",)) -> StageClock:

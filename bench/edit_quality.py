@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from statistics import median
 
 import numpy as np
 
-from .common import CACHE, RESULTS, SEED
+from .common import CACHE, RESULTS, SEED, fresh_process_seconds
 
 FORMS = ("imperative", "caption")
 #: (text, image) guidance tried by default: diffusers' (7.5, 1.5); then the product model's best text scale, 4
@@ -155,12 +154,7 @@ def edit_seconds(engines: Path, image: Path, runs: int) -> dict:
     included), median."""
     out = CACHE / "edit-quality-shot.png"
     argv = ["edit", "--image", str(image), "--prompt", EDIT_PROMPT, "--out", str(out)]
-    command = [sys.executable, "-m", "fashiongen", *argv, "--engines", str(engines), "--no-progress"]
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
+    times = fresh_process_seconds([*argv, "--engines", str(engines), "--no-progress"], runs)
     return {"command": "fashiongen " + " ".join(argv), "engines": str(engines), "median_s": median(times),
             "runs": times}
 

@@ -37,7 +37,7 @@ from statistics import median
 
 import numpy as np
 
-from .common import CACHE, GARMENT, RESULTS, SEED
+from .common import CACHE, GARMENT, RESULTS, SEED, fresh_process_seconds
 POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
 README_PROMPT = GARMENT
 CEILING = "product/test through the VAE (ceiling)"  # the judge's row on VAE round trips
@@ -200,13 +200,8 @@ def readme_command_seconds(runs: int, engines: Path, segmenter_engines: Path | N
     readme = ["generate", "--prompt", f'"{README_PROMPT}"', "--out", "shot.png"]
     cutout = [] if segmenter_engines is None else ["--cutout", "auto", "--segmenter-engines", str(segmenter_engines)]
     shown = readme + (cutout[:2] if cutout else ["--engines", "demo-product"])  # as the README writes it
-    command = [sys.executable, "-m", "fashiongen", "generate", "--prompt", README_PROMPT, "--out", str(out),
-               "--engines", str(engines), *cutout, "--no-progress"]
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
+    times = fresh_process_seconds(["generate", "--prompt", README_PROMPT, "--out", str(out), "--engines", str(engines),
+                                   *cutout, "--no-progress"], runs)
     return {"command": "fashiongen " + " ".join(shown), "engines": str(engines), "median_s": median(times),
             "runs": times}
 

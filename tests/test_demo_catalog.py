@@ -15,6 +15,7 @@ import pytest
 from fashiongen import demo_family
 from fashiongen.cli import main
 from fashiongen.runtime.retrieval import CatalogSearch
+from test_demo_family import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +43,6 @@ def stand_in(tiny_work, tmp_path, monkeypatch):
     shutil.rmtree(work)  # nothing shipped may point back into it
     monkeypatch.setattr(demo_family, "DEMO_DIR", root)
     return root
-
-
-def one_line_error(capsys, *argv) -> str:
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_the_shipped_index_finds_its_catalog_and_names_no_machine_path(stand_in, tmp_path):
