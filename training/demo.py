@@ -116,8 +116,9 @@ RECIPE = {
                 "lr_schedule": "cosine", "snr_gamma": 5.0},
     # the (text, image) guidance the editor edits best at, recorded in engines/pix2pix (`export --guidance
     # --image-guidance`): bench/edit_quality.py's sweep on 50 held-out pairs, success imperative / caption at
-    # (7.5, 1.5): 2 / 34%, (4, 2.5): 2 / 50%, (2.5, 2.5): 6 / 44%; on 200 more pairs at (4, 2.5): 4.5 / 36.5%
-    # (the bar is 80%: the editor follows captions a third of the time and imperatives hardly ever)
+    # (7.5, 1.5): 2 / 34%, (4, 2.5): 2 / 50%, (2.5, 2.5): 6 / 44%; on 200 more pairs at (4, 2.5): 4.5 / 36.5%, and
+    # 5.0 / 44.5% once exported with the product model's tuned decoder (the bar is 80%: the editor follows captions
+    # under half the time and imperatives hardly ever)
     "edit_sampling": {"guidance": 4.0, "image_guidance": 2.5},
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine", "resolution": 256,
