@@ -12,6 +12,8 @@ captions (default 200) of the data set's ``test`` split (attribute combinations 
   tokens (``<studio-style>`` before the caption, ``<wrong>`` as the negative prompt), with each alone, without;
   and each fast mode (DeepCache at each ``--deepcache`` interval, INT8) against the exact mode.
 - approach 3 (``--product-engines``): the product shot directly.
+- approach 2 (``--catalog`` and ``--pix2pix-engines``), on the held-out combinations only (prompts whose item the
+  catalog lacks): the catalog item nearest the caption, edited toward it, as ``edit --from-catalog`` does.
 
 Also: the segmenter's per-class IoU on the held-out worn renders (mIoU and the garment classes'), the wall time
 of the README's product-shot command (``fashiongen generate ... --cutout auto``, a fresh process each run,
@@ -76,12 +78,21 @@ class Contender:
     negative: bool = True
     cutout: bool = True  # approach 1 (cut out of a worn image); False: approach 3 (the product shot itself)
     sampling: dict = field(default_factory=dict)  # request fields set for this contender (steps, scheduler, ...)
+    catalog: Path | None = None  # approach 2: ``engines`` (pix2pix) edits this index's item nearest the prompt
+    search: object = field(default=None, repr=False)  # the catalog's CatalogSearch, opened by pipeline()
 
     def pipeline(self):
         from fashiongen.runtime.engines import EngineSet, backend_factory
         from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
         from fashiongen.runtime.manifest import load_manifest
         from fashiongen.runtime.txt2img import Txt2ImgPipeline
+
+        if self.catalog is not None:
+            from fashiongen.runtime.pix2pix import Pix2PixPipeline
+            from fashiongen.runtime.retrieval import CatalogSearch
+
+            self.search = CatalogSearch(self.catalog)
+            return Pix2PixPipeline(EngineSet(self.engines))
 
         backend = "openvino" if self.fast and "int8" in self.fast else "ort"  # INT8 networks are OpenVINO IR
         manifest = load_manifest(self.engines)
@@ -92,10 +103,23 @@ class Contender:
     def request(self, prompt: Prompt, steps: int):
         from fashiongen.runtime.txt2img import Txt2ImgRequest
 
+        if self.catalog is not None:
+            return self.edit_request(prompt, steps)
+
         text = f"{POSITIVE} {prompt.caption}" if self.positive and self.cutout else prompt.caption
         negative = NEGATIVE if self.negative and self.cutout else ""
         return Txt2ImgRequest(**{"prompt": text, "negative_prompt": negative, "seed": prompt.seed, "steps": steps,
                                  **self.sampling})
+
+    def edit_request(self, prompt: Prompt, steps: int):
+        """Approach 2 as ``edit --from-catalog`` runs it: the catalog item nearest the caption, edited toward it
+        (the editor's recorded guidance)."""
+        from fashiongen.runtime.images import load_rgb_image
+        from fashiongen.runtime.pix2pix import Pix2PixRequest
+
+        hit = self.search.search(prompt.caption, k=1)[0]
+        return Pix2PixRequest(image=load_rgb_image(self.search.image_path(hit), "--catalog"), prompt=prompt.caption,
+                              seed=prompt.seed, steps=steps)
 
 
 def product_shots(contender: Contender, prompts: list[Prompt], steps: int, cutter) -> tuple[list, list, float]:
@@ -295,6 +319,9 @@ def contenders(args) -> list[tuple[Contender, tuple[str, ...]]]:
     """Each contender with the splits it is measured on (approach 1's only with a worn folder)."""
     both, seen = ("test", "unseen"), ("test",)
     product = [(Contender("approach 3", Path(args.product_engines), cutout=False), both)]
+    if args.catalog is not None:  # on the held-out combinations alone: prompts whose item the catalog lacks
+        product.append((Contender("approach 2", Path(args.pix2pix_engines), cutout=False, catalog=Path(args.catalog)),
+                        ("unseen",)))
     if args.engines is None:
         return product + ([] if args.quick else few_step_contenders(args))
     worn = Path(args.engines)
@@ -351,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast-engines", default=None,
                    help="approach 3's folder exported with its LCM-LoRA (`export --lcm-lora`), for the few-step rows "
                    "(default: demo-product-fast where it is installed, else none)")
+    p.add_argument("--catalog", default=None,
+                   help="approach 2's catalog index (default: demo-catalog where it and demo-pix2pix are installed)")
+    p.add_argument("--pix2pix-engines", default=None, help="approach 2's editor (default: demo-pix2pix)")
     p.add_argument("--lcm-steps", type=int, nargs="*", default=[1, 2, 4, 8], help="LCM step counts (default 1 2 4 8)")
     p.add_argument("--quick", action="store_true", help="approaches 1 and 3 only (no token ablation, no fast modes)")
     p.add_argument("--readme-runs", type=int, default=3, help="runs of the README command to time (default 3)")
@@ -359,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     args.engines = engine_folder(args.engines, "demo") if args.engines is not None or installed("demo") else None
     args.product_engines = engine_folder(args.product_engines, "demo-product", "--product-engines")
     args.segmenter_engines = engine_folder(args.segmenter_engines, "demo-segmenter", "--segmenter-engines")
+    if args.catalog is not None or (installed("demo-catalog") and installed("demo-pix2pix")):
+        args.catalog = engine_folder(args.catalog, "demo-catalog", "--catalog")
+        args.pix2pix_engines = engine_folder(args.pix2pix_engines, "demo-pix2pix", "--pix2pix-engines")
     args.fast_engines = (engine_folder(args.fast_engines, "demo-product-fast", "--fast-engines")
                          if args.fast_engines is not None or installed("demo-product-fast") else None)
     return run(args)

@@ -93,7 +93,7 @@ def test_a_folder_without_an_lcm_capable_unet_is_one_line(sd_engines, tmp_path, 
 
 def test_without_a_preset_the_commands_defaults_hold(sd_engines, tmp_path):
     """--steps / --guidance now default to None in argparse: the command's own defaults still fill them
-    (generate leaves guidance to the pipeline, which reads the folder's recorded scale)."""
+    (generate and edit leave guidance to the pipeline, which reads the folder's recorded scale)."""
     from fashiongen.cli import build_parser
     from fashiongen.options import settle_sampling
 
@@ -102,7 +102,7 @@ def test_without_a_preset_the_commands_defaults_hold(sd_engines, tmp_path):
     assert (args.steps, args.guidance, args.scheduler, args.decoder) == (25, None, None, None)
     args = build_parser().parse_args(["edit", "--image", "i.png", "--prompt", "x", "--out", str(tmp_path / "a.png")])
     settle_sampling(args)
-    assert (args.steps, args.guidance) == (20, 7.5)
+    assert (args.steps, args.guidance) == (20, None)
 
 
 @pytest.mark.parametrize("change,guidance,why", [

@@ -123,3 +123,20 @@ def test_without_a_worn_folder_only_approach_3_is_measured(sd_engines, monkeypat
     monkeypatch.setattr(quality, "readme_command_seconds", lambda runs, engines, seg: calls.append((engines, seg)))
     quality.readme_command(args)
     assert calls == [(Path(sd_engines), None)]
+
+
+def test_approach_2_edits_the_catalog_item_nearest_the_prompt():
+    """Approach 2's contender is ``edit --from-catalog``: the shipped catalog's nearest item is the edit's input."""
+    from fashiongen import demo_family
+
+    if not (demo_family.installed("demo-catalog") and demo_family.installed("demo-pix2pix")):
+        pytest.skip("this checkout ships no demo catalog and editor")
+    contender = quality.Contender("approach 2", demo_family.engine_folder(None, "demo-pix2pix"), cutout=False,
+                                  catalog=demo_family.engine_folder(None, "demo-catalog", "--catalog"))
+    pipeline = contender.pipeline()
+    prompt = quality.Prompt("black short sleeve crewneck crop top", {}, seed=3)
+    request = contender.request(prompt, steps=2)
+    hit = contender.search.search(prompt.caption, k=1)[0]
+    assert np.array_equal(request.image, np.asarray(Image.open(contender.search.image_path(hit)).convert("RGB")))
+    assert (request.prompt, request.seed, request.steps) == (prompt.caption, 3, 2)
+    assert pipeline(request, progress=False).images[0].shape == request.image.shape
