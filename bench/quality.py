@@ -80,6 +80,7 @@ class Contender:
     sampling: dict = field(default_factory=dict)  # request fields set for this contender (steps, scheduler, ...)
     catalog: Path | None = None  # approach 2: ``engines`` (pix2pix) edits this index's item nearest the prompt
     search: object = field(default=None, repr=False)  # the catalog's CatalogSearch, opened by pipeline()
+    retrieved: list = field(default_factory=list, repr=False)  # approach 2: each request's catalog image
 
     def pipeline(self):
         from fashiongen.runtime.engines import EngineSet, backend_factory
@@ -118,8 +119,8 @@ class Contender:
         from fashiongen.runtime.pix2pix import Pix2PixRequest
 
         hit = self.search.search(prompt.caption, k=1)[0]
-        return Pix2PixRequest(image=load_rgb_image(self.search.image_path(hit), "--catalog"), prompt=prompt.caption,
-                              seed=prompt.seed, steps=steps)
+        self.retrieved.append(load_rgb_image(self.search.image_path(hit), "--catalog"))
+        return Pix2PixRequest(image=self.retrieved[-1], prompt=prompt.caption, seed=prompt.seed, steps=steps)
 
 
 def product_shots(contender: Contender, prompts: list[Prompt], steps: int, cutter) -> tuple[list, list, float]:
@@ -420,10 +421,12 @@ def run(args) -> int:
             print(f"{contender.name:22s} {split:6s} " + " ".join(
                 f"{a} {100 * (row['accuracy'][a] or 0):.1f}" for a in SHOWN) + f" non-empty {100 * row['non_empty']:.1f}",
                 flush=True)
-            if split == "test" and contender.name in ("approach 1", "approach 3"):
+            if (split == "test" and contender.name in ("approach 1", "approach 3")) or contender.catalog is not None:
                 captions = [q.caption for q in prompts[split][:8]]
                 if contender.cutout:  # the worn image above its cutout
                     shown.append((f"{contender.name}, worn", raws[:8], captions))
+                if contender.catalog is not None:  # the catalog item retrieved above its edit
+                    shown.append((f"{contender.name}, retrieved", contender.retrieved[:8], captions))
                 shown.append((contender.name, shots[:8], captions))
     report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
               "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),

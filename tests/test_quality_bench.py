@@ -138,5 +138,6 @@ def test_approach_2_edits_the_catalog_item_nearest_the_prompt():
     request = contender.request(prompt, steps=2)
     hit = contender.search.search(prompt.caption, k=1)[0]
     assert np.array_equal(request.image, np.asarray(Image.open(contender.search.image_path(hit)).convert("RGB")))
+    assert contender.retrieved == [request.image]
     assert (request.prompt, request.seed, request.steps) == (prompt.caption, 3, 2)
     assert pipeline(request, progress=False).images[0].shape == request.image.shape
