@@ -84,22 +84,16 @@ def read_cases(data: Path, count: int, seed: int) -> list[EditCase]:
     return cases
 
 
-def open_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def edits(pipeline, cases: list[EditCase], form: str, guidance: float, image_guidance: float, steps: int):
     """Each case's edit told ``form``; returns the images and seconds per edit."""
     from tqdm.auto import tqdm
 
+    from fashiongen.runtime.images import load_rgb_image
     from fashiongen.runtime.pix2pix import Pix2PixRequest
 
     out, started = [], time.perf_counter()
     for case in tqdm(cases, desc=f"{form} {guidance:g}/{image_guidance:g}", unit="edit", leave=False):
-        request = Pix2PixRequest(image=open_rgb(case.source_file), prompt=case.words[form], seed=case.seed,
+        request = Pix2PixRequest(image=load_rgb_image(case.source_file, "--data"), prompt=case.words[form], seed=case.seed,
                                  steps=steps, guidance=guidance, image_guidance=image_guidance)
         out.append(pipeline(request, progress=False).images[0])
     return out, (time.perf_counter() - started) / max(1, len(cases))
@@ -144,8 +138,9 @@ def measure(pipeline, classifier, cases: list[EditCase], through_vae: list[dict]
 def ceiling(classifier, networks, cases: list[EditCase]) -> float:
     """Share of targets whose render, through the VAE, the judge reads right on every asked-for attribute."""
     from fashiongen.bench.quality import round_trips
+    from fashiongen.runtime.images import load_rgb_image
 
-    readings = classifier.classify(round_trips(networks, [open_rgb(c.target_file) for c in cases]))
+    readings = classifier.classify(round_trips(networks, [load_rgb_image(c.target_file, "--data") for c in cases]))
     return float(np.mean([all(r[a] == c.target[a] for a in c.changed) for r, c in zip(readings, cases)]))
 
 
@@ -203,6 +198,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from fashiongen.demo_family import engine_folder
+    from fashiongen.runtime.errors import InputError
 
     p = argparse.ArgumentParser(prog="python -m fashiongen.bench.edit_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the data set (fashiongen dataset --out DIR)")
@@ -210,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier", type=Path, default=CACHE / "attribute-classifier.safetensors",
                    help="the judge (bench/attribute_classifier.py's file)")
     p.add_argument("--pairs", type=int, default=200, help="measured pairs (default 200)")
-    p.add_argument("--sweep-pairs", type=int, default=50, help="pairs of the guidance sweep (default 50)")
+    p.add_argument("--sweep-pairs", type=int, default=50,
+                   help="pairs of the guidance sweep (default 50; 0 with a single --settings: no sweep)")
     p.add_argument("--settings", nargs="*", default=[f"{g:g}/{i:g}" for g, i in SETTINGS], metavar="TEXT/IMAGE",
                    help="guidance settings of the sweep, e.g. 7.5/1.5 (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20, as edit's)")
@@ -222,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     args.editor = args.engines or "demo-pix2pix"  # as given, for the report
     args.engines = engine_folder(args.engines, "demo-pix2pix")
     args.settings = [parse_setting(s) for s in args.settings]
+    if args.pairs < 1 or not args.settings:
+        raise InputError("--pairs and --settings: need at least one pair and one TEXT/IMAGE setting")
+    if args.sweep_pairs < (len(args.settings) > 1):
+        raise InputError(f"--sweep-pairs: {len(args.settings)} --settings need pairs to choose between them")
     return run(args)
 
 
@@ -240,6 +241,7 @@ def run(args) -> int:
     from fashiongen.bench.quality import grid, round_trips
     from fashiongen.runtime.engines import EngineSet, ort_factory
     from fashiongen.runtime.files import atomic_file
+    from fashiongen.runtime.images import load_rgb_image
     from fashiongen.runtime.pix2pix import Pix2PixPipeline
 
     classifier = load_classifier(args.classifier)
@@ -247,12 +249,13 @@ def run(args) -> int:
     pipeline = Pix2PixPipeline(networks)
     cases = read_cases(args.data, args.pairs + args.sweep_pairs, args.seed)
     measured, swept = cases[:args.pairs], cases[args.pairs:]
-    through_vae = classifier.classify(round_trips(networks, [open_rgb(c.source_file) for c in cases]))
+    through_vae = classifier.classify(round_trips(networks, [load_rgb_image(c.source_file, "--data") for c in cases]))
     sweep = []
-    for guidance, image_guidance in args.settings:
+    for guidance, image_guidance in args.settings if swept else ():
         forms, _ = measure(pipeline, classifier, swept, through_vae[args.pairs:], guidance, image_guidance, args.steps)
         sweep.append({"guidance": guidance, "image_guidance": image_guidance, "forms": forms})
-    best = max(sweep, key=lambda row: np.mean([row["forms"][f]["success"] for f in FORMS]))
+    best = max(sweep, key=lambda row: np.mean([row["forms"][f]["success"] for f in FORMS])) if sweep else \
+        dict(zip(("guidance", "image_guidance"), args.settings[0]))
     chosen = {"guidance": best["guidance"], "image_guidance": best["image_guidance"]}
     print(f"chosen: guidance {chosen['guidance']:g} / image {chosen['image_guidance']:g}", flush=True)
     results, images = measure(pipeline, classifier, measured, through_vae[:args.pairs], chosen["guidance"],
@@ -268,7 +271,7 @@ def run(args) -> int:
         with atomic_file(args.out.with_suffix(suffix)) as tmp:
             tmp.write_text(text)
     shown = measured[:8]
-    grid([("source", [open_rgb(c.source_file) for c in shown], [c.source_caption for c in shown]),
+    grid([("source", [load_rgb_image(c.source_file, "--data") for c in shown], [c.source_caption for c in shown]),
           ("imperative", images["imperative"][:8], [c.words["imperative"] for c in shown]),
           ("target caption", images["caption"][:8], [c.words["caption"] for c in shown])],
          args.out.with_name(args.out.name + "-grid.png"))

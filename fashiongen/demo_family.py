@@ -21,8 +21,7 @@ from fashiongen.runtime.errors import InputError
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_models"
 NAMES = {"demo": "worn", "demo-product": "product", "demo-product-fast": "product-fast", "demo-segmenter": "segmenter",
-         "demo-pix2pix": "pix2pix"}
-NAMES.update({"demo-catalog": "catalog", "demo-clip": "catalog/clip", "demo-captioner": "captioner"})
+         "demo-pix2pix": "pix2pix", "demo-catalog": "catalog", "demo-clip": "catalog/clip", "demo-captioner": "captioner"}
 #: What a command takes in place of a demo folder that is not installed (the error says so).
 WHAT_TO_PASS = {"demo-catalog": "an index folder written by `fashiongen index`",
                 "demo-clip": "a local CLIP checkpoint or CLIP engine folder",

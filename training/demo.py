@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from fashiongen.runtime.errors import InputError
-from fashiongen.runtime.files import atomic_file
+from fashiongen.runtime.files import atomic_file, staged_folder
 
 from .attributes import HELD_OUT, SEGMENT_CLASSES, parse_caption
 from .ship import half_copy
@@ -316,14 +316,11 @@ def make_catalog(source: Path, out: Path, count: int, seed: int, include: list[s
     if held_out:
         raise InputError(f"catalog: '{source}' holds held-out combinations ({', '.join(held_out[:3])}); pick the "
                          "train split of `fashiongen dataset`")
-    stage = out.with_name(out.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    with open(stage / "metadata.jsonl", "w") as meta:
+    with staged_folder(out, "metadata.jsonl", "a demo catalog", arg="catalog") as stage, \
+            open(stage / "metadata.jsonl", "w") as meta:
         for row in sorted(chosen.values(), key=lambda r: r["file_name"]):
             Image.open(source / row["file_name"]).save(stage / row["file_name"], optimize=True)  # lossless, smaller
             meta.write(json.dumps({k: v for k, v in row.items() if k != "mask_file"}) + "\n")
-    stage.rename(out)
 
 
 # -- the learned tokens' data ---------------------------------------------------------------------------------
