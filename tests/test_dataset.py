@@ -1,6 +1,6 @@
 """``fashiongen dataset``: the procedural data set is deterministic from its seed, holds what its metadata
-says (captions that parse to the row's attributes, label maps whose garment class is the type's), keeps the
-held-out combinations out of train and test, is torch-free, and refuses bad input in one line."""
+says (captions that parse to the row's attributes, label maps whose garment class is the type's), frames the
+worn view for its garment, keeps the held-out combinations out of train and test, is torch-free, and refuses bad input in one line."""
 from __future__ import annotations
 
 import json
@@ -63,6 +63,24 @@ def test_rows_match_their_images_captions_and_label_maps(dataset):
             shot = np.asarray(Image.open(dataset / "product" / split / p["file_name"]))
             assert (shot[0, 0] == 255).all() and (shot[-1, -1] == 255).all()  # on white
             assert (shot.min(axis=-1) < 240).mean() > 0.05  # with a garment on it
+
+
+def test_the_worn_view_is_framed_for_its_garment():
+    """Head to just below the garment, as an on-model shot: a top fills over 30% of the frame's height (a whole
+    figure left a crop top under a fifth, too few latent cells for its sleeves and neckline), every garment a fifth; the face
+    is always in the frame, and shoes show where the garment reaches them."""
+    from fashiongen.training.dataset import render_item
+
+    face, shoe = at.SEGMENT_CLASSES.index("Face"), at.SEGMENT_CLASSES.index("Left-shoe")
+    shoes_seen = False
+    for index in range(40):
+        item = render_item(5, index, size=128)
+        rows_ = np.flatnonzero((item.labels == item.garment.spec.segment_class).any(axis=1))
+        height = rows_[-1] - rows_[0] + 1
+        assert height >= (0.3 if item.garment.spec.family == "top" else 0.2) * 128, (item.garment, height)
+        assert (item.labels == face).any()
+        shoes_seen |= bool((item.labels == shoe).any())
+    assert shoes_seen
 
 
 def test_held_out_combinations_appear_only_in_unseen(dataset):

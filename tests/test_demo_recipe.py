@@ -28,6 +28,10 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     assert names[0] == "dataset" and {"vae", "worn", "product", "segmenter", "export-worn"} <= set(names)
     # the product decoder is tuned on the product model, and the tiny decoder distilled from it
     assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
+    # so is the worn model's, on the worn view, and the release takes each model with its own decoder
+    assert names.index("worn") < names.index("worn-decoder") < names.index("release")
+    argv = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["worn-decoder"]
+    assert "--decoder-only" in argv and argv[argv.index("--data") + 1].endswith("worn/train")
     assert {"clip", "captioner", "catalog", "index-catalog"} <= set(names)
     assert names.index("index-catalog") > max(names.index("release"), names.index("catalog"))
     # the editor trains on the released product model and is exported with the guidance it edits best at

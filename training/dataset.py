@@ -8,7 +8,9 @@ Each item has two views of one garment (:mod:`.attributes` says which garments e
 
 * **worn**: a simple figure (head, face, hair, neck, arms with hands, legs, shoes; skin tone, hair colour and
   style, pose, scale and position jittered) in front of a studio backdrop (soft vertical gradient, jittered
-  tint, a floor shadow) wearing the garment. A top comes with neutral pants, shorts or a skirt; a skirt,
+  tint, a floor shadow) wearing the garment, framed as an on-model shot is for the garment it sells: from the
+  head to a little below the garment's hem (:data:`BELOW_HEM`), so a top fills a third of the frame's height
+  and pants or a maxi dress show the whole figure. A top comes with neutral pants, shorts or a skirt; a skirt,
   pants or shorts with a neutral tucked-in top; a dress alone. Companions are never the garment's colour.
   Its label map is the 18-class clothes layout of :data:`.attributes.SEGMENT_CLASSES`, exact: each pixel
   holds the class of the shape rendered at the centre sample of that pixel (no blended values). Rules:
@@ -97,6 +99,10 @@ SKIN_TONES = ((255, 223, 196), (240, 196, 160), (226, 173, 132), (200, 140, 100)
 HAIR_COLOURS = ((22, 20, 20), (55, 38, 28), (96, 64, 40), (150, 108, 62), (205, 168, 98), (128, 52, 30),
                 (168, 166, 162))
 SHOE_COLOURS = ((28, 28, 30), (236, 236, 232), (92, 60, 40), (150, 118, 86), (26, 30, 58))
+#: Worn view framing, as an on-model shot is framed for the garment it sells: from the head down to this fraction
+#: of the figure's height below the garment's hem (the whole figure for pants and long dresses). A whole figure at
+#: 128 px left a top ~35 px tall, ~4 latent cells of the SD VAE: too few for its neckline, sleeves and colour.
+BELOW_HEM = 0.12
 _FAMILY_SCALE = {"top": 1.5, "dress": 1.06, "skirt": 1.5, "bottom": 1.55}  # product view: px per unit / size
 
 
@@ -686,7 +692,9 @@ def render_worn(rng: np.random.Generator, g: Garment, style: Style, size: int) -
     """The worn view: (RGB uint8 image, uint8 label map), both ``size`` x ``size``."""
     body = _random_body(rng)
     shapes, bottom_class, feet = _figure_shapes(rng, body, g, style)
+    gb = _bbox([s_ for s_ in shapes if s_[0] in GARMENT_PARTS])
     x0, y0, x1, y1 = _bbox(shapes)
+    y1 = min(y1, gb[3] + BELOW_HEM * (y1 - y0))  # framed from the head to just below the garment
     height = rng.uniform(0.84, 0.95) * size
     scale_lo = height / (y1 - y0)
     width = (x1 - x0) * scale_lo
@@ -698,7 +706,6 @@ def render_worn(rng: np.random.Generator, g: Garment, style: Style, size: int) -
     offset_lo = (left - x0 * scale_lo, top - y0 * scale_lo)
     s = SUPERSAMPLE
     ids = _rasterize(shapes, size, scale_lo * s, (offset_lo[0] * s, offset_lo[1] * s))
-    gb = _bbox([s_ for s_ in shapes if s_[0] in GARMENT_PARTS])
     if g.pattern == "striped":
         _add_stripes(ids, style, gb, scale_lo * s, (offset_lo[0] * s, offset_lo[1] * s))
     skin = _jitter_rgb(rng, SKIN_TONES[int(rng.integers(len(SKIN_TONES)))], 5, (0.96, 1.03))
