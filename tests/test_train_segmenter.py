@@ -158,6 +158,12 @@ def test_augmentation_is_drawn_from_the_generator():
     plain = segmenter.augment(image, labels, step_generator(0, 7), 1.0, None, 2)
     np.testing.assert_array_equal(plain[0], image)
     np.testing.assert_array_equal(plain[1], labels)
+    # --blur softens half of the images, never their label maps
+    blurred = [segmenter.augment(image, labels, step_generator(step, 7), 1.0, None, 2, blur=3.0) for step in range(8)]
+    softened = [not np.array_equal(out, image) for out, _ in blurred]
+    assert 0 < sum(softened) < len(softened)
+    assert all(np.array_equal(out_labels, labels) for _, out_labels in blurred)
+    assert all(out.std() < image.std() for (out, _), soft in zip(blurred, softened) if soft)
 
 
 def test_class_iou_over_the_classes_present():
@@ -211,7 +217,9 @@ def test_bad_model_and_config_are_one_line(data, tmp_path):
     for base, expected in ((["--model", str(tmp_path / "nowhere")], "--model: .*nowhere' is not a folder"),
                            (["--model", str(tmp_path)], "--model: .* lacks 'config.json'"),
                            (["--config", str(tmp_path / "none.json")], "--config: cannot read"),
-                           (["--config", str(_bad_json(tmp_path))], "--config: .*unknown key 'heads'")):
+                           (["--config", str(_bad_json(tmp_path))], "--config: .*unknown key 'heads'"),
+                           (["--config", str(_config(tmp_path)), "--blur", "-1"], "--blur: must be .* got -1"),
+                           (["--config", str(_config(tmp_path)), "--blur", "nan"], "--blur: must be .* got nan")):
         args = parser.parse_args(["--data", str(data["train"]), *base, "--out", str(tmp_path / "run")])
         with pytest.raises(InputError, match=expected) as error:
             segmenter.run(args)

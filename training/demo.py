@@ -130,8 +130,9 @@ RECIPE = {
     # 5.0 / 44.5% once exported with the product model's tuned decoder (the bar is 80%: the editor follows captions
     # under half the time and imperatives hardly ever)
     "edit_sampling": {"guidance": 4.0, "image_guidance": 2.5},
+    # (blur: approach 1 cuts out generated images, as soft as the VAE decodes them; at 256 px, 4 px is ~2 at 128)
     "segmenter": {"steps": 4000, "batch_size": 16, "learning_rate": 6e-4, "warmup_steps": 100,
-                  "lr_schedule": "cosine", "resolution": 256,
+                  "lr_schedule": "cosine", "resolution": 256, "blur": 4.0,
                   "size": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}},
     # approach 2's retrieval networks on the product view, from random weights (ClipSize / BlipSize fields); the
     # images stay at 128 px (16 px patches: 64 tokens) because the garment spans nearly the whole frame and its
@@ -235,7 +236,7 @@ def stages(work: Path, seed: int) -> list[Stage]:
               work / "lcm-lora" / "training.json", work / "lcm-lora"),
         Stage("segmenter", ["train-segmenter", "--config", str(work / "segmenter-size.json"),
                             "--data", str(worn / "train"), "--eval-data", str(worn / "test"),
-                            "--resolution", str(r["segmenter"]["resolution"]),
+                            "--resolution", str(r["segmenter"]["resolution"]), "--blur", str(r["segmenter"]["blur"]),
                             "--out", str(work / "segmenter"), *schedule("segmenter")],
               work / "segmenter" / "model" / "training.json", work / "segmenter",
               prepare=lambda: _write_json(work / "segmenter-size.json", r["segmenter"]["size"])),
