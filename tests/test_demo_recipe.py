@@ -3,8 +3,10 @@ accepts, its sizes build, and the release copies are fp16 that load back as the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -159,6 +161,28 @@ def test_ship_copies_only_the_parts_named(tmp_path):
     assert not (out / "engines" / "segmenter" / "cache").exists()
     assert json.loads((out / "recipe.json").read_text())["shipped"] == ["segmenter"]
     refused(lambda: ship_family(work, tmp_path / "other", {}, parts=("wron",)), "parts", "wron")
+
+
+def test_ship_links_files_that_repeat_across_the_family(tmp_path):
+    """The editor's text encoder is the product model's: shipped once, the editor's a relative link to it; small
+    files stay plain; shipping again (keeping the parts) links them the same way."""
+    from fashiongen.training.ship import LINK_MIN_BYTES, ship_family
+
+    work, network = tmp_path / "work", np.random.default_rng(0).bytes(LINK_MIN_BYTES + 1)
+    for seed, name in enumerate(("product", "pix2pix")):
+        (work / "engines" / name).mkdir(parents=True)
+        (work / "engines" / name / "manifest.json").write_text("{}")
+        (work / "engines" / name / "text_encoder.onnx.data").write_bytes(network)
+        (work / "engines" / name / "unet.onnx.data").write_bytes(np.random.default_rng(seed + 1).bytes(LINK_MIN_BYTES))
+    (work / "release" / "product").mkdir(parents=True)
+    out = ship_family(work, tmp_path / "shipped", {"seed": 1}, parts=("product", "pix2pix"))
+    for _ in range(2):
+        product, editor = out / "engines" / "product", out / "engines" / "pix2pix"
+        link = editor / "text_encoder.onnx.data"
+        assert link.is_symlink() and not (product / "text_encoder.onnx.data").is_symlink()
+        assert os.readlink(link) == "../product/text_encoder.onnx.data" and link.read_bytes() == network
+        assert not any(p.is_symlink() for p in (editor / "unet.onnx.data", editor / "manifest.json"))
+        out = ship_family(work, out, {"seed": 1}, parts=("pix2pix",))  # product kept from the first shipment
 
 
 def test_the_editor_ships_as_its_engine_folder_alone(tmp_path):

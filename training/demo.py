@@ -65,7 +65,7 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import atomic_file, staged_folder
 
 from .attributes import HELD_OUT, SEGMENT_CLASSES, parse_caption
-from .ship import half_copy
+from .ship import half_copy, half_embedding
 
 POSITIVE_TOKEN = "<studio-style>"
 NEGATIVE_TOKEN = "<wrong>"
@@ -293,7 +293,7 @@ def make_release(work: Path) -> None:
     (release / "embeddings").mkdir(exist_ok=True)
     for name in ("studio", "wrong"):
         for path in (work / f"token-{name}").glob("*.pt"):  # <token>.pt; every run's diffusers file has one name
-            shutil.copy2(path, release / "embeddings" / path.name)
+            half_embedding(path, release / "embeddings" / path.name)
     (release / "done").write_text("")
 
 

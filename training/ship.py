@@ -7,6 +7,7 @@ serves is exactly what is shipped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def half_copy(source: Path, out: Path) -> Path:
                 shutil.copy2(path, target)
         torch.cuda.empty_cache()  # no-op on CPU; keeps the copy free of device state
     return out
+
+
+def half_embedding(source: Path, out: Path) -> Path:
+    """An A1111 ``.pt`` learned token with its vectors stored in fp16: the text encoder's table then holds only
+    fp16 values, so export stores it in fp16 (:func:`~fashiongen.export.onnx_export.store_exact_fp16`); one fp32
+    vector kept the whole 49,410-row table in fp32 (12.9 MB, not 6.5)."""
+    import torch
+
+    data = torch.load(source, map_location="cpu", weights_only=True)
+    data["string_to_param"] = {k: v.detach().half() for k, v in data["string_to_param"].items()}
+    with atomic_file(Path(out)) as tmp:
+        torch.save(data, tmp)
+    return Path(out)
 
 
 def copy_engines(source: Path, out: Path) -> None:
@@ -91,10 +105,43 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
         if "worn" in parts:
             shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
         shipped = [name for name in PARTS if name in kept or name in parts]
+        link_duplicates([stage / folder for name in shipped for folder in PART_FOLDERS[name]])
         with atomic_file(stage / MARKER) as tmp:
             tmp.write_text(json.dumps({**merged_recipe(before, recipe), "shipped": shipped}, indent=2,
                                       sort_keys=True) + "\n")
     return target
+
+
+#: Files smaller than this are never linked: a link saves nothing there, and a reader sees plain files.
+LINK_MIN_BYTES = 64 * 1024
+
+
+def link_duplicates(folders: list[Path]) -> int:
+    """Replace each file of ``folders`` (in their order, each's files sorted) that is byte-identical to an
+    earlier one by a relative symbolic link to it; return the bytes saved.
+
+    The family's folders repeat whole networks: the editor's text encoder, VAE and tokenizer are the product
+    model's, DeepCache's capture part holds the UNet's weights, every CLIP tokenizer is the same; each copy
+    counts against the package's 100 MB. Links keep every folder complete where it is, for the runtime and for
+    diffusers alike; an installed wheel holds copies. Earlier parts own the files (the product's engines, not
+    the editor's), so a folder that is copied elsewhere with its links resolved stays whole."""
+    import hashlib
+
+    owner: dict[tuple[int, str], Path] = {}
+    saved = 0
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            size = path.stat().st_size
+            if size < LINK_MIN_BYTES:
+                continue
+            key = (size, hashlib.sha256(path.read_bytes()).hexdigest())
+            if key not in owner:
+                owner[key] = path
+                continue
+            path.unlink()
+            path.symlink_to(os.path.relpath(owner[key], path.parent))
+            saved += size
+    return saved
 
 
 def merged_recipe(before: dict, recipe: dict) -> dict:
