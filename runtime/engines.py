@@ -173,9 +173,10 @@ class EngineSet:
                 raise EngineFolderError(
                     f"{self.engine_dir}: no network '{name}' in the manifest "
                     f"(has: {', '.join(sorted(self.manifest.networks))})")
-            file = self._files.get(name, entry.file)
-            self._open[name] = self._factory(name, self.engine_dir / file, network_contract(name, self.manifest.dims),
-                                              self.manifest.dims)
+            # resolved: a network shared by two folders of a family is a link to the other's file, and ONNX
+            # Runtime reads external data only from beside the model's real path
+            path = (self.engine_dir / self._files.get(name, entry.file)).resolve()
+            self._open[name] = self._factory(name, path, network_contract(name, self.manifest.dims), self.manifest.dims)
         return self._open[name]
 
     def wrap(self, name: str, wrapper: Callable[[Engine], Engine]) -> Engine:

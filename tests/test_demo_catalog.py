@@ -130,10 +130,10 @@ def top_hits(search, rows: dict[str, dict], prompt: str, k: int = 5) -> list:
 @shipped
 def test_crop_top_prompts_find_the_crop_top_asked_for():
     """"black short sleeve crewneck crop top"-type prompts: every crop top's caption in the catalog as a query.
-    Measured when shipped: the first result has every attribute 91.9% of the time, type, colour, pattern and
-    sleeve 98.8%, the asked-for item is always among the first 5. The neckline is what the shipped CLIP and
-    captioner miss most: for the README's own prompt the crewneck item leads a black short-sleeve v-neck one by
-    little (0.960 / 0.941), and on image vectors alone the v-neck one comes first."""
+    Measured when shipped: the first result has every attribute 95.3% of the time, type, colour, pattern and
+    sleeve 100%, the asked-for item is always among the first 5. The neckline is what the shipped CLIP and
+    captioner miss most: for the README's own prompt the crewneck item leads a black short-sleeve scoop one by
+    little (0.922 / 0.910), and the index's caption of it says "scoop"."""
     from fashiongen.bench.catalog_quality import garment_of
     from fashiongen.training.attributes import parse_caption
 

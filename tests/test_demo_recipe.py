@@ -164,24 +164,26 @@ def test_ship_copies_only_the_parts_named(tmp_path):
 
 
 def test_ship_links_files_that_repeat_across_the_family(tmp_path):
-    """The editor's text encoder is the product model's: shipped once, the editor's a relative link to it; small
-    files stay plain; shipping again (keeping the parts) links them the same way."""
+    """The editor's text encoder is the product model's: shipped once, the editor's graph and weights relative
+    links to it. External data links only where its graph does (ONNX Runtime reads it from beside the graph's
+    real path); small files stay plain; shipping again (keeping the parts) links them the same way."""
     from fashiongen.training.ship import LINK_MIN_BYTES, ship_family
 
-    work, network = tmp_path / "work", np.random.default_rng(0).bytes(LINK_MIN_BYTES + 1)
-    for seed, name in enumerate(("product", "pix2pix")):
+    work, rng = tmp_path / "work", np.random.default_rng(0)
+    shared = {"text_encoder.onnx": rng.bytes(100), "text_encoder.onnx.data": rng.bytes(LINK_MIN_BYTES + 1),
+              "unet.onnx.data": rng.bytes(LINK_MIN_BYTES), "manifest.json": b"{}"}
+    for name in ("product", "pix2pix"):
         (work / "engines" / name).mkdir(parents=True)
-        (work / "engines" / name / "manifest.json").write_text("{}")
-        (work / "engines" / name / "text_encoder.onnx.data").write_bytes(network)
-        (work / "engines" / name / "unet.onnx.data").write_bytes(np.random.default_rng(seed + 1).bytes(LINK_MIN_BYTES))
+        for file, data in {**shared, "unet.onnx": name.encode()}.items():  # the graphs of the UNets differ
+            (work / "engines" / name / file).write_bytes(data)
     (work / "release" / "product").mkdir(parents=True)
     out = ship_family(work, tmp_path / "shipped", {"seed": 1}, parts=("product", "pix2pix"))
     for _ in range(2):
         product, editor = out / "engines" / "product", out / "engines" / "pix2pix"
-        link = editor / "text_encoder.onnx.data"
-        assert link.is_symlink() and not (product / "text_encoder.onnx.data").is_symlink()
-        assert os.readlink(link) == "../product/text_encoder.onnx.data" and link.read_bytes() == network
-        assert not any(p.is_symlink() for p in (editor / "unet.onnx.data", editor / "manifest.json"))
+        for file in ("text_encoder.onnx", "text_encoder.onnx.data"):
+            assert os.readlink(editor / file) == f"../product/{file}" and not (product / file).is_symlink()
+            assert (editor / file).read_bytes() == shared[file]
+        assert not any((editor / f).is_symlink() for f in ("unet.onnx", "unet.onnx.data", "manifest.json"))
         out = ship_family(work, out, {"seed": 1}, parts=("pix2pix",))  # product kept from the first shipment
 
 

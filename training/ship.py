@@ -105,14 +105,15 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
         if "worn" in parts:
             shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
         shipped = [name for name in PARTS if name in kept or name in parts]
-        link_duplicates([stage / folder for name in shipped for folder in PART_FOLDERS[name]])
+        folders = [stage / folder for name in shipped for folder in PART_FOLDERS[name]]
+        link_duplicates(sorted(folders, key=lambda f: f.parent.name == "weights"))  # engine folders own their files
         with atomic_file(stage / MARKER) as tmp:
             tmp.write_text(json.dumps({**merged_recipe(before, recipe), "shipped": shipped}, indent=2,
                                       sort_keys=True) + "\n")
     return target
 
 
-#: Files smaller than this are never linked: a link saves nothing there, and a reader sees plain files.
+#: Files smaller than this are not linked (but ONNX graphs, whose weights may be): a link saves nothing there.
 LINK_MIN_BYTES = 64 * 1024
 
 
@@ -123,8 +124,8 @@ def link_duplicates(folders: list[Path]) -> int:
     The family's folders repeat whole networks: the editor's text encoder, VAE and tokenizer are the product
     model's, DeepCache's capture part holds the UNet's weights, every CLIP tokenizer is the same; each copy
     counts against the package's 100 MB. Links keep every folder complete where it is, for the runtime and for
-    diffusers alike; an installed wheel holds copies. Earlier parts own the files (the product's engines, not
-    the editor's), so a folder that is copied elsewhere with its links resolved stays whole."""
+    diffusers alike; an installed wheel holds copies. Earlier folders own the files (the product's engines, not
+    the editor's; engines before weights), so the folders a user is likeliest to copy hold real files."""
     import hashlib
 
     owner: dict[tuple[int, str], Path] = {}
@@ -132,16 +133,25 @@ def link_duplicates(folders: list[Path]) -> int:
     for folder in folders:
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             size = path.stat().st_size
-            if size < LINK_MIN_BYTES:
+            if size < LINK_MIN_BYTES and path.suffix != ".onnx":  # a graph goes where its weights go
                 continue
             key = (size, hashlib.sha256(path.read_bytes()).hexdigest())
-            if key not in owner:
-                owner[key] = path
+            if key not in owner or not _may_link(path, owner[key]):
+                owner.setdefault(key, path)
                 continue
             path.unlink()
             path.symlink_to(os.path.relpath(owner[key], path.parent))
             saved += size
     return saved
+
+
+def _may_link(path: Path, target: Path) -> bool:
+    """ONNX Runtime reads a model's external data (``X.onnx.data``) only from the folder the model's real path is
+    in: such a file links to another folder only where its ``X.onnx`` already links there."""
+    if not path.name.endswith(".onnx.data") or target.parent == path.parent:
+        return True
+    model = path.with_name(path.name.removesuffix(".data"))
+    return model.is_symlink() and model.resolve().parent == target.parent.resolve()
 
 
 def merged_recipe(before: dict, recipe: dict) -> dict:
