@@ -31,7 +31,8 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     # the product decoder is tuned on the product model, and the tiny decoder distilled from it
     assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
     # so is the worn model's, on the worn view, and the release takes each model with its own decoder
-    assert names.index("worn") < names.index("worn-decoder") < names.index("release")
+    assert names.index("worn") < names.index("worn-decoder") < names.index("worn-text") < names.index("token-studio")
+    assert names.index("worn-text") < names.index("product") and names.index("worn-text") < names.index("release")
     argv = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["worn-decoder"]
     assert "--decoder-only" in argv and argv[argv.index("--data") + 1].endswith("worn/train")
     assert {"clip", "captioner", "catalog", "index-catalog"} <= set(names)

@@ -11,7 +11,9 @@ printed and logged, so what the demo does is what a user would type):
    trained jointly from nothing the encoder collapsed (its captions' hidden states grew alike: cosine
    0.34-0.79 between two captions at init, 0.86-0.99 after 2,000 steps) and the UNet learned to ignore the
    prompt; a random encoder keeps every caption apart from the first step. Then ``worn-decoder``: its VAE's
-   decoder tuned on the worn view, the encoder frozen (``train-vae --decoder-only``), as the product one below.
+   decoder tuned on the worn view, the encoder frozen (``train-vae --decoder-only``), as the product one below;
+   and ``worn-text``: the model trained on for 2,000 more steps with its text encoder, which binds each colour to
+   the garment named (the released worn model).
 4. ``tokens``: two learned tokens by textual inversion on the worn model (``train-embedding``):
    ``<studio-style>`` (positive) on the shots whose garment fills the most of the frame, and ``<wrong>``
    (negative) on worn shots spoiled on purpose (blurred, noisy, colours rotated away from their caption).
@@ -86,6 +88,11 @@ RECIPE = {
             "colour_whitening": 0.375},
     "worn": {"steps": 4000, "batch_size": 32, "learning_rate": 5e-4, "ema_decay": 0.998, "warmup_steps": 100,
              "lr_schedule": "cosine", "snr_gamma": 5.0},
+    # the worn model with its text encoder trained too, from the worn stage's (decoder tuned): trained jointly from
+    # nothing the encoder collapsed, but from a UNet that already reads the random encoder it binds colours to the
+    # garment named (approach 1 cut out, 200 test prompts: type / colour 36.5 / 47.5% before, 45.0 / 63.5% after)
+    "worn_text": {"steps": 2000, "batch_size": 32, "learning_rate": 2e-4, "ema_decay": 0.998, "warmup_steps": 50,
+                  "lr_schedule": "cosine", "snr_gamma": 5.0},
     "tokens": {"steps": 150, "batch_size": 16, "learning_rate": 5e-3, "images": 600},
     "product": {"steps": 4000, "batch_size": 32, "learning_rate": 3e-4, "ema_decay": 0.998, "warmup_steps": 100,
                 "lr_schedule": "cosine", "snr_gamma": 5.0},
@@ -208,14 +215,18 @@ def stages(work: Path, seed: int) -> list[Stage]:
                                "--colour-whitening", str(r["vae"]["colour_whitening"]),
                                "--out", str(work / "worn-decoder"), *schedule("worn_decoder")],
               work / "worn-decoder" / "model" / "training.json", work / "worn-decoder"),
-        *[Stage(f"token-{name}", ["train-embedding", "--model", str(work / "worn" / "model"),
+        Stage("worn-text", ["train", "--model", str(work / "worn-decoder" / "model"), "--data", str(worn / "train"),
+                            "--train-text-encoder", "--caption-dropout", "0.1", "--resolution", "128",
+                            "--out", str(work / "worn-text"), *schedule("worn_text")],
+              work / "worn-text" / "model" / "training.json", work / "worn-text"),
+        *[Stage(f"token-{name}", ["train-embedding", "--model", str(work / "worn-text" / "model"),
                                   "--data", str(work / "token-data" / name), "--token", token, "--init-word", init,
                                   "--resolution", "128", "--out", str(work / f"token-{name}"), *schedule("tokens")],
                 work / f"token-{name}" / "training.json", work / f"token-{name}",
                 prepare=lambda name=name: make_token_data(worn / "train", work / "token-data" / name, name,
                                                           r["tokens"]["images"], seed))
           for name, token, init in (("studio", POSITIVE_TOKEN, "studio"), ("wrong", NEGATIVE_TOKEN, "bad"))],
-        Stage("product", ["train", "--model", str(work / "worn" / "model"), "--data", str(product / "train"),
+        Stage("product", ["train", "--model", str(work / "worn-text" / "model"), "--data", str(product / "train"),
                           "--caption-dropout", "0.1", "--resolution", "128", "--out", str(work / "product"),
                           *schedule("product"),
                           "--validation-prompt", "black short sleeve crewneck crop top"],
@@ -289,7 +300,7 @@ def stages(work: Path, seed: int) -> list[Stage]:
 def make_release(work: Path) -> None:
     """fp16 copies of the trained models and the learned tokens: what is exported, measured and shipped."""
     release = work / "release"
-    for name, run in (("worn", "worn-decoder"), ("product", "product-decoder"), ("segmenter", "segmenter"),
+    for name, run in (("worn", "worn-text"), ("product", "product-decoder"), ("segmenter", "segmenter"),
                       ("tiny-vae", "tiny-vae"), ("clip", "clip"), ("captioner", "captioner")):
         half_copy(work / run / "model", release / name)
     shutil.copy2(work / "lcm-lora" / "pytorch_lora_weights.safetensors", release / "lcm-lora.safetensors")

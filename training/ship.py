@@ -79,8 +79,8 @@ ENGINES_ONLY = ("pix2pix",)
 
 def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] = PARTS) -> Path:
     """``target/weights/*`` (fp16 model folders, and the learned tokens with ``worn``), ``target/engines/*`` and
-    ``recipe.json``, for the ``parts`` of the family that are shipped (a part that misses its quality bar is
-    left out: its name then says "not installed" rather than drawing the wrong garment).
+    ``recipe.json``, for the ``parts`` of the family that are shipped (a part left out: its name then says "not
+    installed"); byte-identical files are stored once (:func:`link_duplicates`).
 
     Parts shipped before and not named stay as they are (their recipe wall times too): a part trained later,
     such as the catalog, ships without retraining the rest."""
