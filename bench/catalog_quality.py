@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 from statistics import median
 
 from .common import CACHE, GARMENT, RESULTS, fresh_process_seconds
+from .cpu_report import machine_name
 
 RECALL_AT = (1, 5)
 #: Prompts whose answer times are measured in process (the seed's garment first); each is a training combination.
@@ -163,16 +163,6 @@ def demo_times(catalog: Path, index_runs: int, query_runs: int) -> dict:
             "search_warm": {"prompts": len(TIMED_PROMPTS), "median_s": median(warm), "calls": len(warm)}}
 
 
-# -- report ---------------------------------------------------------------------------------------------------
-def cpu_name() -> str:
-    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else ():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 # -- markdown -----------------------------------------------------------------------------------------------
 def markdown(report: dict) -> str:
     from fashiongen.training.attributes import ATTRIBUTES
@@ -270,7 +260,7 @@ def run(args) -> int:
         shipped = engine_folder(None, "demo-catalog", "demo-catalog")
         demo = demo_times((shipped / load_index_meta(shipped)["catalog"]).resolve(), args.index_runs, args.query_runs)
     load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None  # a shared machine: how busy
-    out = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}", "load_average_1min_at_end": load,
+    out = {"machine": machine_name(), "load_average_1min_at_end": load,
            "data": str(args.data), "clip": str(args.clip), "captioner": str(args.captioner),
            "held_out_catalog": {"images": report.total, "index_s": report.seconds},
            "retrieval": scores, "captions": captions, "demo": demo}

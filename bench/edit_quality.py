@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from statistics import median
 import numpy as np
 
 from .common import CACHE, RESULTS, SEED, fresh_process_seconds
+from .cpu_report import machine_name
 
 FORMS = ("imperative", "caption")
 #: (text, image) guidance tried by default: diffusers' (7.5, 1.5); then the product model's best text scale, 4
@@ -260,7 +260,7 @@ def run(args) -> int:
     print(f"chosen: guidance {chosen['guidance']:g} / image {chosen['image_guidance']:g}", flush=True)
     results, images = measure(pipeline, classifier, measured, through_vae[:args.pairs], chosen["guidance"],
                               chosen["image_guidance"], args.steps)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+    report = {"machine": machine_name(),
               "engines": str(args.editor), "classifier": str(args.classifier), "steps": args.steps,
               "seed": args.seed, "pairs": len(measured), "sweep_pairs": len(swept), "sweep": sweep, "chosen": chosen,
               "measured": results, "ceiling": ceiling(classifier, networks, measured),

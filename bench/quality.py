@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from statistics import median
 import numpy as np
 
 from .common import CACHE, GARMENT, RESULTS, SEED, fresh_process_seconds
+from .cpu_report import machine_name
 POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
 README_PROMPT = GARMENT
 CEILING = "product/test through the VAE (ceiling)"  # the judge's row on VAE round trips
@@ -428,7 +428,7 @@ def run(args) -> int:
                 if contender.catalog is not None:  # the catalog item retrieved above its edit
                     shown.append((f"{contender.name}, retrieved", contender.retrieved[:8], captions))
                 shown.append((contender.name, shots[:8], captions))
-    report = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+    report = {"machine": machine_name(),
               "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),
               "classifier_held_out": {**{k: {a: v[a] for a in SHOWN} for k, v in held_out.items()},
                                       CEILING: vae_ceiling(classifier, Path(args.product_engines), args.data,
