@@ -102,8 +102,10 @@ RECIPE = {
     # 3,000-step cosine and was resumed at step 1,300 as this 2,000-step one, in a session shared with two others.)
     "product_decoder": DECODER_TUNE,
     # the same for the worn model's decoder on the worn view: the VAE's decoder, trained on both views, drew worn
-    # garments soft enough that the judge named 40.5% of their types (worn renders through it, cut out); a decoder
-    # tuned on product shots alone, 21.5%; this one (2,000 steps, the framing of the whole figure) 58%
+    # garments soft enough that the judge named 40.5% of their types (whole-figure framing: worn renders through it,
+    # cut out); a decoder tuned on product shots alone, 21.5%; this one 58%. On the garment framing, the product-tuned
+    # decoder 25.5% type / 46.5% colour, this one 55.5 / 79.0% (with the segmenter then shipped; 71.0 / 83.0% with
+    # the one fine-tuned with --blur)
     "worn_decoder": DECODER_TUNE,
     # the few-step parts of approach 3: a tiny decoder distilled from the VAE, an LCM-LoRA from the product UNet
     # (guidance drawn around the scale the product model samples best at, not SD 1.5's 3-15)
