@@ -1,6 +1,7 @@
 """``fashiongen dataset``: the procedural data set is deterministic from its seed, holds what its metadata
 says (captions that parse to the row's attributes, label maps whose garment class is the type's), frames the
-worn view for its garment, keeps the held-out combinations out of train and test, is torch-free, and refuses bad input in one line."""
+worn view for its garment, keeps the held-out combinations out of train and test, is torch-free, and refuses bad
+input in one line."""
 from __future__ import annotations
 
 import json
@@ -67,8 +68,8 @@ def test_rows_match_their_images_captions_and_label_maps(dataset):
 
 def test_the_worn_view_is_framed_for_its_garment():
     """Head to just below the garment, as an on-model shot: a top fills over 30% of the frame's height (a whole
-    figure left a crop top under a fifth, too few latent cells for its sleeves and neckline), every garment a fifth; the face
-    is always in the frame, and shoes show where the garment reaches them."""
+    figure left a crop top under a fifth, too few latent cells for its sleeves and neckline), every garment a
+    fifth; the face is always in the frame, and shoes show where the garment reaches them."""
     from fashiongen.training.dataset import render_item
 
     face, shoe = at.SEGMENT_CLASSES.index("Face"), at.SEGMENT_CLASSES.index("Left-shoe")

@@ -175,7 +175,8 @@ def test_ship_links_files_that_repeat_across_the_family(tmp_path):
               "unet.onnx.data": rng.bytes(LINK_MIN_BYTES), "manifest.json": b"{}"}
     for name in ("product", "pix2pix"):
         (work / "engines" / name).mkdir(parents=True)
-        for file, data in {**shared, "unet.onnx": name.encode()}.items():  # the graphs of the UNets differ
+        for file, data in {**shared, "unet.onnx": name.encode(),  # the graphs of the UNets differ
+                           "vae.onnx": b"graph", "vae.onnx.data": name.encode() * 9000}.items():  # the VAEs' weights
             (work / "engines" / name / file).write_bytes(data)
     (work / "release" / "product").mkdir(parents=True)
     out = ship_family(work, tmp_path / "shipped", {"seed": 1}, parts=("product", "pix2pix"))
@@ -184,7 +185,8 @@ def test_ship_links_files_that_repeat_across_the_family(tmp_path):
         for file in ("text_encoder.onnx", "text_encoder.onnx.data"):
             assert os.readlink(editor / file) == f"../product/{file}" and not (product / file).is_symlink()
             assert (editor / file).read_bytes() == shared[file]
-        assert not any((editor / f).is_symlink() for f in ("unet.onnx", "unet.onnx.data", "manifest.json"))
+        assert not any((editor / f).is_symlink() for f in ("unet.onnx", "unet.onnx.data", "manifest.json",
+                                                              "vae.onnx", "vae.onnx.data"))
         out = ship_family(work, out, {"seed": 1}, parts=("pix2pix",))  # product kept from the first shipment
 
 

@@ -152,8 +152,8 @@ RECIPE = {
     # 3,000 steps take ~30 min. captioner: 3,000 steps, 14.5 min, greedy captions exact 77.7%, per attribute type
     # 97.5, colour 99.8, pattern 99.9, sleeve 98.6, neckline 68.1, length 95.5% (96 px with 8 px patches,
     # 2,500 steps: neckline 70.9%, type 95.5%, 24.8 min: not kept). Neckline is what both miss most. Both were then
-    # resumed on their longer cosine (from 35% and 50% of the peak rate): clip to 5,000 steps (9.8 min; recall@1 0.948 / @5
-    # 1.000), captioner to 6,000 (5.9 min; greedy captions exact 84.4%, word accuracy 88.7%, from 77.7 / 84.3).
+    # resumed on their longer cosine (from 35% and 50% of the peak rate): clip to 5,000 steps (9.8 min; recall@1
+    # 0.948 / @5 1.000), captioner to 6,000 (5.9 min; greedy captions exact 84.4%, word accuracy 88.7%, from 77.7 / 84.3).
     "clip": {"steps": 5000, "batch_size": 128, "learning_rate": 5e-4, "warmup_steps": 100, "lr_schedule": "cosine",
              "size": {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_intermediate": 256,
                       "vision_hidden": 64, "vision_layers": 3, "vision_heads": 4, "vision_intermediate": 256,

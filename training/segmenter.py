@@ -95,8 +95,8 @@ def run(args) -> int:
 
 def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, config: Path | None = None,
                     resolution: int | None = None, eval_data: Iterable[Path] = (), zoom: float = DEFAULT_ZOOM,
-                    flip: bool = True, blur: float = 0.0, schedule: Schedule | None = None, resume: bool = False, progress: bool = True,
-                    arguments: dict | None = None) -> TrainedSegmenter:
+                    flip: bool = True, blur: float = 0.0, schedule: Schedule | None = None, resume: bool = False,
+                    progress: bool = True, arguments: dict | None = None) -> TrainedSegmenter:
     """Train on the imagefolders ``data``; write the run and ``out/model/`` (see the module's contract)."""
     import torch
 

@@ -128,14 +128,14 @@ def link_duplicates(folders: list[Path]) -> int:
     the editor's; engines before weights), so the folders a user is likeliest to copy hold real files."""
     import hashlib
 
-    owner: dict[tuple[int, str], Path] = {}
+    owner: dict[tuple[int, str, str | None], Path] = {}
     saved = 0
     for folder in folders:
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             size = path.stat().st_size
             if size < LINK_MIN_BYTES and path.suffix != ".onnx":  # a graph goes where its weights go
                 continue
-            key = (size, hashlib.sha256(path.read_bytes()).hexdigest())
+            key = (size, hashlib.sha256(path.read_bytes()).hexdigest(), _weights_hash(path))
             if key not in owner or not _may_link(path, owner[key]):
                 owner.setdefault(key, path)
                 continue
@@ -143,6 +143,15 @@ def link_duplicates(folders: list[Path]) -> int:
             path.symlink_to(os.path.relpath(owner[key], path.parent))
             saved += size
     return saved
+
+
+def _weights_hash(path: Path) -> str | None:
+    """A graph's external weights (``X.onnx.data``) are part of what it is: two exports of one architecture can
+    write the same graph bytes beside different weights, and a graph linked to the other's would load those."""
+    import hashlib
+
+    data = path.with_name(path.name + ".data")
+    return hashlib.sha256(data.read_bytes()).hexdigest() if path.suffix == ".onnx" and data.is_file() else None
 
 
 def _may_link(path: Path, target: Path) -> bool:
