@@ -101,6 +101,9 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_
     mismatched = tmp_path / "mismatched.json"
     mismatched.write_text(json.dumps({"num_encoder_blocks": [1, 1]}))
     refused(run(config=mismatched), "--config", "num_encoder_blocks 2")
+    widening = tmp_path / "widening.json"  # DecoderTiny's convs keep one width: diffusers would fail mid-forward
+    widening.write_text(json.dumps({"decoder_block_out_channels": [16, 8, 8, 8]}))
+    refused(run(config=widening), "--config", "decoder_block_out_channels must all be equal")
     refused(run("--teacher-weight", "-1"), "--teacher-weight")
     refused(run("--colour-whitening", "0.6"), "--colour-whitening", "0.5")
     assert not (tmp_path / "run").exists()

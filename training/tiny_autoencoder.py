@@ -73,9 +73,11 @@ def read_tiny_config(path: Path | None) -> dict:
         if len(channels) != len(blocks):
             raise InputError(f"--config: '{path}': {part}_block_out_channels has {len(channels)} levels, "
                              f"num_{part}_blocks {len(blocks)}; they must match")
-    if len(set(size["encoder_block_out_channels"])) != 1:  # diffusers' EncoderTiny keeps the width at each stride
-        raise InputError(f"--config: '{path}': encoder_block_out_channels must all be equal (AutoencoderTiny's "
-                         f"encoder keeps one width), got {size['encoder_block_out_channels']}")
+    for part in ("encoder", "decoder"):  # diffusers' EncoderTiny and DecoderTiny keep one width at every level
+        channels = size[f"{part}_block_out_channels"]
+        if len(set(channels)) != 1:
+            raise InputError(f"--config: '{path}': {part}_block_out_channels must all be equal (AutoencoderTiny's "
+                             f"{part} keeps one width at every level), got {channels}")
     return size
 
 
