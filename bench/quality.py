@@ -134,7 +134,7 @@ def product_shots(contender: Contender, prompts: list[Prompt], steps: int, cutte
         raws.append(image)
         if contender.cutout:
             ids = cutter.resolve_classes("auto", prompt.caption)
-            shots.append(cutter([image], ids).results[0].image)
+            shots.append(cutter([image], ids, from_prompt=True).results[0].image)
         else:
             shots.append(image)
     return shots, raws, (time.perf_counter() - started) / max(1, len(prompts))
@@ -191,7 +191,7 @@ def worn_vae_ceiling(classifier, engines: Path, cutter, data: Path, limit: int) 
 
     rows = read_rows(Path(data) / "worn" / "test", "--data", require=("text", "type", "colour"))[:limit]
     images = round_trips(EngineSet(engines), [np.asarray(open_image(r.image, "--data")) for r in rows])
-    shots = [cutter([image], cutter.resolve_classes("auto", r.columns["text"])).results[0].image
+    shots = [cutter([image], cutter.resolve_classes("auto", r.columns["text"]), from_prompt=True).results[0].image
              for image, r in zip(images, rows)]
     result = scored(classifier, shots, [truth_of(r.columns) for r in rows])
     return {a: result[a] for a in SHOWN}

@@ -22,6 +22,7 @@ from fashiongen.runtime.engines import EngineSet, ort_factory
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.images import check_writable, load_rgb_image, numbered_paths, save_png_atomic
 from fashiongen.runtime.manifest import load_manifest
+from fashiongen.runtime.segmentation import is_auto
 
 
 class EmptyCutoutError(InputError):
@@ -29,7 +30,9 @@ class EmptyCutoutError(InputError):
 
 
 CLASS_HELP = ("'auto' reads the garment from the prompt (crop top, shirt, t-shirt, blouse, jacket... -> "
-              "Upper-clothes; skirt -> Skirt; pants, jeans, trousers, shorts -> Pants; dress -> Dress), or "
+              "Upper-clothes; skirt -> Skirt; pants, jeans, trousers, shorts -> Pants; dress -> Dress; where the "
+              "segmenter finds too little of it, the pixels of the other garment classes it could be are taken as "
+              "it, and the output says so), or "
               "one or more of the segmenter's labels by name or id, comma-separated (e.g. Upper-clothes,Skirt "
               "or 4,5); garment words such as jeans also name their class")
 
@@ -84,13 +87,14 @@ class CutoutPlan:
     raw_paths: list[Path] | None      # where generated images go uncut (--keep-raw, and on an empty mask)
     mask_paths: list[Path] | None
     keep_raw: bool = False
+    from_prompt: bool = False         # the classes are the garment the prompt names (--cutout auto)
 
     @property
     def labels(self) -> list[str]:
         return [self.pipeline.id2label[i] for i in self.class_ids]
 
     def run(self, images: Sequence[np.ndarray]) -> CutoutBatch:
-        return self.pipeline(images, self.class_ids, self.options, self.min_area)
+        return self.pipeline(images, self.class_ids, self.options, self.min_area, self.from_prompt)
 
     def apply(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> tuple[list[str], CutoutBatch]:
         """Segment ``images`` (one segmenter call), write product shots, masks, raw images; the lines to print.
@@ -117,6 +121,9 @@ class CutoutPlan:
             save_png_atomic(result.image, self.out_paths[i])
             lines.append(f"wrote {self.out_paths[i]} ({'+'.join(result.labels)}, "
                          f"{result.coverage:.1%} of the image)")
+            if result.relabelled:
+                lines.append(f"note: the segmenter found too little {'+'.join(result.labels)}, the garment the "
+                             f"prompt names, and labelled it {'+'.join(result.relabelled)}: cut out as the prompt's")
         if empty:
             for line in lines:
                 print(line)
@@ -170,7 +177,8 @@ def plan_cutout(args, count: int, prompt: str | None = None, engines: EngineSet 
     class_ids = pipeline.resolve_classes(spec, prompt, class_arg)
     pipeline.segmenter.open()
     keep = bool(getattr(args, "keep_raw", False)) if keep_raw is None else keep_raw
-    return CutoutPlan(pipeline, class_ids, options, min_area, out_paths, raw_paths, mask_paths, keep_raw=keep)
+    return CutoutPlan(pipeline, class_ids, options, min_area, out_paths, raw_paths, mask_paths, keep_raw=keep,
+                      from_prompt=is_auto(spec))
 
 
 def default_segmenter(engine_dir: Path, class_arg: str) -> Path:

@@ -170,6 +170,17 @@ def garment_labels_in(prompt: str) -> list[str]:
     return [label for label in GARMENT_WORDS if label in found]
 
 
+def garment_class_ids(id2label: dict[int, str]) -> list[int]:
+    """The segmenter's classes that hold a garment (the labels of :data:`GARMENT_WORDS` it has)."""
+    garments = {_norm(label) for label in GARMENT_WORDS}
+    return sorted(i for i, name in id2label.items() if _norm(name) in garments)
+
+
+def is_auto(spec) -> bool:
+    """Whether a class spec is ``auto`` (the classes of the garments the prompt names)."""
+    return isinstance(spec, str) and spec.strip().lower() == "auto"
+
+
 def describe_labels(id2label: dict[int, str]) -> str:
     return ", ".join(f"{i} {name}" for i, name in sorted(id2label.items()))
 
@@ -193,9 +204,9 @@ def label_id(name_or_id: str | int, id2label: dict[int, str], arg: str = "cutout
 def resolve_classes(spec: str | Sequence[str | int], id2label: dict[int, str], prompt: str | None = None,
                     arg: str = "cutout") -> list[int]:
     """Class ids from ``auto`` (garments named in ``prompt``), ``CLASS[,CLASS...]`` or a list of names/ids."""
+    if is_auto(spec):
+        return classes_from_prompt(prompt, id2label, arg)
     if isinstance(spec, str):
-        if spec.strip().lower() == "auto":
-            return classes_from_prompt(prompt, id2label, arg)
         parts = [p for p in spec.split(",") if p.strip()]
     else:
         parts = list(spec)

@@ -168,3 +168,47 @@ def test_one_engine_folder_with_sd_and_segmenter(capsys, tmp_path, sd_checkpoint
     assert shot.mode == "RGBA" and shot.size == (96, 96)
     mask = expected_mask(segmenter_engines, raw_generated, present)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")) > 0, mask)
+
+
+def crafted_logits(height: int, width: int) -> np.ndarray:
+    """[18, h, w] logits: background everywhere, a Dress block on top that the segmenter scores just under
+    Upper-clothes, and a Skirt block below: what the segmenter says of a dress it splits in two."""
+    logits = np.zeros((18, height, width), np.float32)
+    logits[0] = 1.0
+    logits[4, :height // 2, 4:-4] = 3.0   # Upper-clothes wins the top half
+    logits[7, :height // 2, 4:-4] = 1.4   # Dress second there (and nowhere first, edges included)
+    logits[5, height // 2:, 4:-4] = 3.0   # Skirt wins the bottom half
+    logits[7, height // 2:, 4:-4] = 1.4   # Dress second there too
+    return logits
+
+
+@pytest.fixture
+def split_dress(monkeypatch):
+    """Every image's segmenter logits are :func:`crafted_logits` at a quarter of its size."""
+    monkeypatch.setattr(Segmenter, "logits",
+                        lambda self, images: [crafted_logits(im.shape[0] // 4, im.shape[1] // 4) for im in images])
+
+
+def test_a_garment_the_prompt_names_is_cut_out_when_the_segmenter_calls_it_another(split_dress, segmenter_engines):
+    from fashiongen.runtime.cutout import CutoutPipeline
+
+    image = np.full((64, 48, 3), 90, np.uint8)
+    pipeline = CutoutPipeline(EngineSet(segmenter_engines))
+    dress = pipeline.resolve_classes("auto", "grey mini long sleeve v-neck dress")
+    named = pipeline([image], dress, from_prompt=True).results[0]
+    assert not named.empty and named.relabelled == ["Upper-clothes", "Skirt"]
+    garment_area = (64 * (48 - 32)) / (64 * 48)  # the crafted blocks, 4 logit columns (16 px) in from each side
+    assert abs(named.coverage - garment_area) < 0.05
+    assert pipeline([image], dress).results[0].empty  # a class given by name is taken at its word
+    top = pipeline([image], pipeline.resolve_classes("auto", "grey crop top"), from_prompt=True).results[0]
+    assert not top.relabelled and abs(top.coverage - garment_area / 2) < 0.05  # found: nothing ruled out
+
+
+def test_cutout_auto_says_when_it_took_the_prompt_at_its_word(split_dress, capsys, tmp_path, segmenter_engines):
+    src = photo(tmp_path / "look.png", 64, 48, 0)
+    assert main(["cutout", str(src), "--engines", str(segmenter_engines), "--class", "auto", "--prompt",
+                 "red mini dress", "--out", str(tmp_path / "shot.png")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "labelled it Upper-clothes+Skirt" in out and (tmp_path / "shot.png").is_file()
+    line = fail(capsys, "cutout", src, "--engines", segmenter_engines, "--class", "Dress", "--out", tmp_path / "o.png")
+    assert "Dress (7)" in line and not (tmp_path / "o.png").exists()

@@ -22,6 +22,7 @@ from fashiongen.runtime.engines import EngineSet, OrtEngine
 
 from fashiongen.runtime.cutout import CutoutPipeline
 from fashiongen.runtime.images import as_rgb
+from fashiongen.runtime.segmentation import is_auto
 
 from .services import SEGMENTER_DIR, SERVICES, Limits, from_tensors
 
@@ -127,7 +128,8 @@ class PipelineModel:
         return [self._one(r) for r in requests]
 
     def _parse(self, request):
-        """The request and the classes to cut out (None: no cutout); ValueError for a bad request."""
+        """The request and the classes to cut out with whether the prompt named them (None: no cutout);
+        ValueError for a bad request."""
         tensors = {s.name: t.as_numpy() for s in self.service.contract.inputs
                    if (t := pb_utils.get_input_tensor_by_name(request, s.name)) is not None}
         req, extras = from_tensors(self.service, tensors)
@@ -141,16 +143,16 @@ class PipelineModel:
             return req, None
         if self.cutout is None:
             raise InputError("cutout: this server has no segmenter (export one with --segmenter)")
-        return req, self.cutout.resolve_classes(spec, getattr(req, "prompt", None), arg="cutout")
+        return req, (self.cutout.resolve_classes(spec, getattr(req, "prompt", None), arg="cutout"), is_auto(spec))
 
     def _one(self, request):
         try:
-            req, class_ids = self._parse(request)
+            req, classes = self._parse(request)
         except InputError as exc:
             return pb_utils.InferenceResponse(error=_error(str(exc), invalid=True))
         try:
             images = req.image[None] if self.pipeline is None else self.pipeline(req, progress=False).images
-            images, masks = self._cut(images, class_ids)
+            images, masks = self._cut(images, classes)
         except EmptyCutout as exc:
             return pb_utils.InferenceResponse(error=_error(str(exc), invalid=True))
         except Exception as exc:
@@ -158,10 +160,11 @@ class PipelineModel:
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", images),
                                                           pb_utils.Tensor("mask", masks)])
 
-    def _cut(self, images: np.ndarray, class_ids: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
-        if class_ids is None:
+    def _cut(self, images: np.ndarray, classes: tuple[list[int], bool] | None) -> tuple[np.ndarray, np.ndarray]:
+        if classes is None:
             return images, np.zeros((len(images), 0, 0), np.uint8)
-        results = self.cutout(list(images), class_ids).results
+        class_ids, from_prompt = classes
+        results = self.cutout(list(images), class_ids, from_prompt=from_prompt).results
         empty = [i for i, r in enumerate(results) if r.empty]
         if empty:
             raise EmptyCutout(f"cutout: {', '.join(results[0].labels)} covers no pixel of image(s) {empty}")
