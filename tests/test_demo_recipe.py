@@ -201,6 +201,32 @@ def test_the_editor_ships_as_its_engine_folder_alone(tmp_path):
     assert (out / "engines" / "pix2pix" / "manifest.json").is_file() and not (out / "weights").exists()
 
 
+def test_the_few_step_parts_ship_as_weights(tmp_path):
+    """The tiny decoder and the LCM-LoRA (fp16, its metadata kept) ship beside the product model, no engines."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from fashiongen.training.demo import LCM_LORA
+    from fashiongen.training.ship import half_tensors, ship_family
+
+    work = tmp_path / "work"
+    (work / "release" / "tiny-vae").mkdir(parents=True)
+    (work / "release" / "tiny-vae" / "config.json").write_text("{}")
+    trained = tmp_path / "pytorch_lora_weights.safetensors"
+    lora = {"lora_unet_a.lora_down.weight": torch.randn(4, 8), "lora_unet_a.alpha": torch.tensor(4, dtype=torch.int64)}
+    save_file(lora, trained, metadata={"format": "pt", "note": "kept"})
+    half_tensors(trained, work / "release" / LCM_LORA)
+    out = ship_family(work, tmp_path / "shipped", {"seed": 1}, parts=("few-step",))
+    assert sorted(p.name for p in (out / "weights").iterdir()) == ["lcm-lora", "tiny-vae"]
+    assert not (out / "engines").exists()
+    with safe_open(str(out / "weights" / LCM_LORA), framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "kept"}
+        down, alpha = f.get_tensor("lora_unet_a.lora_down.weight"), f.get_tensor("lora_unet_a.alpha")
+    assert down.dtype == torch.float16
+    assert torch.equal(down.float(), lora["lora_unet_a.lora_down.weight"].half().float())
+    assert alpha.dtype == torch.int64 and json.loads((out / "recipe.json").read_text())["shipped"] == ["few-step"]
+
+
 def test_half_copy_stores_fp16_that_loads_back_exactly(sd_checkpoint, tmp_path):
     out = half_copy(Path(sd_checkpoint), tmp_path / "half")
     source = load_file(str(Path(sd_checkpoint) / "unet" / "diffusion_pytorch_model.safetensors"))

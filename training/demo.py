@@ -37,7 +37,8 @@ printed and logged, so what the demo does is what a user would type):
    on pairs of product shots one or two attributes apart (``train-pix2pix``), then released in fp16 and exported
    (``engines/pix2pix``, recording the text and image guidance it edits best at): ``fashiongen edit``'s default.
 11. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
-   ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses).
+   ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses); the part
+   ``few-step`` is the tiny decoder's and the LCM-LoRA's fp16 weights (``weights/tiny-vae``, ``weights/lcm-lora``).
 
 Every stage is deterministic from ``--seed``, skipped when its output exists, and resumed from its last
 checkpoint when it was interrupted: run the same command again. The segmenter, CLIP and captioner need only the
@@ -67,8 +68,10 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.files import atomic_file, staged_folder
 
 from .attributes import HELD_OUT, SEGMENT_CLASSES, parse_caption
-from .ship import half_copy, half_embedding
+from .ship import PARTS, half_copy, half_embedding, half_tensors
 
+#: The LCM-LoRA in the release (and shipped, ``weights/lcm-lora``): fp16, kohya / diffusers keys as trained.
+LCM_LORA = "lcm-lora/lcm-lora.safetensors"
 POSITIVE_TOKEN = "<studio-style>"
 NEGATIVE_TOKEN = "<wrong>"
 SEED = 19687
@@ -274,7 +277,7 @@ def stages(work: Path, seed: int) -> list[Stage]:
               work / "engines/product/manifest.json", resumable=False),
         Stage("export-product-fast", ["export", "--model", str(release / "product"),
                                       "--out", str(work / "engines/product-fast"),
-                                      "--lcm-lora", str(release / "lcm-lora.safetensors"),
+                                      "--lcm-lora", str(release / LCM_LORA),
                                       "--tiny-vae", str(release / "tiny-vae")],
               work / "engines/product-fast/manifest.json", resumable=False),
         Stage("export-segmenter", ["export", "--segmenter", str(release / "segmenter"),
@@ -305,7 +308,7 @@ def make_release(work: Path) -> None:
     for name, run in (("worn", "worn-text"), ("product", "product-decoder"), ("segmenter", "segmenter"),
                       ("tiny-vae", "tiny-vae"), ("clip", "clip"), ("captioner", "captioner")):
         half_copy(work / run / "model", release / name)
-    shutil.copy2(work / "lcm-lora" / "pytorch_lora_weights.safetensors", release / "lcm-lora.safetensors")
+    half_tensors(work / "lcm-lora" / "pytorch_lora_weights.safetensors", release / LCM_LORA)
     (release / "embeddings").mkdir(exist_ok=True)
     for name in ("studio", "wrong"):
         for path in (work / f"token-{name}").glob("*.pt"):  # <token>.pt; every run's diffusers file has one name
@@ -514,7 +517,7 @@ def ship(work: Path, seed: int, target: Path | None = None, parts: tuple[str, ..
     caches) and the weights in fp16, plus ``recipe.json``: the commands, seed, wall times and final losses."""
     from fashiongen.demo_family import DEMO_DIR
 
-    from .ship import PARTS, ship_family
+    from .ship import ship_family
 
     return ship_family(work, target or DEMO_DIR, parts=parts or PARTS, recipe={"seed": seed, "recipe": RECIPE,
                                              "stages": [{"name": s.name, "command": "fashiongen " + " ".join(s.argv)}
@@ -527,11 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, logs, engines)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of everything (default {SEED})")
     parser.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
-    parser.add_argument("--ship", nargs="?", const="worn,product,segmenter,catalog,pix2pix", default=None,
+    parser.add_argument("--ship", nargs="?", const=",".join(PARTS), default=None,
                         metavar="PARTS",
                         help="then copy the family into the package (fashiongen/demo_models/); PARTS, comma-separated, "
-                             "ships (or replaces) only those of worn, product, segmenter, catalog, pix2pix (default: "
-                             "all); parts shipped before and not named stay")
+                             f"ships (or replaces) only those of {', '.join(PARTS)} (default: all); parts shipped "
+                             "before and not named stay")
     args = parser.parse_args(argv)
     try:
         started = time.perf_counter()

@@ -23,7 +23,6 @@ def half_copy(source: Path, out: Path) -> Path:
 
     Loading it in fp32 gives exactly the fp16 values, so the copy is the model that is exported and measured."""
     import torch
-    from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
 
     out = Path(out)
@@ -35,14 +34,29 @@ def half_copy(source: Path, out: Path) -> Path:
             target = stage / path.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             if path.suffix == ".safetensors":
-                tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()}
-                save_file(tensors, target, metadata={"format": "pt"})
+                half_tensors(path, target)
             elif path.name == "tokenizer.json":  # without indentation: 1.7 MB for CLIP's, not 3.6
                 Tokenizer.from_file(str(path)).save(str(target), pretty=False)
             else:
                 shutil.copy2(path, target)
         torch.cuda.empty_cache()  # no-op on CPU; keeps the copy free of device state
     return out
+
+
+def half_tensors(source: Path, out: Path) -> Path:
+    """A safetensors file with its floating-point tensors stored in fp16 (a LoRA file, a model's weights); its
+    metadata (a LoRA's format, alphas) kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata() or {"format": "pt"}
+    tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(Path(out)) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+    return Path(out)
 
 
 def half_embedding(source: Path, out: Path) -> Path:
@@ -63,18 +77,21 @@ def copy_engines(source: Path, out: Path) -> None:
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("cache"))
 
 
-PARTS = ("worn", "product", "segmenter", "catalog", "pix2pix")
-#: What each part puts into the shipped folder, so that shipping some parts can keep the others as they are.
+PARTS = ("worn", "product", "few-step", "segmenter", "catalog", "pix2pix")
+#: What each part puts into the shipped folder, so that shipping some parts can keep the others as they are:
+#: ``weights/X`` is the work folder's ``release/X`` (fp16), ``engines/X`` its ``engines/X``. The editor ships as its
+#: engine folder alone (its text encoder and VAE are the product model's, and the runtime reads only the engines;
+#: its fp16 weights, 11 MB, would not fit the package's budget beside them). ``few-step`` is approach 3's tiny
+#: decoder and LCM-LoRA, for `export --tiny-vae --lcm-lora` (the product engines hold the tiny decoder; the folder
+#: with the LoRA merged is another UNet, 6.3 MB, left to that one command).
 PART_FOLDERS = {"worn": ("weights/worn", "weights/embeddings", "engines/worn"),
                 "product": ("weights/product", "engines/product"),
+                "few-step": ("weights/tiny-vae", "weights/lcm-lora"),
                 "segmenter": ("weights/segmenter", "engines/segmenter"),
                 "catalog": ("catalog", "engines/catalog", "engines/captioner"),
                 "pix2pix": ("engines/pix2pix",)}
 #: Where the shipped catalog index finds its images, relative to itself (``engines/catalog`` -> ``catalog``).
 CATALOG_FROM_INDEX = "../../catalog"
-#: Parts shipped as their engine folder alone: the editor's text encoder and VAE are the product model's, and the
-#: runtime reads only the engines; its fp16 weights (11 MB) would not fit the package's budget beside them.
-ENGINES_ONLY = ("pix2pix",)
 
 
 def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] = PARTS) -> Path:
@@ -99,11 +116,12 @@ def ship_family(work: Path, target: Path, recipe: dict, parts: tuple[str, ...] =
             if name == "catalog":
                 ship_catalog(work, stage)
                 continue
-            if name not in ENGINES_ONLY:
-                shutil.copytree(work / "release" / name, stage / "weights" / name)
-            copy_engines(work / "engines" / name, stage / "engines" / name)
-        if "worn" in parts:
-            shutil.copytree(work / "release" / "embeddings", stage / "weights" / "embeddings")
+            for folder in PART_FOLDERS[name]:
+                kind, part = folder.split("/")
+                if kind == "weights":
+                    shutil.copytree(work / "release" / part, stage / folder)
+                else:
+                    copy_engines(work / "engines" / part, stage / folder)
         shipped = [name for name in PARTS if name in kept or name in parts]
         folders = [stage / folder for name in shipped for folder in PART_FOLDERS[name]]
         link_duplicates(sorted(folders, key=lambda f: f.parent.name == "weights"))  # engine folders own their files
