@@ -7,6 +7,7 @@ is lossless and halves the files; ONNX Runtime folds the casts when it optimizes
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from fashiongen.runtime.contracts import NetworkContract
+from fashiongen.runtime.files import usual_mode
 from fashiongen.runtime.manifest import NetworkEntry, sha256_file
 
 DEFAULT_OPSET = 17
@@ -47,6 +49,9 @@ def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict
             stale.unlink(missing_ok=True)
         onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
+    for written in (out_path, out_path.with_name(data_name)):
+        if written.exists():  # a small network may need no external data
+            os.chmod(written, usual_mode())  # ONNX writes its external data 0600
 
 
 def store_exact_fp16(model, min_elements: int = 256) -> int:

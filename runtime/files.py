@@ -29,6 +29,7 @@ def staged_folder(out_dir: Path, marker: str, what: str, arg: str = "out"):
         raise InputError(f"{arg}: cannot write a folder at '{out_dir}' ({exc.strerror or exc})") from None
     try:
         yield stage
+        os.chmod(stage, usual_mode(directory=True))  # mkdtemp makes it 0700: others could not read the engines
         replace_folder(stage, out_dir)
     finally:
         if stage.exists():
@@ -55,11 +56,18 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def publish(tmp: str | Path, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and rename it into place."""
+def usual_mode(directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets from ``open`` (``mkdir``) under the process's umask; temporary
+    files and folders (mkstemp, mkdtemp) and some writers (ONNX's external data) make theirs private instead, which
+    a server running as another user could not read."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and rename it into place."""
+    os.chmod(tmp, usual_mode())
     os.replace(tmp, path)
 
 

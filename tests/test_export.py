@@ -143,3 +143,17 @@ def test_weights_exact_in_fp16_are_stored_in_fp16_with_the_same_outputs(tmp_path
     half = ort.InferenceSession(str(tmp_path / "half.onnx")).run(None, {"x": x})[0]
     assert np.array_equal(full, half)
     assert (tmp_path / "half.onnx").stat().st_size < 0.7 * path.stat().st_size
+
+
+def test_an_exported_folder_is_as_readable_as_any_new_file(sd_engines):
+    """Staged folders and ONNX's external data are made private (0700, 0600); a server running as another user
+    must read the engines all the same: the folder and each file get the umask's usual permissions."""
+    import stat
+
+    from fashiongen.runtime.files import usual_mode
+
+    folder = Path(sd_engines)
+    assert stat.S_IMODE(folder.stat().st_mode) == usual_mode(directory=True)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".onnx", ".data", ".json")]
+    assert any(p.name.endswith(".onnx.data") for p in files)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: usual_mode() for p in files}
