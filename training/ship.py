@@ -53,10 +53,11 @@ def half_tensors(source: Path, out: Path) -> Path:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = f.metadata() or {"format": "pt"}
     tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(Path(out)) as tmp:
+    with atomic_file(out) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-    return Path(out)
+    return out
 
 
 def half_embedding(source: Path, out: Path) -> Path:
