@@ -41,7 +41,7 @@ def train(model, data, out, config, *extra) -> dict:
 @pytest.fixture(scope="module")
 def trained(sd_checkpoint, data, config_file, tmp_path_factory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("tiny-run") / "run"
-    train(sd_checkpoint, data, out, config_file, "--steps", 8, "--teacher-weight", 0.5)
+    train(sd_checkpoint, data, out, config_file, "--steps", 8, "--teacher-weight", 0.5, "--edge-weight", 0.5)
     return out
 
 
@@ -52,6 +52,17 @@ def test_loss_falls_and_the_record_measures_quality(trained):
     quality = record["quality"]
     assert quality["images"] == 4 and quality["teacher_psnr_vs_image"] > 0
     assert record["tiny_config"]["num_decoder_blocks"] == [1, 1, 1, 1]
+
+
+def test_the_edge_term_sees_texture_that_a_plain_colour_shift_does_not_have():
+    loss = tiny.DistillationLoss(*[None] * 8, torch.eye(3))
+    reference = torch.zeros(1, 3, 8, 8)
+    shifted = reference + 0.25                       # every pixel off by the same amount: no edge is wrong
+    striped = reference.clone()
+    striped[..., ::2, :] = 0.5                       # stripes the reference does not have (same pixel MSE)
+    assert loss.pixel_error(shifted, reference) > 0 and loss.edge_error(shifted, reference) == 0
+    assert loss.pixel_error(striped, reference) == pytest.approx(float(loss.pixel_error(shifted, reference) * 2))
+    assert loss.edge_error(striped, reference) == pytest.approx(0.125)  # (0.25 vertical + 0 horizontal) / 2
 
 
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, config_file, tmp_path,  # noqa: F811
@@ -105,5 +116,6 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_
     widening.write_text(json.dumps({"decoder_block_out_channels": [16, 8, 8, 8]}))
     refused(run(config=widening), "--config", "decoder_block_out_channels must all be equal")
     refused(run("--teacher-weight", "-1"), "--teacher-weight")
+    refused(run("--edge-weight", "nan"), "--edge-weight", "non-negative")
     refused(run("--colour-whitening", "0.6"), "--colour-whitening", "0.5")
     assert not (tmp_path / "run").exists()
