@@ -11,7 +11,7 @@ garment's hue wrong, green as olive, grey as blue, after 1,000 steps), plus
 of the two images' neighbouring-pixel differences (both off by default: they cost a teacher decode a step). The
 edge term is there for texture: a stripe narrower than a latent pixel is the part of the image the latents
 barely pin down, so the MSE to the image averages it away (a 24-wide decoder trained on that alone drew striped
-garments plain, and a blurred red-and-white stripe reads as pink); the teacher's image is a function of the
+garments plain, and a black or white garment whose stripes are blurred away reads as grey); the teacher's image is a function of the
 latents, so matching its edges is a target the tiny decoder can meet. No adversarial or perceptual loss (TAESD's own has both; no network for them can be
 downloaded here), so the result is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 ``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
