@@ -113,9 +113,12 @@ def test_captions_start_as_generate_starts_and_padding_costs_nothing(trained):
     assert ids[1, -1] == tokenizer.sep_token_id and mask[0].tolist() == [1, 1, 1, 1, 0, 0]
 
 
-def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_losses(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augmentation", [(), ("--flip", "--zoom", 1.3)], ids=["plain", "augmented"])
+def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_losses(data, tmp_path, monkeypatch,
+                                                                              augmentation):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    extra = ("--steps", 4, "--checkpoint-every", 2, "--batch-size", 4)  # batches (and dropout) differ by step
+    # batches (and dropout, and the augmentation's draws) differ by step
+    extra = ("--steps", 4, "--checkpoint-every", 2, "--batch-size", 4, *augmentation)
     captioning.run(train_args(data, whole, *extra))
     interrupted(monkeypatch, lambda: captioning.run(train_args(data, cut, *extra)), 2)
     assert not (cut / "model").exists()
@@ -123,6 +126,28 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes_to_the_same_losses(dat
     captioning.run(train_args(data, cut, *extra, "--resume"))
     first, second = record_of(whole)["losses"], record_of(cut)["losses"]
     assert len(first) == 4 and first == second
+
+
+def test_augmentation_changes_what_training_sees(data, tmp_path):
+    plain, augmented = tmp_path / "plain", tmp_path / "augmented"
+    captioning.run(train_args(data, plain, "--steps", 2))
+    captioning.run(train_args(data, augmented, "--steps", 2, "--flip", "--zoom", 1.5))
+    # the same weights and batch at step 0: only the augmentation can make the first losses differ
+    assert record_of(plain)["losses"][0] != record_of(augmented)["losses"][0]
+    assert record_of(augmented)["arguments"]["flip"] is True
+
+
+def test_augment_image_draws_as_the_segmenters_augmentation():
+    from fashiongen.training.augmentation import UNCHANGED_CLASSES, augment, augment_image
+    from fashiongen.training.runs import step_generator
+
+    image = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    assert np.array_equal(augment_image(image, step_generator(0, 3), 1.0, False, 2), image)
+    for step in range(6):
+        labels = np.zeros((16, 20), dtype=np.uint8)
+        expected = augment(image, labels, step_generator(step, 3), 1.4, UNCHANGED_CLASSES, 2)[0]
+        got = augment_image(image, step_generator(step, 3), 1.4, True, 2)
+        assert got.shape == image.shape and np.array_equal(got, expected)
 
 
 def test_caption_scores():
@@ -157,6 +182,12 @@ def test_unknown_bases_are_one_line(data, tmp_path):
                         (["--config", tmp_path / "none.json"], ("--config", "cannot read"))):
         args = parser.parse_args([str(a) for a in ("--data", data["train"], *base, "--out", tmp_path / "run")])
         refused(lambda: captioning.run(args), *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_zoom_below_one_is_one_line(data, tmp_path):
+    refused(lambda: captioning.run(train_args(data, tmp_path / "run", "--steps", 1, "--zoom", 0.5)),
+            "--zoom", "at least 1")
     assert not (tmp_path / "run").exists()
 
 

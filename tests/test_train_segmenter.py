@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from fashiongen.random_checkpoints.segmenter import CLOTHES_ID2LABEL  # noqa: E402
 from fashiongen.runtime.errors import InputError  # noqa: E402
-from fashiongen.training import segmenter  # noqa: E402
+from fashiongen.training import augmentation, segmenter  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 48        # the images on disk
@@ -128,15 +128,15 @@ def test_resume_repeats_the_losses(data, tmp_path):
 
 
 def test_mirror_swaps_left_and_right_classes():
-    table = segmenter.mirror_classes(CLOTHES_ID2LABEL)
+    table = augmentation.mirror_classes(CLOTHES_ID2LABEL)
     swapped = {i: int(table[i]) for i in CLOTHES_ID2LABEL if table[i] != i}
     assert swapped == {9: 10, 10: 9, 12: 13, 13: 12, 14: 15, 15: 14}
     assert table[255] == 255
-    assert dict(enumerate(segmenter.mirror_classes({0: "bg", 1: "left_hand", 2: "RIGHT HAND", 3: "leftover"})[:4])) \
+    assert dict(enumerate(augmentation.mirror_classes({0: "bg", 1: "left_hand", 2: "RIGHT HAND", 3: "leftover"})[:4])) \
         == {0: 0, 1: 2, 2: 1, 3: 3}
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     labels = np.array([[9, 0, 4], [12, 15, 255]], np.uint8)
-    flipped_image, flipped_labels = segmenter.mirror(image, labels, table)
+    flipped_image, flipped_labels = augmentation.mirror(image, labels, table)
     np.testing.assert_array_equal(flipped_image, image[:, ::-1])
     np.testing.assert_array_equal(flipped_labels, [[4, 0, 10], [255, 14, 13]])
 
@@ -146,8 +146,8 @@ def test_augmentation_is_drawn_from_the_generator():
 
     rng = np.random.default_rng(0)
     image, labels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 18, (32, 32), dtype=np.uint8)
-    table = segmenter.mirror_classes(CLOTHES_ID2LABEL)
-    runs = [[segmenter.augment(image, labels, step_generator(0, 7), 1.5, table, 2) for _ in range(2)]
+    table = augmentation.mirror_classes(CLOTHES_ID2LABEL)
+    runs = [[augmentation.augment(image, labels, step_generator(0, 7), 1.5, table, 2) for _ in range(2)]
             for _ in range(2)]
     for (a_image, a_labels), (b_image, b_labels) in zip(*runs):
         np.testing.assert_array_equal(a_image, b_image)
@@ -155,11 +155,11 @@ def test_augmentation_is_drawn_from_the_generator():
     out_image, out_labels = runs[0][0]
     assert out_image.shape == image.shape and out_labels.shape == labels.shape
     assert set(np.unique(out_labels)) <= set(np.unique(table[labels]))  # nearest: no class is invented
-    plain = segmenter.augment(image, labels, step_generator(0, 7), 1.0, None, 2)
+    plain = augmentation.augment(image, labels, step_generator(0, 7), 1.0, None, 2)
     np.testing.assert_array_equal(plain[0], image)
     np.testing.assert_array_equal(plain[1], labels)
     # --blur softens half of the images, never their label maps
-    blurred = [segmenter.augment(image, labels, step_generator(step, 7), 1.0, None, 2, blur=3.0) for step in range(8)]
+    blurred = [augmentation.augment(image, labels, step_generator(step, 7), 1.0, None, 2, blur=3.0) for step in range(8)]
     softened = [not np.array_equal(out, image) for out, _ in blurred]
     assert 0 < sum(softened) < len(softened)
     assert all(np.array_equal(out_labels, labels) for _, out_labels in blurred)

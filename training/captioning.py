@@ -69,13 +69,19 @@ def add_arguments(p) -> None:
         config="a new model with random weights: a JSON object of BlipSize fields (hidden, layers, heads, "
                "intermediate, image_size, patch_size, projection_dim)",
         eval_data="exact-caption match and per-word accuracy of greedy captions")
+    p.add_argument("--zoom", type=float, default=1.0,
+                   help="augmentation: zoom in up to this factor, random window (default 1: off; a large zoom may crop "
+                   "away what the caption names, a hem or a sleeve)")
+    p.add_argument("--flip", action="store_true",
+                   help="augmentation: mirror half of the images left to right (off by default: a caption may name a "
+                   "side)")
     add_schedule_arguments(p, **DEFAULTS)
 
 
 def run(args) -> int:
     result = train_captioner(args.data, args.out, model=args.model, config=args.config, eval_data=args.eval_data,
                              schedule=schedule_from_args(args), resume=args.resume, progress=not args.no_progress,
-                             arguments=vars(args))
+                             arguments=vars(args), zoom=args.zoom, flip=args.flip)
     print_summary(result.folder)
     if result.scores:
         print("held-out greedy captions: " + ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items()))
@@ -84,14 +90,17 @@ def run(args) -> int:
 
 def train_captioner(data: Iterable[Path], out: Path, model: Path | None = None, config: Path | None = None,
                     eval_data: Iterable[Path] = (), schedule: Schedule | None = None, resume: bool = False,
-                    progress: bool = True, arguments: dict | None = None) -> TrainedCaptioner:
+                    progress: bool = True, arguments: dict | None = None, zoom: float = 1.0,
+                    flip: bool = False) -> TrainedCaptioner:
     """Train on the imagefolders ``data``; write the run and ``out/model/`` (see the module's contract)."""
     import torch
 
     from .runs import RunFolder, train
+    from .augmentation import augment_image, check_zoom
 
     schedule = schedule or Schedule(**DEFAULTS)
     schedule.check()
+    check_zoom(zoom)
     started = time.perf_counter()
     data, eval_data = [Path(d) for d in data], [Path(d) for d in eval_data]
     (network, processor), source = _base_model(model, config, schedule.seed)
@@ -101,13 +110,17 @@ def train_captioner(data: Iterable[Path], out: Path, model: Path | None = None, 
 
     def loss_fn(step, micro, generator):
         pick = step_batch(len(images), schedule, step, micro)
-        pixel_values = processor.image_processor(images=list(images[pick]), return_tensors="pt").pixel_values
+        batch = list(images[pick])
+        if zoom > 1 or flip:
+            resample = processor.image_processor.resample
+            batch = [augment_image(image, generator, zoom, flip, resample) for image in batch]
+        pixel_values = processor.image_processor(images=batch, return_tensors="pt").pixel_values
         pick, device = torch.from_numpy(pick), network.device
         return network(pixel_values=pixel_values.to(device), input_ids=ids[pick].to(device),
                        attention_mask=mask[pick].to(device), labels=labels[pick].to(device)).loss
 
     identity = {"command": "train-captioner", "data": [str(d.resolve()) for d in data], "examples": len(images),
-                "base": source, **schedule_identity(schedule)}
+                "base": source, "zoom": zoom, "flip": flip, **schedule_identity(schedule)}
     losses = train(RunFolder(Path(out), identity), schedule, {"blip": network}, loss_fn, resume, progress,
                    description="captioner")
     result = TrainedCaptioner(Path(out) / MODEL_DIR, losses, None)

@@ -177,6 +177,10 @@ RECIPE = {
 }
 
 
+#: Recipe keys passed to a stage's command as the flag of the same name where its section has them.
+OPTIONAL_FLAGS = ("ema_decay", "warmup_steps", "lr_schedule", "snr_gamma", "teacher_weight", "edge_weight")
+
+
 @dataclass
 class Stage:
     """One ``fashiongen`` command of the recipe: done when ``done`` exists, resumed when ``run_dir`` does."""
@@ -197,14 +201,9 @@ def stages(work: Path, seed: int) -> list[Stage]:
         s = r[key]
         out = ["--steps", s["steps"], "--batch-size", s["batch_size"], "--learning-rate", s["learning_rate"],
                "--seed", seed, "--checkpoint-every", 100]
-        if "ema_decay" in s:
-            out += ["--ema-decay", s["ema_decay"]]
-        if "warmup_steps" in s:
-            out += ["--warmup-steps", s["warmup_steps"]]
-        if "lr_schedule" in s:
-            out += ["--lr-schedule", s["lr_schedule"]]
-        if "snr_gamma" in s:
-            out += ["--snr-gamma", s["snr_gamma"]]
+        for name in OPTIONAL_FLAGS:
+            if name in s:
+                out += ["--" + name.replace("_", "-"), s[name]]
         return [str(x) for x in out]
 
     worn, product, release = data / "worn", data / "product", work / "release"

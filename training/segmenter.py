@@ -14,7 +14,7 @@ exported model; label maps are resized with nearest. Images and maps are read an
 
 Augmentation, drawn from the step's generator so that a resumed run repeats it: a zoom into the image (1 to
 ``--zoom`` times, a random window of the training size: scale and crop jitter) and a horizontal flip half of the
-time, which swaps each ``Left-*`` class with its ``Right-*`` class (:func:`mirror_classes`); with ``--blur S``, a
+time, which swaps each ``Left-*`` class with its ``Right-*`` class (:func:`.augmentation.mirror_classes`); with ``--blur S``, a
 Gaussian blur of 0 to S px on half of the images (label maps kept sharp): a segmenter that cuts generated images
 out sees pictures as soft as a VAE decodes them, and one trained on crisp renders alone lost whole garments in them
 (the demo's cut nothing out of a VAE's round trip of a dress and of white shorts).
@@ -27,7 +27,6 @@ with ``--eval-data``, the held-out per-class IoU and their mean over the classes
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.segmentation import SegPreprocess
 
+from .augmentation import augment, check_zoom, mirror_classes
 from .imagefolder import load_label_map, open_image, read_rows
 from .options import Schedule, add_schedule_arguments, schedule_from_args
 from .options import step_batch
@@ -106,8 +106,7 @@ def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, 
     schedule.check()
     started = time.perf_counter()
     data, eval_data = [Path(d) for d in data], [Path(d) for d in eval_data]
-    if not zoom >= 1:
-        raise InputError(f"--zoom: must be at least 1 (1 turns zooming off), got {zoom}")
+    check_zoom(zoom)
     if not 0 <= blur < float("inf"):
         raise InputError(f"--blur: must be a finite number of px, at least 0 (0 turns blurring off), got {blur}")
     network, settings, source = _base_model(model, config, schedule.seed)
@@ -202,51 +201,6 @@ def load_examples(folders: list[Path], arg: str, shape: tuple[int, int], num_lab
     images = np.stack([np.asarray(open_image(row.image, arg).resize(shape[::-1], resample)) for row in rows])
     labels = np.stack([load_label_map(row.path("label_file"), row.image, shape, num_labels, arg) for row in rows])
     return images, labels
-
-
-def mirror_classes(id2label: dict[int, str]) -> np.ndarray:
-    """A table (uint8, 256 entries) of the class each class id becomes in a mirrored image: ``Left-X`` and
-    ``Right-X`` swap (names compared in any case and with any separators: ``left_hand`` mirrors ``Right hand``),
-    others stay."""
-    def words(name: str) -> str:
-        return " ".join(re.findall(r"[0-9a-z]+", name.lower()))
-
-    by_name = {words(name): i for i, name in id2label.items()}
-    table = np.arange(256, dtype=np.uint8)
-    for i, name in id2label.items():
-        other = re.sub(r"\b(left|right)\b", lambda m: "right" if m[1] == "left" else "left", words(name))
-        if other != words(name) and other in by_name:
-            table[i] = by_name[other]
-    return table
-
-
-def mirror(image: np.ndarray, labels: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The image flipped left to right, and its label map flipped with left and right classes swapped."""
-    return image[:, ::-1], table[labels[:, ::-1]]
-
-
-def augment(image: np.ndarray, labels: np.ndarray, generator, zoom: float, table: np.ndarray | None,
-            resample: int, blur: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """One example's augmentation, drawn from ``generator`` (five numbers, always, so the stream is fixed): a
-    zoom of 1 to ``zoom`` times with a random window of the original size, a mirror half of the time (``table``
-    from :func:`mirror_classes`; None: never), and a Gaussian blur of 0 to ``blur`` px half of the time."""
-    import torch
-    from PIL import Image, ImageFilter
-
-    flip, scale, top, left, soften = torch.rand(5, generator=generator, dtype=torch.float64).tolist()
-    height, width = labels.shape
-    factor = 1 + scale * (zoom - 1)
-    big = (round(width * factor), round(height * factor))
-    if big != (width, height):
-        y, x = int(top * (big[1] - height + 1)), int(left * (big[0] - width + 1))
-        window = (x, y, x + width, y + height)
-        image = np.asarray(Image.fromarray(image).resize(big, resample).crop(window))
-        labels = np.asarray(Image.fromarray(labels).resize(big, Image.NEAREST).crop(window))
-    if table is not None and flip < 0.5:
-        image, labels = mirror(image, labels, table)
-    if blur > 0 and soften < 0.5:
-        image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(2 * soften * blur)))
-    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
