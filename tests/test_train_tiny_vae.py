@@ -41,7 +41,8 @@ def train(model, data, out, config, *extra) -> dict:
 @pytest.fixture(scope="module")
 def trained(sd_checkpoint, data, config_file, tmp_path_factory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("tiny-run") / "run"
-    train(sd_checkpoint, data, out, config_file, "--steps", 8, "--teacher-weight", 0.5, "--edge-weight", 0.5)
+    train(sd_checkpoint, data, out, config_file, "--steps", 8, "--teacher-weight", 0.5, "--edge-weight", 0.5,
+          "--latent-noise", 0.3)
     return out
 
 
@@ -65,12 +66,20 @@ def test_the_edge_term_sees_texture_that_a_plain_colour_shift_does_not_have():
     assert loss.edge_error(striped, reference) == pytest.approx(0.125)  # (0.25 vertical + 0 horizontal) / 2
 
 
+def test_latent_noise_feeds_the_teacher_terms_jittered_latents(sd_checkpoint, data, config_file, tmp_path):  # noqa: F811
+    plain = train(sd_checkpoint, data, tmp_path / "plain", config_file, "--edge-weight", 0.5)
+    jittered = train(sd_checkpoint, data, tmp_path / "jittered", config_file, "--edge-weight", 0.5,
+                     "--latent-noise", 1.0)
+    assert plain["step_losses"][0] != jittered["step_losses"][0]  # same weights and batch: only the jitter differs
+
+
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, config_file, tmp_path,  # noqa: F811
                                                                 monkeypatch):
-    whole = train(sd_checkpoint, data, tmp_path / "whole", config_file)
-    interrupted(monkeypatch, lambda: train(sd_checkpoint, data, tmp_path / "cut", config_file), 2)
+    jitter = ("--edge-weight", 0.5, "--latent-noise", 0.3)  # the jitter's draws are the step's too
+    whole = train(sd_checkpoint, data, tmp_path / "whole", config_file, *jitter)
+    interrupted(monkeypatch, lambda: train(sd_checkpoint, data, tmp_path / "cut", config_file, *jitter), 2)
     assert not (tmp_path / "cut" / tiny.MODEL).exists()
-    resumed = train(sd_checkpoint, data, tmp_path / "cut", config_file, "--resume")
+    resumed = train(sd_checkpoint, data, tmp_path / "cut", config_file, *jitter, "--resume")
     assert resumed["step_losses"] == whole["step_losses"] and len(whole["step_losses"]) == 4
     a, b = (load_file(str(tmp_path / run / tiny.MODEL / WEIGHTS)) for run in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -117,5 +126,6 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_
     refused(run(config=widening), "--config", "decoder_block_out_channels must all be equal")
     refused(run("--teacher-weight", "-1"), "--teacher-weight")
     refused(run("--edge-weight", "nan"), "--edge-weight", "non-negative")
+    refused(run("--latent-noise", "0.2"), "--latent-noise", "needs --teacher-weight or --edge-weight")
     refused(run("--colour-whitening", "0.6"), "--colour-whitening", "0.5")
     assert not (tmp_path / "run").exists()

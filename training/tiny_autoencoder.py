@@ -12,7 +12,11 @@ of the two images' neighbouring-pixel differences (both off by default: they cos
 edge term is there for texture: a stripe narrower than a latent pixel is the part of the image the latents
 barely pin down, so the MSE to the image averages it away (a 24-wide decoder trained on that alone drew striped
 garments plain, and a black or white garment whose stripes are blurred away reads as grey); the teacher's image is a function of the
-latents, so matching its edges is a target the tiny decoder can meet. No adversarial or perceptual loss (TAESD's own has both; no network for them can be
+latents, so matching its edges is a target the tiny decoder can meet. ``--latent-noise S`` decodes, for those
+two teacher terms, the latents jittered by Gaussian noise of a standard deviation drawn from 0 to S per image:
+a sampler's latents are not the encoder's (an LCM's 4-step ones have more fine noise), and a tiny decoder taught
+on encoder latents alone turned such reds yellow and greens olive where the teacher kept them; the teacher
+knows the image of any latent, so it can teach the tiny one off the encoder's manifold too. No adversarial or perceptual loss (TAESD's own has both; no network for them can be
 downloaded here), so the result is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 ``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
 (default TAESD's own). The output, ``OUT/model``, is an AutoencoderTiny folder (TAESD's diffusers layout) with
@@ -60,6 +64,10 @@ def add_arguments(p) -> None:
                    help="weight of an MSE between the horizontal and vertical pixel differences of the tiny decoder's "
                    "image and the teacher decoder's: keeps stripes and other fine texture sharp (default 0; each "
                    "step then also runs the teacher's decoder)")
+    p.add_argument("--latent-noise", type=float, default=0.0, metavar="S",
+                   help="the teacher terms (--teacher-weight, --edge-weight) decode latents jittered by Gaussian noise "
+                   "of a standard deviation drawn from 0 to S per image, so that the tiny decoder follows the teacher "
+                   "on a sampler's latents as well as on the encoder's (default 0: off; costs a second tiny decode)")
     p.set_defaults(command_name="train-tiny-vae")
 
 
@@ -122,10 +130,13 @@ def run(args) -> int:
 
     started = time.perf_counter()
     schedule = schedule_from_args(args)
-    for name in ("teacher_weight", "edge_weight"):
+    for name in ("teacher_weight", "edge_weight", "latent_noise"):
         value = getattr(args, name)
         if not (value >= 0 and np.isfinite(value)):
             raise InputError(f"--{name.replace('_', '-')}: must be a non-negative number, got {value}")
+    if args.latent_noise and not (args.teacher_weight or args.edge_weight):
+        raise InputError("--latent-noise: needs --teacher-weight or --edge-weight (only the teacher's decoder says "
+                         "what a jittered latent should look like)")
     check_colour_whitening(args.colour_whitening)
     size = read_tiny_config(args.config)
     geometry = teacher_geometry(args.model)
@@ -135,7 +146,8 @@ def run(args) -> int:
     data_sha256 = data_digest(rows)
     run_folder = RunFolder(args.out, identity_of(args, schedule, str(Path(args.model).absolute()), data_sha256,
                                                  resolution, tiny_config=size, teacher_weight=args.teacher_weight,
-                                                 edge_weight=args.edge_weight, colour_whitening=args.colour_whitening))
+                                                 edge_weight=args.edge_weight, latent_noise=args.latent_noise,
+                                                 colour_whitening=args.colour_whitening))
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
     teacher = load_teacher(args.model)
     device = make_accelerator(schedule).device
@@ -146,7 +158,7 @@ def run(args) -> int:
     tiny = build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"])
     basis = torch.from_numpy(colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)).float().to(device)
     loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, args.edge_weight, device,
-                            basis)
+                            basis, args.latent_noise)
     losses = train(run_folder, schedule, {"tiny_vae": tiny}, loss, resume=args.resume,
                    progress=not args.no_progress, description="train-tiny-vae")
     with torch.no_grad():
@@ -203,6 +215,7 @@ class DistillationLoss:
     edge_weight: float
     device: object
     basis: object       # torch 3x3: pixel errors are measured as basis @ (decoded - image)
+    latent_noise: float = 0.0  # the teacher terms' latents jittered by N(0, sigma^2), sigma ~ U(0, latent_noise)
 
     def __call__(self, step: int, micro: int, generator):
         import torch
@@ -217,6 +230,11 @@ class DistillationLoss:
         decoded = self.tiny.decode(target).sample.float()
         loss = (encoded.float() - target).pow(2).mean() + self.pixel_error(decoded, pixels)
         if self.teacher_weight or self.edge_weight:
+            if self.latent_noise:
+                sigma = self.latent_noise * torch.rand(len(target), 1, 1, 1, generator=generator)
+                target = target + sigma.to(target.device) * torch.randn(target.shape, generator=generator).to(
+                    target.device)
+                decoded = self.tiny.decode(target).sample.float()
             with torch.no_grad():
                 reference = self.teacher.decode(target / self.teacher.config.scaling_factor).sample.float()
             loss = loss + self.teacher_weight * self.pixel_error(decoded, reference)
