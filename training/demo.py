@@ -178,7 +178,9 @@ RECIPE = {
 
 
 #: Recipe keys passed to a stage's command as the flag of the same name where its section has them.
-OPTIONAL_FLAGS = ("ema_decay", "warmup_steps", "lr_schedule", "snr_gamma", "teacher_weight", "edge_weight")
+#: A key whose value is ``true`` is a switch (``--flip``).
+OPTIONAL_FLAGS = ("ema_decay", "warmup_steps", "lr_schedule", "snr_gamma", "teacher_weight", "edge_weight",
+                  "latent_noise", "zoom", "flip")
 
 
 @dataclass
@@ -203,7 +205,8 @@ def stages(work: Path, seed: int) -> list[Stage]:
                "--seed", seed, "--checkpoint-every", 100]
         for name in OPTIONAL_FLAGS:
             if name in s:
-                out += ["--" + name.replace("_", "-"), s[name]]
+                flag = "--" + name.replace("_", "-")
+                out += [flag] if s[name] is True else [flag, s[name]]
         return [str(x) for x in out]
 
     worn, product, release = data / "worn", data / "product", work / "release"
