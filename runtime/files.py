@@ -49,7 +49,10 @@ def replace_folder(stage: Path, out_dir: Path) -> None:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link where the file system allows (model weights are large), else a copy."""
+    """A hard link where the file system allows (model weights are large), else a copy; always of the file
+    itself: a symbolic link (a Hugging Face cache snapshot is made of relative ones, and so is the shipped demo
+    family) is followed first, since a relative link linked or copied into another folder points nowhere."""
+    src = Path(src).resolve()
     try:
         os.link(src, dst)
     except OSError:

@@ -256,3 +256,24 @@ def test_the_cli_lists_the_training_commands(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--config" in out and "--train-text-encoder" in out and "--caption-dropout" in out
+
+
+def test_a_base_of_relative_links_gives_a_model_of_real_files(sd_checkpoint, tmp_path):
+    """A Hugging Face cache snapshot links every file to ../../blobs, and the shipped demo family its shared
+    tokenizer files; the trained folder lives elsewhere, so it must hold the files, not the links (the demo's
+    editor was once written with a tokenizer of dangling links: every instruction read as unknown tokens)."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    base, shared = tmp_path / "snapshot" / "base", tmp_path / "snapshot" / "blobs"
+    shutil.copytree(sd_checkpoint, base)
+    shared.mkdir()
+    for path in sorted((base / "tokenizer").iterdir()):
+        path.rename(shared / path.name)
+        path.symlink_to(Path("..", "..", "blobs", path.name))
+    out = t2i.write_model(tmp_path / "runs" / "model", base, {}, {"note": "no part trained"})
+    files = sorted((out / "tokenizer").iterdir())
+    assert files and not any(f.is_symlink() for f in files)
+    ids = [CLIPTokenizer.from_pretrained(folder / "tokenizer")("a red dress").input_ids for folder in (base, out)]
+    assert ids[0] == ids[1] and len(set(ids[1])) > 2
