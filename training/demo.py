@@ -175,10 +175,14 @@ RECIPE = {
              "size": {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_intermediate": 256,
                       "vision_hidden": 64, "vision_layers": 3, "vision_heads": 4, "vision_intermediate": 256,
                       "image_size": 128, "patch_size": 16, "projection_dim": 64}},
+    # (captioner since 2026-12-02's fourth session: 8 px patches (256 tokens), one straight 6,000-step run, 35.8 min
+    # on one thread: greedy captions exact 87.5%, word accuracy 91.3%; necklines 82.2% of held-out product shots
+    # (77.5% with 16 px patches), catalog recall@1 94.9% (92.9). With 16 px patches and --flip --zoom 1.1:
+    # necklines 78.2%, on unseen combinations 68.6% (77.9 without): not kept)
     "captioner": {"steps": 6000, "batch_size": 32, "learning_rate": 5e-4, "warmup_steps": 100,
                   "lr_schedule": "cosine",
                   "size": {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 256, "image_size": 128,
-                           "patch_size": 16, "projection_dim": 64}},
+                           "patch_size": 8, "projection_dim": 64}},
     # the demo catalog: one product shot per caption of the training split (so no held-out combination), the
     # README's prompt among them (so the demo's search has its exact item)
     "catalog": {"count": 500, "include": ["black short sleeve crewneck crop top"]},
