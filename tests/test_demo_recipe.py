@@ -44,6 +44,19 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     assert export[export.index("--image-guidance") + 1] == str(demo.RECIPE["edit_sampling"]["image_guidance"])
 
 
+def test_the_recipes_optional_keys_reach_the_commands(tmp_path, monkeypatch):
+    """A value key becomes a flag and its value (the tiny decoder's teacher and edge terms), a key set to true a
+    switch alone (a captioner told to flip): each parsed back by the CLI as the recipe says."""
+    parser = build_parser()
+    monkeypatch.setitem(demo.RECIPE, "captioner", {**demo.RECIPE["captioner"], "flip": True, "zoom": 1.1})
+    argv = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}
+    tiny = parser.parse_args(argv["tiny-vae"])
+    assert (tiny.teacher_weight, tiny.edge_weight) == (demo.RECIPE["tiny_vae"]["teacher_weight"],
+                                                       demo.RECIPE["tiny_vae"]["edge_weight"])
+    captioner = parser.parse_args(argv["captioner"])
+    assert captioner.flip is True and captioner.zoom == 1.1 and "True" not in argv["captioner"]
+
+
 def test_the_recipe_sizes_build():
     size = SDSize(**{k: tuple(v) if isinstance(v, list) else v for k, v in demo.RECIPE["model"].items()})
     assert size.vae_scale_factor * size.sample_size == demo.RECIPE["dataset"]["size"] >= 128

@@ -66,11 +66,13 @@ def test_the_edge_term_sees_texture_that_a_plain_colour_shift_does_not_have():
     assert loss.edge_error(striped, reference) == pytest.approx(0.125)  # (0.25 vertical + 0 horizontal) / 2
 
 
-def test_latent_noise_feeds_the_teacher_terms_jittered_latents(sd_checkpoint, data, config_file, tmp_path):  # noqa: F811
+def test_latent_noise_feeds_the_teacher_terms_jittered_latents(sd_checkpoint, data, config_file,  # noqa: F811
+                                                               tmp_path):
     plain = train(sd_checkpoint, data, tmp_path / "plain", config_file, "--edge-weight", 0.5)
     jittered = train(sd_checkpoint, data, tmp_path / "jittered", config_file, "--edge-weight", 0.5,
                      "--latent-noise", 1.0)
-    assert plain["step_losses"][0] != jittered["step_losses"][0]  # same weights and batch: only the jitter differs
+    # the same weights and batch: only the jitter can make the first losses differ
+    assert plain["step_losses"][0] != jittered["step_losses"][0]
 
 
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, config_file, tmp_path,  # noqa: F811

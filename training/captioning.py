@@ -95,8 +95,8 @@ def train_captioner(data: Iterable[Path], out: Path, model: Path | None = None, 
     """Train on the imagefolders ``data``; write the run and ``out/model/`` (see the module's contract)."""
     import torch
 
-    from .runs import RunFolder, train
     from .augmentation import augment_image, check_zoom
+    from .runs import RunFolder, train
 
     schedule = schedule or Schedule(**DEFAULTS)
     schedule.check()

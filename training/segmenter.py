@@ -14,10 +14,10 @@ exported model; label maps are resized with nearest. Images and maps are read an
 
 Augmentation, drawn from the step's generator so that a resumed run repeats it: a zoom into the image (1 to
 ``--zoom`` times, a random window of the training size: scale and crop jitter) and a horizontal flip half of the
-time, which swaps each ``Left-*`` class with its ``Right-*`` class (:func:`.augmentation.mirror_classes`); with ``--blur S``, a
-Gaussian blur of 0 to S px on half of the images (label maps kept sharp): a segmenter that cuts generated images
-out sees pictures as soft as a VAE decodes them, and one trained on crisp renders alone lost whole garments in them
-(the demo's cut nothing out of a VAE's round trip of a dress and of white shorts).
+time, which swaps each ``Left-*`` class with its ``Right-*`` class (:func:`.augmentation.mirror_classes`); with
+``--blur S``, a Gaussian blur of 0 to S px on half of the images (label maps kept sharp): a segmenter that cuts
+generated images out sees pictures as soft as a VAE decodes them, and one trained on crisp renders alone lost whole
+garments in them (the demo's cut nothing out of a VAE's round trip of a dress and of white shorts).
 
 Output in ``--out``, a run folder of :mod:`.runs` (``run.json``, resumable checkpoints, ``--resume``):
 ``model/``, a transformers folder (``config.json`` with id2label/label2id, ``model.safetensors``,

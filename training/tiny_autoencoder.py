@@ -11,13 +11,14 @@ garment's hue wrong, green as olive, grey as blue, after 1,000 steps), plus
 of the two images' neighbouring-pixel differences (both off by default: they cost a teacher decode a step). The
 edge term is there for texture: a stripe narrower than a latent pixel is the part of the image the latents
 barely pin down, so the MSE to the image averages it away (a 24-wide decoder trained on that alone drew striped
-garments plain, and a black or white garment whose stripes are blurred away reads as grey); the teacher's image is a function of the
-latents, so matching its edges is a target the tiny decoder can meet. ``--latent-noise S`` decodes, for those
-two teacher terms, the latents jittered by Gaussian noise of a standard deviation drawn from 0 to S per image:
-a sampler's latents are not the encoder's (an LCM's 4-step ones have more fine noise), and a tiny decoder taught
-on encoder latents alone turned such reds yellow and greens olive where the teacher kept them; the teacher
-knows the image of any latent, so it can teach the tiny one off the encoder's manifold too. No adversarial or perceptual loss (TAESD's own has both; no network for them can be
-downloaded here), so the result is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
+garments plain, and a black or white garment whose stripes are blurred away reads as grey); the teacher's image
+is a function of the latents, so matching its edges is a target the tiny decoder can meet. ``--latent-noise S``
+decodes, for those two teacher terms, the latents jittered by Gaussian noise of a standard deviation drawn from 0
+to S per image: a sampler's latents are not the encoder's (an LCM's 4-step ones have more fine noise), and a tiny
+decoder taught on encoder latents alone drew such reds orange and greens olive where the teacher kept them; the
+teacher knows the image of any latent, so it can teach the tiny one off the encoder's manifold too. No
+adversarial or perceptual loss (TAESD's own has both; no network for them can be downloaded here), so the result
+is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 ``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
 (default TAESD's own). The output, ``OUT/model``, is an AutoencoderTiny folder (TAESD's diffusers layout) with
 ``training.json``, which records how close it comes to the images and to the teacher (PSNR); then
