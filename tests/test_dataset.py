@@ -23,7 +23,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dataset") / "set"
-    write_dataset(root, count=8, seed=3, size=SIZE, test_fraction=0.25, unseen_count=3, progress=False)
+    write_dataset(root, count=8, seed=3, size=SIZE, test_fraction=0.25, unseen_count=3, progress=False, edit_pairs=3)
     return root
 
 
@@ -41,7 +41,7 @@ def test_the_vocabulary_is_the_one_asked_for():
 
 def test_the_same_seed_draws_the_same_files_and_another_seed_does_not(dataset, tmp_path):
     again = tmp_path / "again"
-    write_dataset(again, count=8, seed=3, size=SIZE, test_fraction=0.25, unseen_count=3, progress=False)
+    write_dataset(again, count=8, seed=3, size=SIZE, test_fraction=0.25, unseen_count=3, progress=False, edit_pairs=3)
     files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert all((dataset / f).read_bytes() == (again / f).read_bytes() for f in files)
@@ -92,6 +92,31 @@ def test_held_out_combinations_appear_only_in_unseen(dataset):
     assert sorted(info["held_out"]) == sorted(held_out) and info["counts"] == {"train": 6, "test": 2, "unseen": 3}
 
 
+def test_edit_pairs_are_the_training_item_with_only_the_edit_changed(dataset):
+    from fashiongen.training.edit_pairs import changed_attributes, imperative
+
+    items = {row["item"]: row for row in rows(dataset, "product", "train")}
+    pairs = rows(dataset, "edits", "train")
+    assert len(pairs) == 3 * len(items) and json.loads((dataset / "dataset.json").read_text())["edit_pairs"] == 18
+    folder, colour_only = dataset / "edits" / "train", 0
+    for pair in pairs:
+        item = items[pair["item"]]
+        source_path, target_path = folder / pair["input_image"], folder / pair["file_name"]
+        assert source_path.read_bytes() == (dataset / "product" / "train" / item["file_name"]).read_bytes()
+        source = tuple(item[a] for a in at.ATTRIBUTES)
+        target = at.parse_caption(pair["text"])
+        assert {a: pair[a] for a in at.ATTRIBUTES} == target.attributes()
+        changed = changed_attributes(source, tuple(target.attributes().values()))
+        assert list(changed) == pair["changed"] and 1 <= len(changed) <= 2
+        assert pair["edit_prompt"] == imperative(source, tuple(target.attributes().values()), changed)
+        a, b = np.asarray(Image.open(source_path)), np.asarray(Image.open(target_path))
+        assert not np.array_equal(a, b)
+        if changed == ("colour",):  # the same render but the colour: the same silhouette, the same place
+            colour_only += 1
+            assert np.array_equal((a < 250).any(-1), (b < 250).any(-1))
+    assert colour_only
+
+
 def test_it_imports_no_torch():
     code = "import sys, fashiongen.training.dataset; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -100,5 +125,6 @@ def test_it_imports_no_torch():
 def test_bad_input_is_refused_in_one_line(dataset, tmp_path):
     refused(lambda: write_dataset(tmp_path / "a", count=0, progress=False), "--count")
     refused(lambda: write_dataset(tmp_path / "a", count=2, size=60, progress=False), "--size")
+    refused(lambda: write_dataset(tmp_path / "a", count=2, edit_pairs=-1, progress=False), "--edit-pairs")
     refused(lambda: write_dataset(dataset, count=2, progress=False), "--out", "not empty", "--overwrite")
     assert not (tmp_path / "a").exists()

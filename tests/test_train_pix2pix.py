@@ -30,14 +30,25 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """Sixteen product shots of the procedural data set, 64 px, with captions and attribute columns (30 pairs at
-    two a source)."""
+def dataset(tmp_path_factory) -> Path:
+    """Sixteen items of the procedural data set, 64 px, with two edit pairs each."""
     from fashiongen.training.dataset import write_dataset
 
     root = tmp_path_factory.mktemp("p2p-data") / "set"
-    write_dataset(root, count=16, size=SIZE, test_fraction=0.0, unseen_count=0, progress=False)
-    return root / "product" / "train"
+    write_dataset(root, count=16, size=SIZE, test_fraction=0.0, unseen_count=0, progress=False, edit_pairs=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(dataset) -> Path:
+    """The product shots, with captions and attribute columns (30 pairs at two a source)."""
+    return dataset / "product" / "train"
+
+
+@pytest.fixture(scope="module")
+def pairs(dataset) -> Path:
+    """The InstructPix2Pix pairs folder: 32 pairs of 16 sources."""
+    return dataset / "edits" / "train"
 
 
 def parse(argv) -> argparse.Namespace:
@@ -162,8 +173,30 @@ def test_an_instruct_pix2pix_base_is_fine_tuned_as_it_is(p2p_checkpoint, data, t
     assert unet_weights(tmp_path / "run").keys() == base.keys()
 
 
+def test_a_folder_of_pairs_trains_on_its_pairs(sd_checkpoint, pairs, tmp_path):
+    record = train(sd_checkpoint, pairs, tmp_path / "run", "--steps", 1)
+    assert record["pairs"] == 32 and record["widened"] is True
+    rows = [json.loads(line) for line in (pairs / "metadata.jsonl").read_text().splitlines()]
+    words = {row["edit_prompt"] for row in rows} | {row["text"] for row in rows}
+    assert set(record["example_instructions"]) <= words
+
+
+def test_pairs_are_read_with_every_image_once_and_either_instruction(pairs):
+    from fashiongen.training.imagefolder import read_rows
+
+    rows = read_rows(pairs, "--data", require=())
+    for mix, column in ((1.0, "edit_prompt"), (0.0, "text")):
+        images, read = p2p.read_pairs(rows, seed=0, instruction_mix=mix)
+        assert len(images) == 16 + 32 and len({i.image for i in images}) == len(images)
+        for row, pair in zip(rows, read):
+            assert images[pair.source].image == row.path("input_image") and images[pair.target].image == row.image
+            assert pair.instruction == row.columns[column] and list(pair.changed) == row.columns["changed"]
+    mixed = {pair.instruction for pair in p2p.read_pairs(rows, seed=0, instruction_mix=0.5)[1]}
+    assert mixed & {row.columns["text"] for row in rows} and mixed & {row.columns["edit_prompt"] for row in rows}
+
+
 # -- bad input: one line naming the argument, and no run folder left behind ------------------------------------
-def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, tmp_path):
+def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, pairs, tmp_path):
     def run(model, folder, *argv):
         args = parse(["--model", model, "--data", folder, "--out", tmp_path / "run", "--steps", 1, "--no-progress",
                       *argv])
@@ -185,6 +218,14 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, tmp_path):
     refused(run(sd_checkpoint, data, "--conditioning-dropout-prob", 0.5), "--conditioning-dropout-prob")
     refused(run(sd_checkpoint, data, "--instruction-mix", 2), "--instruction-mix")
     refused(run(sd_checkpoint, data, "--pairs-per-image", 0), "--pairs-per-image")
+    refused(run(sd_checkpoint, data, "--data", pairs), "--data", "edit pairs", "one kind")
+    no_source, no_prompt = tmp_path / "no-source", tmp_path / "no-prompt"
+    for folder in (no_source, no_prompt):
+        shutil.copytree(pairs, folder)
+    (no_source / "sources" / "00002.png").unlink()
+    rewrite_rows(no_prompt, lambda rows: rows[3].update(edit_prompt=""))
+    refused(run(sd_checkpoint, no_source, "--data", pairs), "--data", "sources/00002.png", "missing")
+    refused(run(sd_checkpoint, no_prompt), "--data", "'edit_prompt'", "00001-1.png")
     assert not (tmp_path / "run").exists()
 
 

@@ -39,6 +39,8 @@ Layout written by :func:`write_dataset` (Hugging Face ``imagefolder``)::
     DIR/dataset.json                      arguments, counts, held-out list, version
     DIR/worn/{train,test,unseen}/         00000.png ..., labels/00000.png (mode L), metadata.jsonl
     DIR/product/{train,test,unseen}/      00000.png ..., masks/00000.png (mode L, 0/255), metadata.jsonl
+    DIR/edits/train/                      with --edit-pairs: InstructPix2Pix pairs of the training items
+                                          (:mod:`.edit_renders`)
 
 ``metadata.jsonl`` rows: ``file_name``, ``text`` (the caption), ``type``, ``colour``, ``pattern``, ``sleeve``,
 ``neckline``, ``length`` (null where not applicable), ``item`` (the index), and ``label_file`` (worn) or
@@ -835,7 +837,7 @@ def split_counts(count: int, test_fraction: float, unseen_count: int | None) -> 
     return {"train": count - n_test, "test": n_test, "unseen": n_unseen}
 
 
-def _check(count: int, size: int, test_fraction: float, unseen_count: int | None, seed: int) -> None:
+def _check(count: int, size: int, test_fraction: float, unseen_count: int | None, seed: int, edit_pairs: int) -> None:
     if count < 1:
         raise DatasetError(f"--count: expected a positive number of items, got {count}")
     if size < 32 or size % 8:
@@ -846,22 +848,26 @@ def _check(count: int, size: int, test_fraction: float, unseen_count: int | None
         raise DatasetError(f"--unseen-count: expected 0 or more, got {unseen_count}")
     if seed < 0:
         raise DatasetError(f"--seed: expected 0 or more, got {seed}")
+    if edit_pairs < 0:
+        raise DatasetError(f"--edit-pairs: expected 0 or more, got {edit_pairs}")
 
 
-def _png(path: Path, array: np.ndarray, mode: str) -> None:
+def save_png(path: Path, array: np.ndarray, mode: str) -> None:
     Image.fromarray(array, mode).save(path, compress_level=1)
 
 
 def write_dataset(out: Path, count: int, seed: int = 0, size: int = 128, test_fraction: float = 0.1,
-                  unseen_count: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+                  unseen_count: int | None = None, overwrite: bool = False, progress: bool = True,
+                  edit_pairs: int = 0) -> dict:
     """Render the data set into ``out`` (see the module docstring); return what ``dataset.json`` holds.
+    ``edit_pairs``: that many edits of every training item, in ``out/edits/train``.
 
     The folder is built beside ``out`` (``out.tmp-XXXX``) and renamed into place when complete. An existing
     non-empty ``out`` is refused unless ``overwrite``.
     """
     from tqdm.auto import tqdm
 
-    _check(count, size, test_fraction, unseen_count, seed)
+    _check(count, size, test_fraction, unseen_count, seed, edit_pairs)
     out = Path(out).absolute()
     if out.exists():
         if not out.is_dir():
@@ -883,24 +889,26 @@ def write_dataset(out: Path, count: int, seed: int = 0, size: int = 128, test_fr
                         index = start[split] + k
                         item = render_item(seed, index, size, held_out=split == "unseen")
                         name = f"{k:05d}.png"
-                        _png(wdir / name, item.worn, "RGB")
-                        _png(wdir / "labels" / name, item.labels, "L")
-                        _png(pdir / name, item.product, "RGB")
-                        _png(pdir / "masks" / name, item.mask, "L")
+                        save_png(wdir / name, item.worn, "RGB")
+                        save_png(wdir / "labels" / name, item.labels, "L")
+                        save_png(pdir / name, item.product, "RGB")
+                        save_png(pdir / "masks" / name, item.mask, "L")
                         row = {"file_name": name, "text": item.text, **item.garment.attributes(), "item": index}
                         wmeta.write(json.dumps({**row, "label_file": f"labels/{name}"}) + "\n")
                         pmeta.write(json.dumps({**row, "mask_file": f"masks/{name}"}) + "\n")
                         bar.update(1)
+        edits = write_edit_pairs(stage, seed, size, counts["train"], edit_pairs, progress)
         info = {
             "version": VERSION,
             "generator": "fashiongen.training.dataset",
             "arguments": {"count": count, "seed": seed, "size": size, "test_fraction": test_fraction,
-                          "unseen_count": unseen_count},
+                          "unseen_count": unseen_count, "edit_pairs": edit_pairs},
             "counts": counts,
             "item_ranges": {s: [start[s], start[s] + counts[s]] for s in SPLITS},
             "supersample": SUPERSAMPLE,
             "segment_classes": list(SEGMENT_CLASSES),
             "held_out": [caption(g) for g in HELD_OUT],
+            **({"edit_pairs": edits} if edit_pairs else {}),
         }
         (stage / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         os.chmod(stage, 0o777 & ~_umask())
@@ -909,6 +917,18 @@ def write_dataset(out: Path, count: int, seed: int = 0, size: int = 128, test_fr
         if stage.exists():
             shutil.rmtree(stage)
     return info
+
+
+def write_edit_pairs(stage: Path, seed: int, size: int, n_train: int, per_item: int, progress: bool) -> int:
+    """``per_item`` edit pairs of each training item in ``stage/edits/train`` (none for 0); how many were written."""
+    from tqdm.auto import tqdm
+
+    from .edit_renders import EDITS, write_edits
+
+    if not per_item:
+        return 0
+    with tqdm(total=n_train * per_item, desc="rendering edits", unit="pair", disable=not progress) as bar:
+        return write_edits(stage / EDITS / "train", seed, size, range(n_train), per_item, bar)
 
 
 def _umask() -> int:
@@ -928,6 +948,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of --count rendered as test items (default 0.1)")
     parser.add_argument("--unseen-count", type=int, default=None,
                         help="items of held-out combinations (default max(50, count // 20))")
+    parser.add_argument("--edit-pairs", type=int, default=0, metavar="N",
+                        help="also write N edits of every training item (the item re-rendered with one or two "
+                        "attributes changed, all else the same) in DIR/edits/train, InstructPix2Pix pairs for "
+                        "`fashiongen train-pix2pix` (default 0: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     add_progress_argument(parser)
 
@@ -936,9 +960,10 @@ def run(args: argparse.Namespace) -> int:
     """Write the data set the arguments describe; print a summary. Raises :class:`DatasetError` on bad input."""
     info = write_dataset(args.out, args.count, seed=args.seed, size=args.size, test_fraction=args.test_fraction,
                          unseen_count=args.unseen_count, overwrite=args.overwrite,
-                         progress=not getattr(args, "no_progress", False))
+                         progress=not getattr(args, "no_progress", False), edit_pairs=args.edit_pairs)
     c = info["counts"]
-    print(f"wrote {args.out}: {c['train']} train, {c['test']} test, {c['unseen']} unseen items "
+    edits = f", {info['edit_pairs']} edit pairs" if "edit_pairs" in info else ""
+    print(f"wrote {args.out}: {c['train']} train, {c['test']} test, {c['unseen']} unseen items{edits} "
           f"({info['arguments']['size']} px, worn + product views)")
     return 0
 

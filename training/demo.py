@@ -4,7 +4,7 @@ One command makes the data set and trains, on a laptop-class CPU, everything the
 ``fashiongen generate`` uses, with the project's own commands (each stage is a ``fashiongen`` command line,
 printed and logged, so what the demo does is what a user would type):
 
-1. ``dataset``: the procedural garments, worn and product views, 128 px.
+1. ``dataset``: the procedural garments, worn and product views, 128 px, and edit pairs of the product view.
 2. ``vae``: an AutoencoderKL trained from random weights (``train-vae --config``) on both views.
 3. ``worn``: the UNet trained from random weights on the worn view (``train --model VAE``), on the folder's
    random CLIP text encoder, frozen: approach 1's generator, a person wearing the garment. Frozen, because
@@ -34,7 +34,8 @@ printed and logged, so what the demo does is what a user would type):
    held-out combinations) and ``index-catalog`` indexes it (``fashiongen index``) with the fp16 CLIP and
    captioner: the index and its CLIP engine folder are what ``search`` and ``edit --from-catalog`` default to.
 10. ``pix2pix``: approach 2's editor, an InstructPix2Pix UNet widened from the released product model and trained
-   on pairs of product shots one or two attributes apart (``train-pix2pix``), then released in fp16 and exported
+   on the data set's edit pairs (``dataset --edit-pairs``: a training item and its re-render with one or two
+   attributes changed, every jitter kept; ``train-pix2pix``), then released in fp16 and exported
    (``engines/pix2pix``, recording the text and image guidance it edits best at): ``fashiongen edit``'s default.
 11. ``ship`` (with ``--ship [PARTS]``): the weights and the engine folders (of the parts named, default all) into
    ``fashiongen/demo_models/``, with ``recipe.json`` (every command, seed, wall time, final losses); the part
@@ -81,7 +82,9 @@ DECODER_TUNE = {"steps": 2000, "batch_size": 8, "learning_rate": 2e-4, "warmup_s
 
 #: The demo's sizes and schedules: one place, recorded in recipe.json.
 RECIPE = {
-    "dataset": {"count": 10000, "size": 128},
+    # edit_pairs: InstructPix2Pix pairs of every training item (the item re-rendered with the edit, all else the
+    # same), what the pix2pix stage trains on
+    "dataset": {"count": 10000, "size": 128, "edit_pairs": 4},
     "model": {  # fields of random_checkpoints.sd.SDSize
         "unet_channels": [32, 64, 128], "layers_per_block": 1, "attention_head_dim": 4,
         "cross_attention_dim": 64, "text_layers": 2, "text_heads": 2, "text_intermediate": 256,
@@ -130,10 +133,11 @@ RECIPE = {
     # 4,000 steps straight from the shipped product model, 36.5 min on one thread: PSNR to the teacher 35.3 dB (32.7
     # before); on the same 200 generated shots' latents, exact mode through it 93.5 / 89.0% (24-wide: 93.0 / 86.5),
     # pattern 84.5 / 76.0%; 4-step LCM through it 91.5 / 85.0% (88.5 / 85.0); the full decoder 97.0 / 91.5 and
-    # 92.5 / 92.0%. The same run with --latent-noise 0.3 (resumed once, finished after the session's time, not
-    # shipped), probed on the same latents in PyTorch: exact 94.0 / 89.5%, pattern 88.0%, 4-step LCM 92.0 / 87.0%)
+    # 92.5 / 92.0%. The same run with the teacher's terms also on latents jittered by up to 0.3 (--latent-noise:
+    # an LCM's 4-step latents are not the exact mode's), probed on the same latents in PyTorch: exact 94.0 / 89.5%,
+    # pattern 88.0%, 4-step LCM 92.0 / 87.0%: shipped)
     "tiny_vae": {"steps": 4000, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 50, "lr_schedule": "cosine",
-                 "teacher_weight": 1.0, "edge_weight": 4.0,
+                 "teacher_weight": 1.0, "edge_weight": 4.0, "latent_noise": 0.3,
                  "size": {"encoder_block_out_channels": [16, 16, 16, 16], "decoder_block_out_channels": [32, 32, 32, 32],
                           "num_encoder_blocks": [1, 1, 1, 1], "num_decoder_blocks": [3, 3, 1, 1]}},
     # (an LCM step costs ~4 UNet passes, ~1 s at batch 8 on one free core; at 200 steps 4-step shots lost 8 points
@@ -225,7 +229,8 @@ def stages(work: Path, seed: int) -> list[Stage]:
     worn, product, release = data / "worn", data / "product", work / "release"
     return [
         Stage("dataset", ["dataset", "--out", str(data), "--count", str(r["dataset"]["count"]), "--seed", str(seed),
-                          "--size", str(r["dataset"]["size"])], data / "dataset.json", resumable=False),
+                          "--size", str(r["dataset"]["size"]), "--edit-pairs", str(r["dataset"]["edit_pairs"])],
+              data / "dataset.json", resumable=False),
         Stage("vae", ["train-vae", "--config", str(work / "model-size.json"), "--data", str(worn / "train"),
                       "--data", str(product / "train"), "--resolution", "128", "--out", str(work / "vae"),
                       "--colour-whitening", str(r["vae"]["colour_whitening"]), *schedule("vae")], work / "vae" / "model" / "training.json", work / "vae",
@@ -311,7 +316,7 @@ def stages(work: Path, seed: int) -> list[Stage]:
                                 "--clip", str(release / "clip"), "--captioner", str(release / "captioner"),
                                 "--no-progress"],
               work / "engines/catalog/index.json", resumable=False),
-        Stage("pix2pix", ["train-pix2pix", "--model", str(release / "product"), "--data", str(product / "train"),
+        Stage("pix2pix", ["train-pix2pix", "--model", str(release / "product"), "--data", str(data / "edits" / "train"),
                           "--resolution", "128", "--out", str(work / "pix2pix"), *schedule("pix2pix")],
               work / "pix2pix" / "model" / "training.json", work / "pix2pix"),
         Stage("release-pix2pix", [], release / "pix2pix" / "model_index.json", resumable=False,

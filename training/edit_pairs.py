@@ -108,21 +108,28 @@ def make_pairs(table: list[tuple], captions: list[str], seed: int, per_item: int
     items = defaultdict(list)
     for number, combination in enumerate(table):
         items[combination].append(number)
-    near = neighbours(list(items))
     rng = np.random.default_rng(seed)
     pairs = []
+    for source, change, combination in plan_edits(table, neighbours(list(items)), rng, per_item):
+        target = _pick(rng, items[combination])
+        words = (imperative(table[source], table[target], change) if rng.random() < instruction_mix
+                 else captions[target])
+        pairs.append(EditPair(source, target, change, words))
+    return pairs
+
+
+def plan_edits(table: list[tuple], near: dict, rng: np.random.Generator, per_item: int):
+    """(source row, attributes changed, target combination), ``per_item`` for every row of ``table`` that has a
+    neighbour in ``near`` (:func:`neighbours`): the change drawn first, uniformly among those the row has, so
+    that rare edits are learned as often as plentiful ones; then a combination with that change."""
     for source, combination in enumerate(table):
-        changes = list(near[combination])
+        changes = list(near.get(combination, ()))
         if not changes:
             continue
         order = rng.permutation(len(changes))
         for k in range(per_item):
             change = changes[order[k % len(changes)]]
-            target = _pick(rng, items[_pick(rng, near[combination][change])])
-            words = (imperative(combination, table[target], change) if rng.random() < instruction_mix
-                     else captions[target])
-            pairs.append(EditPair(source, target, change, words))
-    return pairs
+            yield source, change, _pick(rng, near[combination][change])
 
 
 def _pick(rng, choices: list):

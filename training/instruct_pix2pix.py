@@ -1,9 +1,13 @@
 """``fashiongen train-pix2pix``: diffusers' InstructPix2Pix recipe, on pairs of catalog items (approach 2's editor).
 
-Approach 2 retrieves the catalog item nearest a query and edits it toward the query. This trains that editor on
-the catalog itself: pairs of items one or two attributes apart, told either the imperative a user types ("make
-it red", "give it long sleeves") or the target's caption, what approach 2 sends after retrieval (the pairs and
-their words: :mod:`fashiongen.training.edit_pairs`).
+Approach 2 retrieves the catalog item nearest a query and edits it toward the query. ``--data`` is either a
+folder of pairs in the recipe's layout (rows with ``input_image``, ``edit_prompt``, the edited image as
+``file_name``, and optionally the target's caption as ``text``), such as ``fashiongen dataset --edit-pairs``
+writes (an item and its re-render with one or two attributes changed, all else the same:
+:mod:`fashiongen.training.edit_renders`), or a catalog, whose pairs of items one or two attributes apart are
+drawn here (:mod:`fashiongen.training.edit_pairs`; the two items then differ in every jitter too, so the source
+says little the words do not, and an editor learns to ignore it). Each pair is told the imperative a user types
+("make it red", "give it long sleeves") or the target's caption, what approach 2 sends after retrieval.
 
 The recipe is diffusers' ``examples/instruct_pix2pix``. The base (``--model``) is a text-to-image SD 1.x folder,
 whose UNet's ``conv_in`` is widened to twice the latent channels (the source image's latent beside the noisy
@@ -31,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fashiongen.runtime.errors import InputError
 
-from .edit_pairs import attribute_rows, check_pairing, make_pairs
+from .edit_pairs import EditPair, attribute_rows, check_pairing, make_pairs
 from .options import schedule_from_args
 from .text_to_image import (LATENTS_CACHE, MODEL, DiffusionLoss, add_data_arguments, add_diffusion_arguments,
                             base_geometry, base_identity, cached_posteriors, check_snr_gamma, data_digest,
@@ -44,12 +50,17 @@ if TYPE_CHECKING:
     import torch
 
 PIPELINE_CLASS = "StableDiffusionInstructPix2PixPipeline"
+#: diffusers' instruct_pix2pix columns of a pair: the source image and the instruction (the edited image is the
+#: imagefolder's file_name)
+PAIR_COLUMNS = ("input_image", "edit_prompt")
 
 
 def add_arguments(p) -> None:
     p.description = (
-        "Train an InstructPix2Pix editor (diffusers' instruct_pix2pix recipe) on pairs of catalog items that differ "
-        "in one or two attributes (type within its family, colour, pattern, sleeve, neckline, length), told the "
+        "Train an InstructPix2Pix editor (diffusers' instruct_pix2pix recipe) on image pairs that differ in one or "
+        "two attributes (type within its family, colour, pattern, sleeve, neckline, length): a folder of pairs "
+        "(input_image, edit_prompt; `fashiongen dataset --edit-pairs` writes one where each edit is the source "
+        "re-rendered with only the edit changed) or a catalog whose items are paired here. Each pair is told the "
         "imperative a user types ('make it red and give it long sleeves') or the target's caption ('black short "
         "sleeve crewneck crop top', what approach 2 sends after retrieval). --model is a text-to-image SD 1.x "
         "folder (its UNet's conv_in is widened to take the source image's latent, the new channels starting at "
@@ -60,19 +71,22 @@ def add_arguments(p) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="DIR",
                    help="text-to-image SD 1.x diffusers folder to widen (e.g. `fashiongen train`'s OUT/model on the "
                    "product view), or an InstructPix2Pix folder to fine-tune (e.g. timbrooks/instruct-pix2pix)")
-    add_data_arguments(p, "the product view: metadata.jsonl rows with file_name, a 'text' caption and the columns "
-                       "type, colour, pattern, sleeve, neckline, length (null where one does not apply), as "
-                       "`fashiongen dataset` writes data/product/train")
+    add_data_arguments(p, "edit pairs: metadata.jsonl rows with file_name (the edited image), input_image (the "
+                       "source), edit_prompt and optionally the target's caption as 'text', as `fashiongen dataset "
+                       "--edit-pairs` writes DIR/edits/train; or a catalog to draw pairs from: rows with file_name, "
+                       "a 'text' caption and the columns type, colour, pattern, sleeve, neckline, length (null "
+                       "where one does not apply), as DIR/product/train")
     add_diffusion_arguments(p, "editor")
     p.add_argument("--conditioning-dropout-prob", type=float, default=0.05, metavar="P",
                    help="drop the text, the image, or both, each with probability P (the paper's; at most 1/3), so "
                    "that text and image guidance work (default 0.05)")
     p.add_argument("--pairs-per-image", type=int, default=4, metavar="N",
-                   help="edits drawn for every source item, each changing a set of attributes drawn uniformly "
-                   "(default 4; the images are encoded once however many pairs use them)")
+                   help="for a catalog: edits drawn for every source item, each changing a set of attributes "
+                   "drawn uniformly (default 4; the images are encoded once however many pairs use them)")
     p.add_argument("--instruction-mix", type=float, default=0.5, metavar="F",
-                   help="fraction of pairs told the imperative ('make it red'); the rest are told the target's "
-                   "caption (default 0.5: approach 2 sends captions, users type imperatives)")
+                   help="fraction of pairs told the imperative ('make it red', a pair row's edit_prompt); the rest "
+                   "are told the target's caption (a pair row's 'text', where it has one) (default 0.5: approach 2 "
+                   "sends captions, users type imperatives)")
     p.set_defaults(command_name="train-pix2pix")
 
 
@@ -136,11 +150,7 @@ def run(args) -> int:
     geometry = base_geometry(args, None)
     widen = needs_widening(args.model, geometry)
     size = training_size(args.resolution, geometry)
-    rows = read_data(args.data, require=("text",))
-    pairs = make_pairs(attribute_rows(rows), [row.text for row in rows], args.seed, options.pairs_per_image,
-                       options.instruction_mix)
-    check_pairing(pairs, rows)
-    data_sha256 = data_digest(rows)
+    rows, pairs, data_sha256 = edit_data(args.data, args.seed, options)
     run_folder = RunFolder(args.out, identity_of(args, schedule, base_identity(args, None), data_sha256, size,
                                                  **options.__dict__))
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
@@ -160,6 +170,48 @@ def run(args) -> int:
     model = write_model(run_folder.out / MODEL, Path(args.model), trainable, record, pipeline_class=PIPELINE_CLASS)
     print(f"wrote {model} ({len(pairs)} pairs, {len(losses)} steps, final loss {losses[-1]:.4f})")
     return 0
+
+
+def edit_data(folders: list[Path], seed: int, options: Options) -> tuple[list, list[EditPair], str]:
+    """The images (rows whose ``image`` is encoded), the pairs between them and the data's digest, from
+    ``--data``: folders of InstructPix2Pix pairs (rows with ``input_image``), or catalog folders whose pairs are
+    drawn here (:func:`.edit_pairs.make_pairs`); one kind or the other."""
+    rows = read_data(folders, require=())
+    paired = sum(PAIR_COLUMNS[0] in row.columns for row in rows)
+    if paired == len(rows):
+        images, pairs = read_pairs(rows, seed, options.instruction_mix)
+        return images, pairs, data_digest(rows + images)  # the rows' words, the sources' bytes
+    if paired:
+        raise InputError(f"--data: {paired} of {len(rows)} rows are edit pairs (with '{PAIR_COLUMNS[0]}') and the "
+                         f"rest catalog items; pass folders of one kind")
+    rows = read_data(folders, require=("text",))
+    pairs = make_pairs(attribute_rows(rows), [row.text for row in rows], seed, options.pairs_per_image,
+                       options.instruction_mix)
+    check_pairing(pairs, rows)
+    return rows, pairs, data_digest(rows)
+
+
+def read_pairs(rows: list, seed: int, instruction_mix: float) -> tuple[list, list[EditPair]]:
+    """Pair rows as (every image once: sources, then targets as first met; the pairs). A row's instruction is its
+    ``edit_prompt``, or with probability 1 - ``instruction_mix`` its ``text`` (the target's caption) where it has
+    one: approach 2 sends captions, users type imperatives."""
+    from .imagefolder import Row
+
+    images: dict[Path, int] = {}
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for row in rows:
+        source = row.path(PAIR_COLUMNS[0])
+        prompt = row.columns.get(PAIR_COLUMNS[1])
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"--data: '{row.image.parent}' row for {row.image.name} has no '{PAIR_COLUMNS[1]}'")
+        if not source.is_file():
+            raise InputError(f"--data: '{row.image.parent}' row for {row.image.name}: {PAIR_COLUMNS[0]} "
+                             f"'{row.columns[PAIR_COLUMNS[0]]}' is missing")
+        caption_instead = rng.random() >= instruction_mix and bool(row.columns.get("text"))
+        pairs.append(EditPair(images.setdefault(source, len(images)), images.setdefault(row.image, len(images)),
+                              tuple(row.columns.get("changed") or ()), row.text if caption_instead else prompt))
+    return [Row(path, {}) for path in images], pairs
 
 
 @dataclass
