@@ -181,6 +181,23 @@ def test_a_folder_of_pairs_trains_on_its_pairs(sd_checkpoint, pairs, tmp_path):
     assert set(record["example_instructions"]) <= words
 
 
+def test_conv_in_learns_at_its_own_rate(sd_checkpoint, pairs, tmp_path):
+    """--conv-in-lr-scale: conv_in in a group of its own at K times the rate, every other parameter once at it;
+    the first step (Adam's step is the rate, whatever the gradient) moves the image channels K times as far."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(sd_checkpoint) / "unet")
+    rest, conv_in = p2p.parameter_groups(unet, 8.0)
+    assert conv_in["lr_scale"] == 8.0 and {id(p) for p in conv_in["params"]} == {id(p) for p in unet.conv_in.parameters()}
+    assert len(rest["params"]) + len(conv_in["params"]) == len(list(unet.parameters()))
+    moved = {}
+    for scale in (1, 8):
+        run = tmp_path / f"scale-{scale}"
+        train(sd_checkpoint, pairs, run, "--steps", 1, "--conv-in-lr-scale", scale)
+        moved[scale] = unet_weights(run)["conv_in.weight"][:, 4:].abs().max()
+    assert float(moved[8]) == pytest.approx(8 * float(moved[1]), rel=1e-3)
+
+
 def test_pairs_are_read_with_every_image_once_and_either_instruction(pairs):
     from fashiongen.training.imagefolder import read_rows
 
@@ -218,6 +235,7 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, pairs, tmp_path):
     refused(run(sd_checkpoint, data, "--conditioning-dropout-prob", 0.5), "--conditioning-dropout-prob")
     refused(run(sd_checkpoint, data, "--instruction-mix", 2), "--instruction-mix")
     refused(run(sd_checkpoint, data, "--pairs-per-image", 0), "--pairs-per-image")
+    refused(run(sd_checkpoint, data, "--conv-in-lr-scale", 0), "--conv-in-lr-scale", "positive")
     refused(run(sd_checkpoint, data, "--data", pairs), "--data", "edit pairs", "one kind")
     no_source, no_prompt = tmp_path / "no-source", tmp_path / "no-prompt"
     for folder in (no_source, no_prompt):

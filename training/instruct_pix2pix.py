@@ -30,6 +30,7 @@ recognises pix2pix by the UNet's input channels). Importing this module imports 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,11 @@ def add_arguments(p) -> None:
                    help="fraction of pairs told the imperative ('make it red', a pair row's edit_prompt); the rest "
                    "are told the target's caption (a pair row's 'text', where it has one) (default 0.5: approach 2 "
                    "sends captions, users type imperatives)")
+    p.add_argument("--conv-in-lr-scale", type=float, default=1.0, metavar="K",
+                   help="learning rate of the UNet's conv_in, the only layer that sees the source image, as a "
+                   "multiple of --learning-rate (default 1: the recipe's). Its image channels start at zero and "
+                   "the noise-prediction loss rewards them little, so on a small budget an editor can learn to "
+                   "ignore its source; K > 1 speeds them up")
     p.set_defaults(command_name="train-pix2pix")
 
 
@@ -98,11 +104,15 @@ class Options:
     snr_gamma: float | None
     pairs_per_image: int
     instruction_mix: float
+    conv_in_lr_scale: float = 1.0
     train_text_encoder: bool = False  # the recipe's: the text encoder stays frozen
 
     @classmethod
     def from_args(cls, args) -> "Options":
-        options = cls(args.conditioning_dropout_prob, args.snr_gamma, args.pairs_per_image, args.instruction_mix)
+        options = cls(args.conditioning_dropout_prob, args.snr_gamma, args.pairs_per_image, args.instruction_mix,
+                      args.conv_in_lr_scale)
+        if not (math.isfinite(options.conv_in_lr_scale) and options.conv_in_lr_scale > 0):
+            raise InputError(f"--conv-in-lr-scale: must be a positive number, got {options.conv_in_lr_scale}")
         if not 0 <= options.conditioning_dropout <= 1 / 3:
             raise InputError(f"--conditioning-dropout-prob: must be in [0, 1/3] (text, image and both are dropped "
                              f"with it each), got {options.conditioning_dropout}")
@@ -163,13 +173,20 @@ def run(args) -> int:
     loss = Pix2PixLoss.build(parts, data, schedule, options, device)
     trainable = {"unet": parts["unet"]}
     losses = train(run_folder, schedule, trainable, loss, resume=args.resume, progress=not args.no_progress,
-                   description="train-pix2pix")
+                   description="train-pix2pix", params=parameter_groups(parts["unet"], options.conv_in_lr_scale))
     record = training_record(args, losses, started, step_losses=losses, prediction_type=loss.prediction_type,
                              resolution=size, widened=widen, pairs=len(pairs),
                              example_instructions=[p.instruction for p in pairs[:8]], **options.__dict__)
     model = write_model(run_folder.out / MODEL, Path(args.model), trainable, record, pipeline_class=PIPELINE_CLASS)
     print(f"wrote {model} ({len(pairs)} pairs, {len(losses)} steps, final loss {losses[-1]:.4f})")
     return 0
+
+
+def parameter_groups(unet, conv_in_lr_scale: float) -> list[dict]:
+    """The UNet's parameters for AdamW: ``conv_in`` at ``conv_in_lr_scale`` times the rate, the rest at it."""
+    conv_in = set(map(id, unet.conv_in.parameters()))
+    rest = [p for p in unet.parameters() if id(p) not in conv_in]
+    return [{"params": rest}, {"params": list(unet.conv_in.parameters()), "lr_scale": conv_in_lr_scale}]
 
 
 def edit_data(folders: list[Path], seed: int, options: Options) -> tuple[list, list[EditPair], str]:

@@ -127,7 +127,8 @@ def make_accelerator(schedule: Schedule):
 def train(run: RunFolder, schedule: Schedule, trainable: dict[str, torch.nn.Module], loss_fn: Callable,
           resume: bool, progress: bool = True, params: list | None = None, on_step: Callable | None = None,
           description: str = "training") -> list[float]:
-    """The loop every trainer shares: AdamW on ``params`` (default: every parameter of ``trainable``),
+    """The loop every trainer shares: AdamW on ``params`` (default: every parameter of ``trainable``; or AdamW's
+    parameter groups, dicts with ``params`` and a ``lr_scale`` of the schedule's rate),
     ``loss_fn(step, micro, generator) -> loss`` summed over the micro-batches of a step, gradient clipping,
     the learning-rate schedule (warm-up, cosine), EMA of ``trainable`` if asked, a checkpoint every ``checkpoint_every`` steps and at the end.
 
@@ -139,7 +140,11 @@ def train(run: RunFolder, schedule: Schedule, trainable: dict[str, torch.nn.Modu
     accelerator = make_accelerator(schedule)
     params = params if params is not None else [p for m in trainable.values() for p in m.parameters()
                                                 if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=schedule.learning_rate, weight_decay=1e-2)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"},
+               "lr": schedule.learning_rate * g.get("lr_scale", 1.0)} for g in groups]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=schedule.learning_rate, weight_decay=1e-2)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
     ema = _ema(trainable, schedule.ema_decay)
     for module in trainable.values():
