@@ -155,7 +155,7 @@ RECIPE = {
     # told the imperative, half the target's caption), this schedule: 64.7 min on one shared thread, loss 0.0169
     # over the first 100 steps, 0.0131 over the last 100; edit success imperative / caption 5.0 / 44.5%. Such pairs
     # differ in every jitter, so the source says little the caption does not. The data set's edit pairs (now this
-    # stage's data: the item re-rendered with only the edit changed) with this schedule, 26.8 min on 2 free
+    # stage's data: the item re-rendered with only the edit changed) with this schedule, 26.8 min on 2 shared
     # threads: loss 0.0171 -> 0.0128, 4.0 / 45.0% at guidance (2.5, 2.5); 1,000 more steps at 1e-4 with conv_in at
     # 20x (--conv-in-lr-scale 20): 6.0 / 48.0%. Neither shipped: in both, the image channels of conv_in stay near
     # zero (mean |w| 0.003-0.004 against 0.078 for the latent's), the editor keeps the source's layout but not its
