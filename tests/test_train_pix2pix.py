@@ -244,6 +244,10 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, pairs, tmp_path):
     rewrite_rows(no_prompt, lambda rows: rows[3].update(edit_prompt=""))
     refused(run(sd_checkpoint, no_source, "--data", pairs), "--data", "sources/00002.png", "missing")
     refused(run(sd_checkpoint, no_prompt), "--data", "'edit_prompt'", "00001-1.png")
+    no_text = tmp_path / "no-text"
+    shutil.copytree(data, no_text)
+    rewrite_rows(no_text, lambda rows: rows[2].update(text=""))
+    refused(run(sd_checkpoint, no_text), "--data", "00002.png", "'text'")
     assert not (tmp_path / "run").exists()
 
 

@@ -2,9 +2,9 @@
 
 InstructPix2Pix learns from pairs that differ *only* in the edit (the paper generates them with prompt-to-prompt
 from one seed). Pairs of two catalog items one attribute apart differ in everything else too: pose, scale,
-position, light, folds, the colour's jitter. An editor trained on them can draw the target from the words
-alone, so it learns to ignore the source (the demo's first editor did: its image channels stayed near zero and
-it kept the source's other attributes under 5% of the time). Here the target is the source item re-rendered
+position, light, folds, the colour's jitter, so the source tells an editor little that the target's words do
+not (the demo's first editor, trained on them, kept the source's other attributes under 5% of the time on
+imperatives). Here the target is the source item re-rendered
 with the edited garment from the item's own random stream: every draw of a render depends on the garment's
 family only (and edits keep the family, :mod:`.edit_pairs`), so the two share every jitter and differ where the
 garments do.
