@@ -213,6 +213,36 @@ def test_colour_basis_whitens_and_recolour_keeps_the_function(sd_checkpoint):
     torch.testing.assert_close(roundtrip(vae, x), before, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_snr_floor_weighs_the_noisiest_steps_by_the_clean_latent_error(prediction_type):
+    """The weight is the clean-latent error's weight, clamp(SNR, floor, gamma), over the one the prediction type
+    gives it (SNR for noise, SNR + 1 for v): the floor raises only the steps whose SNR is under it."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 300, 500, 900, 999])
+    snr = compute_snr(scheduler, timesteps)
+
+    def weights(gamma, floor):
+        options = t2i.Options(train_text_encoder=False, caption_dropout=0.0, snr_gamma=gamma, snr_floor=floor)
+        return t2i.DiffusionLoss(None, None, scheduler, None, None, options, "cpu").weights(timesteps)
+
+    native = snr if prediction_type == "epsilon" else snr + 1
+    assert weights(None, None) == 1.0
+    torch.testing.assert_close(weights(5.0, None), snr.clamp(max=5.0) / native)
+    floored = weights(5.0, 0.2)
+    torch.testing.assert_close(floored, snr.clamp(0.2, 5.0) / native)
+    noisy = snr < 0.2  # t = 900 and 999
+    assert noisy.tolist() == [False, False, False, True, True]
+    assert (floored[noisy] > weights(5.0, None)[noisy]).all()
+    torch.testing.assert_close(floored[~noisy], weights(5.0, None)[~noisy])
+    if prediction_type == "epsilon":
+        assert floored[-1] > 40  # 0.2 / SNR(999): the noisiest step now counts
+    torch.testing.assert_close(weights(None, 0.2), snr.clamp(min=0.2) / native)
+
+
 # -- bad input: one line naming the argument, and no run folder left behind ------------------------------------
 def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_file, data, tmp_path):
     def run(*argv):
@@ -230,6 +260,9 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     refused(run("--model", sd_checkpoint, "--data", data, "--resolution", 60), "--resolution", "multiple of 8")
     refused(run("--model", sd_checkpoint, "--data", data, "--caption-dropout", 1), "--caption-dropout")
     refused(run("--model", sd_checkpoint, "--data", data, "--learning-rate", -1), "--learning-rate")
+    refused(run("--model", sd_checkpoint, "--data", data, "--snr-floor", 0), "--snr-floor", "positive")
+    refused(run("--model", sd_checkpoint, "--data", data, "--snr-gamma", 1, "--snr-floor", 2), "--snr-floor",
+            "--snr-gamma")
     assert not (tmp_path / "run").exists()
     vae_args = parse(autoencoder, ["--model", sd_checkpoint, "--data", data, "--out", tmp_path / "run",
                                    "--kl-weight", -1])

@@ -15,7 +15,7 @@ one) with the new input channels zero-initialised, or an InstructPix2Pix folder,
 UNet trains; the VAE and the text encoder stay frozen. The noisy latent is the target's VAE latent (sampled,
 scaled), the source is seen as its latent *mode, unscaled* (as the recipe, and as the runtime's ``edit`` encodes
 its input); the loss is text-to-image's (:class:`~fashiongen.training.text_to_image.DiffusionLoss`: the
-scheduler's prediction type, optional min-SNR). Conditioning dropout is the paper's (section 3.2.1), so that
+scheduler's prediction type, optional min-SNR and SNR floor). Conditioning dropout is the paper's (section 3.2.1), so that
 both guidance scales work: of a uniform draw u per example, u < p drops the text, p <= u < 2p text and image,
 2p <= u < 3p the image (``--conditioning-dropout-prob`` p, 0.05 as the recipe's README).
 
@@ -43,7 +43,7 @@ from fashiongen.runtime.errors import InputError
 from .edit_pairs import EditPair, attribute_rows, check_pairing, make_pairs
 from .options import schedule_from_args
 from .text_to_image import (LATENTS_CACHE, MODEL, DiffusionLoss, add_data_arguments, add_diffusion_arguments,
-                            base_geometry, base_identity, cached_posteriors, check_snr_gamma, data_digest,
+                            base_geometry, base_identity, cached_posteriors, check_snr_weighting, data_digest,
                             identity_of, load_base, read_data, sample_latents, tokenize, training_record,
                             training_size, write_model)
 
@@ -106,12 +106,13 @@ class Options:
     pairs_per_image: int
     instruction_mix: float
     conv_in_lr_scale: float = 1.0
+    snr_floor: float | None = None
     train_text_encoder: bool = False  # the recipe's: the text encoder stays frozen
 
     @classmethod
     def from_args(cls, args) -> "Options":
         options = cls(args.conditioning_dropout_prob, args.snr_gamma, args.pairs_per_image, args.instruction_mix,
-                      args.conv_in_lr_scale)
+                      args.conv_in_lr_scale, args.snr_floor)
         if not (math.isfinite(options.conv_in_lr_scale) and options.conv_in_lr_scale > 0):
             raise InputError(f"--conv-in-lr-scale: must be a positive number, got {options.conv_in_lr_scale}")
         if not 0 <= options.conditioning_dropout <= 1 / 3:
@@ -121,7 +122,7 @@ class Options:
             raise InputError(f"--instruction-mix: must be in [0, 1], got {options.instruction_mix}")
         if options.pairs_per_image < 1:
             raise InputError(f"--pairs-per-image: must be at least 1, got {options.pairs_per_image}")
-        check_snr_gamma(options.snr_gamma)
+        check_snr_weighting(options.snr_gamma, options.snr_floor)
         return options
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -279,11 +280,21 @@ def add_diffusion_arguments(p, what: str) -> None:
                    help="keep an exponential moving average of the weights and write it as the model (e.g. 0.999)")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="min-SNR loss weighting with this gamma (5.0 is the paper's; default off)")
+    p.add_argument("--snr-floor", type=float, default=None, metavar="LAMBDA",
+                   help="count the error of the predicted clean latent at least LAMBDA times at every noise level: "
+                   "the loss weight becomes max(min(SNR, gamma), LAMBDA) / SNR. The noise-prediction loss weighs that "
+                   "error by SNR, next to nothing on the noisiest steps, which are where a sample's layout is "
+                   "decided (and where only an editor's source image tells the garment's type and shape); e.g. 0.1 "
+                   "(default off)")
 
 
-def check_snr_gamma(gamma: float | None) -> None:
-    if gamma is not None and not gamma > 0:
-        raise InputError(f"--snr-gamma: must be positive, got {gamma}")
+def check_snr_weighting(gamma: float | None, floor: float | None) -> None:
+    """--snr-gamma and --snr-floor: positive, the floor under the gamma."""
+    for flag, value in (("--snr-gamma", gamma), ("--snr-floor", floor)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{flag}: must be a positive number, got {value}")
+    if gamma is not None and floor is not None and floor > gamma:
+        raise InputError(f"--snr-floor: must not exceed --snr-gamma ({gamma}), got {floor}")
 
 
 # -- train ------------------------------------------------------------------------------------------------
@@ -318,16 +329,17 @@ class Options:
     train_text_encoder: bool
     caption_dropout: float
     snr_gamma: float | None
+    snr_floor: float | None = None
 
     @classmethod
     def from_args(cls, args) -> "Options":
         scratch = args.config is not None
         options = cls(train_text_encoder=scratch if args.train_text_encoder is None else args.train_text_encoder,
                       caption_dropout=(0.1 if scratch else 0.0) if args.caption_dropout is None
-                      else args.caption_dropout, snr_gamma=args.snr_gamma)
+                      else args.caption_dropout, snr_gamma=args.snr_gamma, snr_floor=args.snr_floor)
         if not 0 <= options.caption_dropout < 1:
             raise InputError(f"--caption-dropout: must be in [0, 1), got {options.caption_dropout}")
-        check_snr_gamma(options.snr_gamma)
+        check_snr_weighting(options.snr_gamma, options.snr_floor)
         for name in ("validation_every", "validation_images"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
@@ -502,14 +514,17 @@ class DiffusionLoss:
         return latents, ids, None
 
     def weights(self, timesteps):
-        """1, or min-SNR-gamma (arXiv:2303.09556) as diffusers' example: min(SNR, gamma) / SNR for epsilon,
-        / (SNR + 1) for v-prediction."""
+        """Per-example loss weights: 1, or min-SNR-gamma (arXiv:2303.09556) as diffusers' example, min(SNR, gamma)
+        / SNR for epsilon and / (SNR + 1) for v-prediction, with SNR clamped from below by ``snr_floor`` too.
+
+        Both read the loss as a weighted error of the clean latent: noise prediction weighs it by SNR,
+        v-prediction by SNR + 1; the clamp sets the weight that error gets instead."""
         from diffusers.training_utils import compute_snr
 
-        if self.options.snr_gamma is None:
+        if self.options.snr_gamma is None and self.options.snr_floor is None:
             return 1.0
         snr = compute_snr(self.scheduler, timesteps)
-        clipped = snr.clamp(max=self.options.snr_gamma)
+        clipped = snr.clamp(min=self.options.snr_floor, max=self.options.snr_gamma)
         return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
 
 
