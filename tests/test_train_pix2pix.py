@@ -113,6 +113,10 @@ def test_widening_copies_conv_in_and_zeros_the_image_channels(sd_checkpoint):
     assert torch.equal(unet.conv_in.weight[:, :4], before[0]) and torch.equal(unet.conv_in.bias, before[1])
     assert not unet.conv_in.weight[:, 4:].any()
     torch.testing.assert_close(widened, original)  # at step 0 it is the text-to-image model
+    unet = UNet2DConditionModel.from_pretrained(Path(sd_checkpoint) / "unet").eval()
+    p2p.widen_conv_in(unet, source_scale=0.25)  # --source-init-scale: the source seen from the first step
+    torch.testing.assert_close(unet.conv_in.weight[:, 4:], 0.25 * before[0])
+    assert torch.equal(unet.conv_in.weight[:, :4], before[0])
 
 
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, tmp_path, monkeypatch):
@@ -236,6 +240,7 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, pairs, tmp_path):
     refused(run(sd_checkpoint, data, "--instruction-mix", 2), "--instruction-mix")
     refused(run(sd_checkpoint, data, "--pairs-per-image", 0), "--pairs-per-image")
     refused(run(sd_checkpoint, data, "--conv-in-lr-scale", 0), "--conv-in-lr-scale", "positive")
+    refused(run(sd_checkpoint, data, "--source-init-scale", -1), "--source-init-scale", "0 or more")
     refused(run(sd_checkpoint, data, "--data", pairs), "--data", "edit pairs", "one kind")
     no_source, no_prompt = tmp_path / "no-source", tmp_path / "no-prompt"
     for folder in (no_source, no_prompt):

@@ -94,6 +94,10 @@ def add_arguments(p) -> None:
                    "the noise-prediction loss rewards them little, so on a small budget an editor can learn to "
                    "ignore its source; K > 1 lets them move faster (on the demo family, 20 for 1,000 more steps "
                    "moved them little and raised edit success by 2-3 points)")
+    p.add_argument("--source-init-scale", type=float, default=0.0, metavar="S",
+                   help="when widening a text-to-image base: start the source image's conv_in channels at S times the "
+                   "noisy latent's weights instead of zero (default 0: the recipe's), so that the source reaches the "
+                   "UNet from the first step and training tempers it, rather than having to grow it from nothing")
     p.set_defaults(command_name="train-pix2pix")
 
 
@@ -107,12 +111,13 @@ class Options:
     instruction_mix: float
     conv_in_lr_scale: float = 1.0
     snr_floor: float | None = None
+    source_init_scale: float = 0.0
     train_text_encoder: bool = False  # the recipe's: the text encoder stays frozen
 
     @classmethod
     def from_args(cls, args) -> "Options":
         options = cls(args.conditioning_dropout_prob, args.snr_gamma, args.pairs_per_image, args.instruction_mix,
-                      args.conv_in_lr_scale, args.snr_floor)
+                      args.conv_in_lr_scale, args.snr_floor, args.source_init_scale)
         if not (math.isfinite(options.conv_in_lr_scale) and options.conv_in_lr_scale > 0):
             raise InputError(f"--conv-in-lr-scale: must be a positive number, got {options.conv_in_lr_scale}")
         if not 0 <= options.conditioning_dropout <= 1 / 3:
@@ -122,6 +127,8 @@ class Options:
             raise InputError(f"--instruction-mix: must be in [0, 1], got {options.instruction_mix}")
         if options.pairs_per_image < 1:
             raise InputError(f"--pairs-per-image: must be at least 1, got {options.pairs_per_image}")
+        if not (math.isfinite(options.source_init_scale) and options.source_init_scale >= 0):
+            raise InputError(f"--source-init-scale: must be 0 or more, got {options.source_init_scale}")
         check_snr_weighting(options.snr_gamma, options.snr_floor)
         return options
 
@@ -137,17 +144,18 @@ def needs_widening(model: Path, geometry: dict) -> bool:
     return channels == latent
 
 
-def widen_conv_in(unet) -> None:
+def widen_conv_in(unet, source_scale: float = 0.0) -> None:
     """The recipe's surgery: ``conv_in`` takes twice its input channels, the noisy latent's weights copied into
     the first ones and the image latent's set to zero, so that the widened UNet computes what the text-to-image
-    one did (the bias is kept too, see the module docstring) and learns to use the image from there."""
+    one did (the bias is kept too, see the module docstring) and learns to use the image from there; with
+    ``source_scale`` > 0 the image latent's start at that multiple of the noisy latent's instead."""
     import torch
 
     old = unet.conv_in
     new = torch.nn.Conv2d(2 * old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
     with torch.no_grad():
-        new.weight.zero_()
         new.weight[:, :old.in_channels].copy_(old.weight)
+        new.weight[:, old.in_channels:].copy_(old.weight * source_scale)
         new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=new.in_channels)
@@ -168,7 +176,7 @@ def run(args) -> int:
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
     parts = load_base(Path(args.model))
     if widen:
-        widen_conv_in(parts["unet"])
+        widen_conv_in(parts["unet"], options.source_init_scale)
     device = make_accelerator(schedule).device
     data = PairData.build(rows, pairs, parts, size, data_sha256, run_folder.out / LATENTS_CACHE, device,
                           progress=not args.no_progress)
