@@ -38,9 +38,10 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     assert {"clip", "captioner", "catalog", "index-catalog"} <= set(names)
     assert names.index("index-catalog") > max(names.index("release"), names.index("catalog"))
     # the captioner reads the main set's product shots and those of a data set of another seed, made first
-    captioner = parser.parse_args({s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["captioner"])
+    argvs = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}
+    captioner = parser.parse_args(argvs["captioner"])
     assert [d.name for d in captioner.data] == ["train", "train"] and captioner.data[1].parts[-3] == "captioner-data"
-    extra = parser.parse_args({s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["captioner-data"])
+    extra = parser.parse_args(argvs["captioner-data"])
     assert extra.seed != demo.SEED and extra.test_fraction == 0 and names.index("captioner-data") < names.index(
         "captioner")
     # the editor trains on the released product model and is exported with the guidance it edits best at

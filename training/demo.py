@@ -315,7 +315,8 @@ def stages(work: Path, seed: int) -> list[Stage]:
                 work / name / "model" / "training.json", work / name,
                 prepare=lambda name=name: _write_json(work / f"{name}-size.json", r[name]["size"]))
           for name, command, extra in (("clip", "train-clip", []),
-                                       ("captioner", "train-captioner", ["--data", str(captioner_data / "product" / "train")]))],
+                                       ("captioner", "train-captioner",
+                                        ["--data", str(captioner_data / "product" / "train")]))],
         Stage("release", [], release / "done", resumable=False, prepare=lambda: make_release(work)),
         Stage("export-worn", ["export", "--model", str(release / "worn"), "--out", str(work / "engines/worn"),
                               "--guidance", str(r["sampling"]["worn"]),

@@ -15,8 +15,8 @@ one) with the new input channels zero-initialised, or an InstructPix2Pix folder,
 UNet trains; the VAE and the text encoder stay frozen. The noisy latent is the target's VAE latent (sampled,
 scaled), the source is seen as its latent *mode, unscaled* (as the recipe, and as the runtime's ``edit`` encodes
 its input); the loss is text-to-image's (:class:`~fashiongen.training.text_to_image.DiffusionLoss`: the
-scheduler's prediction type, optional min-SNR and SNR floor). Conditioning dropout is the paper's (section 3.2.1), so that
-both guidance scales work: of a uniform draw u per example, u < p drops the text, p <= u < 2p text and image,
+scheduler's prediction type, optional min-SNR and SNR floor). Conditioning dropout is the paper's (section
+3.2.1), so that both guidance scales work: of a uniform draw u per example, u < p drops the text, p <= u < 2p text and image,
 2p <= u < 3p the image (``--conditioning-dropout-prob`` p, 0.05 as the recipe's README).
 
 One deliberate difference: the widened ``conv_in`` keeps the original bias (the recipe leaves a fresh random
@@ -97,9 +97,9 @@ def add_arguments(p) -> None:
     p.add_argument("--source-init-scale", type=float, default=0.0, metavar="S",
                    help="when widening a text-to-image base: start the source image's conv_in channels at S times the "
                    "noisy latent's weights instead of zero (default 0: the recipe's), so that the source reaches the "
-                   "UNet from the first step and training tempers it, rather than having to grow it from nothing (on the demo "
-                   "family, 0.25 and 0.5 with --snr-floor 0.2: imperative edit success 8.0 and 8.5%% against 4-6%%, "
-                   "caption 40%% against 45%%)")
+                   "UNet from the first step and training tempers it, rather than having to grow it from nothing "
+                   "(on the demo family, 0.25 and 0.5 with --snr-floor 0.2: imperative edit success 8.0 and 8.5%% "
+                   "against 4-6%%, caption 40%% against 45%%)")
     p.set_defaults(command_name="train-pix2pix")
 
 

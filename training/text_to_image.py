@@ -282,8 +282,9 @@ def add_diffusion_arguments(p, what: str) -> None:
                    help="min-SNR loss weighting with this gamma (5.0 is the paper's; default off)")
     p.add_argument("--snr-floor", type=float, default=None, metavar="LAMBDA",
                    help="count the error of the predicted clean latent at least LAMBDA times at every noise level: "
-                   "the loss weight becomes max(min(SNR, gamma), LAMBDA) / SNR. The noise-prediction loss weighs that "
-                   "error by SNR, next to nothing on the noisiest steps, which are where a sample's layout is "
+                   "the loss weight becomes max(min(SNR, gamma), LAMBDA) / SNR (/ (SNR + 1) for v-prediction, as "
+                   "min-SNR's). The noise-prediction loss weighs that error by SNR, next to nothing on the noisiest "
+                   "steps, which are where a sample's layout is "
                    "decided (and where only an editor's source image tells the garment's type and shape); e.g. 0.2 "
                    "(default off; on the demo editor, 1,500 more steps at 0.2 lowered the imperative pairs' error of "
                    "the clean latent at t=950 from 0.24 to 0.20 and left edit success where it was)")
