@@ -16,8 +16,8 @@ UNet trains; the VAE and the text encoder stay frozen. The noisy latent is the t
 scaled), the source is seen as its latent *mode, unscaled* (as the recipe, and as the runtime's ``edit`` encodes
 its input); the loss is text-to-image's (:class:`~fashiongen.training.text_to_image.DiffusionLoss`: the
 scheduler's prediction type, optional min-SNR and SNR floor). Conditioning dropout is the paper's (section
-3.2.1), so that both guidance scales work: of a uniform draw u per example, u < p drops the text, p <= u < 2p text and image,
-2p <= u < 3p the image (``--conditioning-dropout-prob`` p, 0.05 as the recipe's README).
+3.2.1), so that both guidance scales work: of a uniform draw u per example, u < p drops the text, p <= u < 2p
+text and image, 2p <= u < 3p the image (``--conditioning-dropout-prob`` p, 0.05 as the recipe's README).
 
 One deliberate difference: the widened ``conv_in`` keeps the original bias (the recipe leaves a fresh random
 one), so that at step 0 the model is exactly the text-to-image model and the first steps are not spent
