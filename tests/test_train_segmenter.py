@@ -127,6 +127,42 @@ def test_resume_repeats_the_losses(data, tmp_path):
     assert len(first) == 4 and first == second
 
 
+def test_round_trip_trains_on_the_vaes_pictures(data, sd_checkpoint, tmp_path):
+    """--round-trip: the examples are diffusers' encode (latent mean) and decode of each image, resized like the
+    image; the run records which VAE, and half of the batches' images come from them (the loss changes)."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    decoded = segmenter.round_trip_examples([data["train"]], sd_checkpoint, (RESOLUTION, RESOLUTION), 2, False)
+    vae = AutoencoderKL.from_pretrained(sd_checkpoint / "vae", local_files_only=True).eval()
+    with Image.open(data["train"] / "1.png") as image:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        back = vae.decode(vae.encode(pixels).latent_dist.mean).sample[0]
+    back = ((back.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    expected = np.asarray(Image.fromarray(back).resize((RESOLUTION, RESOLUTION), Image.BILINEAR))
+    assert decoded.shape == (4, RESOLUTION, RESOLUTION, 3)
+    np.testing.assert_allclose(decoded[1], expected, atol=1)  # rounding of float noise
+    plain, tripped = tmp_path / "plain", tmp_path / "tripped"
+    segmenter.run(train_args(data, plain, "--steps", "2"))
+    segmenter.run(train_args(data, tripped, "--steps", "2", "--round-trip", str(sd_checkpoint)))
+    first, second = (json.loads((out / "model" / "training.json").read_text()) for out in (plain, tripped))
+    assert first["losses"] != second["losses"]
+    assert json.loads((tripped / "run.json").read_text())["round_trip"] == str(sd_checkpoint.resolve())
+
+
+def test_round_trip_needs_sides_the_vae_divides(data, sd_checkpoint, tmp_path):
+    from PIL import Image
+
+    folder = write_folder(tmp_path / "odd", 2, 0)
+    with Image.open(folder / "0.png") as image:
+        image.resize((SIZE + 1, SIZE)).save(folder / "0.png")
+    Image.new("L", (SIZE + 1, SIZE)).save(folder / "0-labels.png")
+    with pytest.raises(InputError, match=r"--round-trip: .*0.png' is 49x48; .* multiples of") as error:
+        segmenter.round_trip_examples([folder], sd_checkpoint, (RESOLUTION, RESOLUTION), 2, False)
+    assert "\n" not in str(error.value)
+
+
 def test_mirror_swaps_left_and_right_classes():
     table = augmentation.mirror_classes(CLOTHES_ID2LABEL)
     swapped = {i: int(table[i]) for i in CLOTHES_ID2LABEL if table[i] != i}
@@ -219,7 +255,9 @@ def test_bad_model_and_config_are_one_line(data, tmp_path):
                            (["--config", str(tmp_path / "none.json")], "--config: cannot read"),
                            (["--config", str(_bad_json(tmp_path))], "--config: .*unknown key 'heads'"),
                            (["--config", str(_config(tmp_path)), "--blur", "-1"], "--blur: must be .* got -1"),
-                           (["--config", str(_config(tmp_path)), "--blur", "nan"], "--blur: must be .* got nan")):
+                           (["--config", str(_config(tmp_path)), "--blur", "nan"], "--blur: must be .* got nan"),
+                           (["--config", str(_config(tmp_path)), "--round-trip", str(tmp_path / "no-sd")],
+                            "no-sd")):
         args = parser.parse_args(["--data", str(data["train"]), *base, "--out", str(tmp_path / "run")])
         with pytest.raises(InputError, match=expected) as error:
             segmenter.run(args)

@@ -17,7 +17,12 @@ Augmentation, drawn from the step's generator so that a resumed run repeats it: 
 time, which swaps each ``Left-*`` class with its ``Right-*`` class (:func:`.augmentation.mirror_classes`); with
 ``--blur S``, a Gaussian blur of 0 to S px on half of the images (label maps kept sharp): a segmenter that cuts
 generated images out sees pictures as soft as a VAE decodes them, and one trained on crisp renders alone lost whole
-garments in them (the demo's cut nothing out of a VAE's round trip of a dress and of white shorts).
+garments in them (the demo's cut nothing out of a VAE's round trip of a dress and of white shorts). A blur is only
+a stand-in for a decoder: with ``--round-trip MODEL`` half of the examples (a draw of the step's generator) are
+the image as that SD folder's VAE gives it back (encoded at the image's own size to the latent mean, decoded),
+computed once before training, label maps unchanged. Those are the pictures ``generate --cutout`` cuts: the demo
+segmenter trained with blur alone labelled 63% of its VAE's round trips' garment types right against 94.5% of
+the renders themselves.
 
 Output in ``--out``, a run folder of :mod:`.runs` (``run.json``, resumable checkpoints, ``--resume``):
 ``model/``, a transformers folder (``config.json`` with id2label/label2id, ``model.safetensors``,
@@ -38,7 +43,7 @@ from fashiongen.runtime.errors import InputError
 from fashiongen.runtime.segmentation import SegPreprocess
 
 from .augmentation import augment, check_zoom, mirror_classes
-from .imagefolder import load_label_map, open_image, read_rows
+from .imagefolder import load_label_map, open_image, read_rows, to_unit_range
 from .options import Schedule, add_schedule_arguments, schedule_from_args
 from .options import step_batch
 from .transformers_models import (MODEL_DIR, add_run_arguments, print_summary, read_size, run_record, schedule_identity,
@@ -78,13 +83,16 @@ def add_arguments(p) -> None:
     p.add_argument("--blur", type=float, default=0.0, metavar="S",
                    help="augmentation: a Gaussian blur of 0 to S px (at the training resolution) on half of the "
                         "images, as generated images are softer than renders (default 0: off)")
+    p.add_argument("--round-trip", type=Path, default=None, metavar="MODEL",
+                   help="an SD 1.x folder whose VAE generates the images this segmenter will cut: half of the "
+                        "examples are its encode-decode round trips of the training images (default: none)")
     add_schedule_arguments(p, steps=2000, batch_size=8, learning_rate=2e-4, checkpoint_every=500)
 
 
 def run(args) -> int:
     result = train_segmenter(args.data, args.out, model=args.model, config=args.config, resolution=args.resolution,
                              eval_data=args.eval_data, zoom=args.zoom, flip=not args.no_flip, blur=args.blur,
-                             schedule=schedule_from_args(args), resume=args.resume, progress=not args.no_progress,
+                             round_trip=args.round_trip, schedule=schedule_from_args(args), resume=args.resume, progress=not args.no_progress,
                              arguments=vars(args))
     print_summary(result.folder)
     if result.iou:
@@ -95,8 +103,9 @@ def run(args) -> int:
 
 def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, config: Path | None = None,
                     resolution: int | None = None, eval_data: Iterable[Path] = (), zoom: float = DEFAULT_ZOOM,
-                    flip: bool = True, blur: float = 0.0, schedule: Schedule | None = None, resume: bool = False,
-                    progress: bool = True, arguments: dict | None = None) -> TrainedSegmenter:
+                    flip: bool = True, blur: float = 0.0, round_trip: Path | None = None,
+                    schedule: Schedule | None = None, resume: bool = False, progress: bool = True,
+                    arguments: dict | None = None) -> TrainedSegmenter:
     """Train on the imagefolders ``data``; write the run and ``out/model/`` (see the module's contract)."""
     import torch
 
@@ -114,21 +123,28 @@ def train_segmenter(data: Iterable[Path], out: Path, model: Path | None = None, 
     shape = (preprocess.size["height"], preprocess.size["width"])
     num_labels = network.config.num_labels
     images, labels = load_examples(data, "--data", shape, num_labels, preprocess.resample)
+    decoded = (round_trip_examples(data, Path(round_trip), shape, preprocess.resample, progress)
+               if round_trip is not None else None)
     held_out = load_examples(eval_data, "--eval-data", shape, num_labels, preprocess.resample) if eval_data else None
     id2label = {int(k): str(v) for k, v in network.config.id2label.items()}
     table = mirror_classes(id2label) if flip else None
 
     def loss_fn(step, micro, generator):
         pick = step_batch(len(images), schedule, step, micro)
-        pairs = [augment(images[i], labels[i], generator, zoom, table, preprocess.resample, blur)
-                 for i in pick]
+        sources = [images] * len(pick)
+        if decoded is not None:
+            sources = [decoded if draw < 0.5 else images for draw in torch.rand(len(pick), generator=generator)]
+        pairs = [augment(source[i], labels[i], generator, zoom, table, preprocess.resample, blur)
+                 for source, i in zip(sources, pick)]
         pixel_values = torch.from_numpy(preprocess([image for image, _ in pairs])).to(network.device)
         target = torch.from_numpy(np.stack([label for _, label in pairs]).astype(np.int64)).to(network.device)
         return network(pixel_values=pixel_values, labels=target).loss
 
     identity = {"command": "train-segmenter", "data": [str(d.resolve()) for d in data], "examples": len(images),
                 "base": source, "resolution": list(shape), "zoom": zoom, "flip": flip,
-                **({"blur": blur} if blur else {}), **schedule_identity(schedule)}
+                **({"blur": blur} if blur else {}),
+                **({"round_trip": str(Path(round_trip).resolve())} if round_trip is not None else {}),
+                **schedule_identity(schedule)}
     losses = train(RunFolder(Path(out), identity), schedule, {"segformer": network}, loss_fn, resume, progress,
                    description="segmenter")
     result = TrainedSegmenter(Path(out) / MODEL_DIR, losses, None)
@@ -201,6 +217,34 @@ def load_examples(folders: list[Path], arg: str, shape: tuple[int, int], num_lab
     images = np.stack([np.asarray(open_image(row.image, arg).resize(shape[::-1], resample)) for row in rows])
     labels = np.stack([load_label_map(row.path("label_file"), row.image, shape, num_labels, arg) for row in rows])
     return images, labels
+
+
+def round_trip_examples(folders: list[Path], model: Path, shape: tuple[int, int], resample: int,
+                        progress: bool) -> np.ndarray:
+    """Every row of ``folders`` (in :func:`load_examples`' order) as ``model``'s VAE gives it back, then resized
+    like it: encoded at its own size (which the VAE must divide) to the latent mean, decoded, rounded to uint8."""
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .text_to_image import load_base
+
+    vae = load_base(model)["vae"].eval()
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    rows = [row for folder in folders
+            for row in read_rows(folder, "--data", require=("label_file",), files=("label_file",))]
+    out = []
+    with torch.no_grad():
+        for row in tqdm(rows, desc="round trips", unit="image", disable=not progress):
+            image = open_image(row.image, "--data")
+            if image.width % factor or image.height % factor:
+                raise InputError(f"--round-trip: '{row.image}' is {image.width}x{image.height}; the VAE of "
+                                 f"'{model}' takes sides that are multiples of {factor}")
+            pixels = torch.from_numpy(to_unit_range(np.asarray(image)[None]))
+            back = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+            back = ((back[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+            out.append(np.asarray(Image.fromarray(back).resize(shape[::-1], resample)))
+    return np.stack(out)
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
