@@ -170,6 +170,31 @@ def test_train_vae_decoder_only_keeps_the_latent_space(sd_checkpoint, data, tmp_
         (Path(sd_checkpoint) / "vae" / "config.json").read_text())["scaling_factor"]
 
 
+def test_train_vae_adversarial_term_trains_a_discriminator_and_resumes(sd_checkpoint, data, tmp_path):
+    """--adversarial-weight: the discriminator learns beside the decoder (checkpointed, not in the model), the
+    decoder's weights move differently than under the squared error alone, and a resumed run repeats the
+    losses."""
+    def vae_run(out, steps, *extra):
+        args = parse(autoencoder, ["--model", sd_checkpoint, "--decoder-only", "--data", data, "--out", out,
+                                   "--resolution", SIZE, "--batch-size", 2, "--learning-rate", 1e-3, "--steps", steps,
+                                   "--checkpoint-every", 2, "--no-progress", *extra])
+        assert autoencoder.run(args) == 0
+        return json.loads((out / t2i.MODEL / t2i.RECORD).read_text())["step_losses"]
+
+    plain = vae_run(tmp_path / "plain", 4)
+    whole = vae_run(tmp_path / "whole", 4, "--adversarial-weight", 0.5)
+    vae_run(tmp_path / "split", 2, "--adversarial-weight", 0.5)
+    assert vae_run(tmp_path / "split", 4, "--adversarial-weight", 0.5, "--resume") == whole
+    assert all(a > b for a, b in zip(whole, plain))  # the hinge loss rides on the step's loss
+    checkpoint = sorted((tmp_path / "whole" / "checkpoints").iterdir())[-1]
+    assert (checkpoint / "discriminator.safetensors").is_file()
+    saved = load_file(str(tmp_path / "whole" / t2i.MODEL / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert not any("layers." in k for k in saved)
+    tuned = load_file(str(tmp_path / "plain" / t2i.MODEL / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert not torch.allclose(saved["decoder.conv_out.weight"], tuned["decoder.conv_out.weight"])
+    assert json.loads((tmp_path / "whole" / "run.json").read_text())["adversarial_weight"] == 0.5
+
+
 def test_learning_rate_schedules():
     from fashiongen.training.options import Schedule
 
@@ -269,7 +294,9 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     refused(lambda: autoencoder.run(vae_args), "--kl-weight")
     vae_args.kl_weight, vae_args.l1_weight = 0.0, float("nan")
     refused(lambda: autoencoder.run(vae_args), "--l1-weight")
-    vae_args.l1_weight, vae_args.colour_whitening = 0.0, 0.7
+    vae_args.l1_weight, vae_args.adversarial_weight = 0.0, -0.5
+    refused(lambda: autoencoder.run(vae_args), "--adversarial-weight")
+    vae_args.adversarial_weight, vae_args.colour_whitening = 0.0, 0.7
     refused(lambda: autoencoder.run(vae_args), "--colour-whitening", "0.5")
     vae_args.colour_whitening, vae_args.decoder_only, vae_args.rescale = 0.375, True, True
     refused(lambda: autoencoder.run(vae_args), "--decoder-only", "--rescale")
