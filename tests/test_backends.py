@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -181,6 +182,37 @@ def test_openvino_warms_up_int8_networks_only(int8_engines, monkeypatch):
                      files=variant_files(manifest, "openvino", "int8"))
     assert not ov_engine.runs_quantized(exact["unet"].compiled) and calls == []
     assert ov_engine.runs_quantized(fast["unet"].compiled) and calls == ["unet"]
+
+
+def test_calibration_generates_the_given_prompts(sd_engines, monkeypatch):
+    """--calibration-prompts: the calibration generations are the file's prompts (cycled to --prompts), not
+    the built-in ones; one each by default."""
+    from fashiongen.export import quantize
+    from fashiongen.runtime import txt2img
+
+    seen = []
+    monkeypatch.setattr(txt2img.Txt2ImgPipeline, "__call__", lambda self, request, progress: seen.append(request))
+    factory = backend_factory("ort")
+    quantize.record_feeds(sd_engines, factory, 3, 2, 64, texts=["red tee", "navy skirt"])
+    assert [r.prompt for r in seen] == ["red tee", "navy skirt", "red tee"]
+    seen.clear()
+    quantize.record_feeds(sd_engines, factory, 2, 2, 64)
+    assert [r.prompt for r in seen] == quantize.CALIBRATION_PROMPTS[:2]  # the tiny folder knows <midjourney-style>
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--calibration-prompts: cannot read"),
+    ("\n  \n", "--calibration-prompts: .* has no prompts"),
+])
+def test_calibration_prompts_file_errors_are_one_line(sd_engines, tmp_path, content, message, capsys):
+    from fashiongen.cli import main
+
+    path = tmp_path / "prompts.txt"
+    if content is not None:
+        path.write_text(content)
+    code = main(["quantize", "--engines", str(sd_engines), "--calibration-prompts", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("networks, message", [
