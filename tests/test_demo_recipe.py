@@ -31,18 +31,16 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
     # the product decoder is tuned on the product model, and the tiny decoder distilled from it
     assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
     assert names.index("product-decoder") < names.index("product-sharpen") < names.index("release")
+    sharpen = parser.parse_args({s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["product-sharpen"])
+    assert sharpen.decoder_only and sharpen.adversarial_weight == demo.RECIPE["product_sharpen"]["adversarial_weight"]
     # so is the worn model's, on the worn view, and the release takes each model with its own decoder
     assert names.index("worn") < names.index("worn-decoder") < names.index("worn-text") < names.index("token-studio")
     assert names.index("worn-text") < names.index("product") and names.index("worn-text") < names.index("release")
     argv = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["worn-decoder"]
     assert "--decoder-only" in argv and argv[argv.index("--data") + 1].endswith("worn/train")
-    # the released worn model's decoder is then sharpened adversarially, and the segmenter fine-tuned on its
-    # round trips before the release takes both
-    sharpen = parser.parse_args({s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["worn-sharpen"])
-    assert sharpen.decoder_only and sharpen.adversarial_weight == demo.RECIPE["worn_sharpen"]["adversarial_weight"]
-    assert sharpen.model.parent.name == "worn-text" and names.index("token-wrong") < names.index("worn-sharpen")
+    # the segmenter is fine-tuned on the released worn VAE's round trips before the release takes it
     round_trip = parser.parse_args({s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["segmenter-round-trip"])
-    assert round_trip.round_trip.parent.name == "worn-sharpen" and round_trip.model.parent.name == "segmenter"
+    assert round_trip.round_trip.parent.name == "worn-text" and round_trip.model.parent.name == "segmenter"
     assert names.index("segmenter") < names.index("segmenter-round-trip") < names.index("release")
     assert demo.JOIN == "segmenter-round-trip"
     assert {"clip", "captioner", "catalog", "index-catalog"} <= set(names)
