@@ -65,7 +65,8 @@ class RecordingEngine:
 
 def record_feeds(engine_dir: Path, factory, prompts: int, steps: int, size: int, seed: int = 1,
                  negative: str = "", networks=("unet", "vae_decoder"),
-                 deepcache: int | None = None, texts: list[str] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+                 deepcache: int | None = None,
+                 texts: list[str] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """``{network: feeds}`` of ``networks`` over ``prompts`` fp32 generations (``steps`` each) at ``size`` px,
     with DeepCache every ``deepcache`` steps or the whole UNet at each; the prompts cycle through ``texts``
     (default :data:`CALIBRATION_PROMPTS`)."""

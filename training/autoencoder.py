@@ -15,11 +15,12 @@ to fool it, weighted by W x the ratio of the reconstruction's gradient to the ad
 last layer (taming-transformers' adaptive weight), so that W needs no retuning per data set; the step's loss
 then includes the discriminator's. Why: a squared error alone averages what the latent leaves uncertain, so
 thin stripes come back as a flat mean colour (a black-and-white striped top as grey) and a v-neck as a rounded
-crewneck; the adversarial term asks for a sharp, plausible drawing instead. The error is measured in the data's own colour basis
-(``--colour-whitening``, see :func:`colour_basis`): in RGB, brightness carries nearly all of a catalog's pixel
-variance, and a small VAE with a 4-channel latent spends its code on brightness edges and drew every garment
-grey for thousands of steps (the demo's first VAE did, with L1 + L2 and with MSE alone). L1 is off by default:
-it pulls an uncertain pixel to the median colour, which on catalog images (mostly white or grey) is none.
+crewneck; the adversarial term asks for a sharp, plausible drawing instead. The error is measured in the data's
+own colour basis (``--colour-whitening``, see :func:`colour_basis`): in RGB, brightness carries nearly all of
+a catalog's pixel variance, and a small VAE with a 4-channel latent spends its code on brightness edges and drew
+every garment grey for thousands of steps (the demo's first VAE did, with L1 + L2 and with MSE alone). L1 is
+off by default: it pulls an uncertain pixel to the median colour, which on catalog images (mostly white or grey)
+is none.
 At the end the config's ``scaling_factor`` is set to 1 / std of the data's latents, as SD's 0.18215 was
 chosen, so that the UNet sees unit-variance latents; a fine-tuned VAE keeps its checkpoint's unless
 ``--rescale`` is given.

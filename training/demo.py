@@ -117,8 +117,10 @@ RECIPE = {
     # read as skirts); the UNets' latent space stays, so nothing else retrains. (The shipped decoder's run began as a
     # 3,000-step cosine and was resumed at step 1,300 as this 2,000-step one, in a session shared with two others.)
     "product_decoder": DECODER_TUNE,
-    # then sharpened with the adversarial term (`train-vae --decoder-only --adversarial-weight`): product test renders through it, pattern 89.8 -> 94.5%,
-    # neckline 66.5 -> 70.9%; generated shots (200 test prompts) colour 91.5 -> 95.5% (product_sharpen_as_run)
+    # then sharpened with the adversarial term (`train-vae --decoder-only --adversarial-weight`): product test
+    # renders through it, pattern 89.8 -> 94.5%, neckline 66.5 -> 70.9%; generated shots (200 test prompts) colour
+    # 91.5 -> 95.5% (product_sharpen_as_run). The tiny decoder below is still distilled from product-decoder, as
+    # the shipped one was: from this one it would close the few-step modes' gap to the sharper exact mode
     "product_sharpen": DECODER_SHARPEN,
     # the same for the worn model's decoder on the worn view: the VAE's decoder, trained on both views, drew worn
     # garments soft enough that the judge named 40.5% of their types (whole-figure framing: worn renders through it,

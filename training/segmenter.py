@@ -40,6 +40,7 @@ from typing import Iterable
 import numpy as np
 
 from fashiongen.runtime.errors import InputError
+from fashiongen.runtime.images import decoded_to_uint8
 from fashiongen.runtime.segmentation import SegPreprocess
 
 from .augmentation import augment, check_zoom, mirror_classes
@@ -92,8 +93,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     result = train_segmenter(args.data, args.out, model=args.model, config=args.config, resolution=args.resolution,
                              eval_data=args.eval_data, zoom=args.zoom, flip=not args.no_flip, blur=args.blur,
-                             round_trip=args.round_trip, schedule=schedule_from_args(args), resume=args.resume, progress=not args.no_progress,
-                             arguments=vars(args))
+                             round_trip=args.round_trip, schedule=schedule_from_args(args), resume=args.resume,
+                             progress=not args.no_progress, arguments=vars(args))
     print_summary(result.folder)
     if result.iou:
         print(f"held-out mIoU {result.miou:.4f} over {len(result.iou)} classes present: "
@@ -212,11 +213,15 @@ def load_examples(folders: list[Path], arg: str, shape: tuple[int, int], num_lab
     """Every row of ``folders`` as (images [N, H, W, 3] uint8, label maps [N, H, W] uint8) at ``shape``: each
     image resized whole with the checkpoint's filter (``resample``, a PIL id) as the processor does at serving,
     each map with nearest; all checked before training starts (see ``imagefolder``'s errors)."""
-    rows = [row for folder in folders
-            for row in read_rows(folder, arg, require=("label_file",), files=("label_file",))]
+    rows = labelled_rows(folders, arg)
     images = np.stack([np.asarray(open_image(row.image, arg).resize(shape[::-1], resample)) for row in rows])
     labels = np.stack([load_label_map(row.path("label_file"), row.image, shape, num_labels, arg) for row in rows])
     return images, labels
+
+
+def labelled_rows(folders: list[Path], arg: str) -> list:
+    """The rows of ``folders`` in order, each with an image and a label map (checked to exist)."""
+    return [row for folder in folders for row in read_rows(folder, arg, require=("label_file",), files=("label_file",))]
 
 
 def round_trip_examples(folders: list[Path], model: Path, shape: tuple[int, int], resample: int,
@@ -231,8 +236,7 @@ def round_trip_examples(folders: list[Path], model: Path, shape: tuple[int, int]
 
     vae = load_base(model)["vae"].eval()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    rows = [row for folder in folders
-            for row in read_rows(folder, "--data", require=("label_file",), files=("label_file",))]
+    rows = labelled_rows(folders, "--data")
     out = []
     with torch.no_grad():
         for row in tqdm(rows, desc="round trips", unit="image", disable=not progress):
@@ -241,8 +245,7 @@ def round_trip_examples(folders: list[Path], model: Path, shape: tuple[int, int]
                 raise InputError(f"--round-trip: '{row.image}' is {image.width}x{image.height}; the VAE of "
                                  f"'{model}' takes sides that are multiples of {factor}")
             pixels = torch.from_numpy(to_unit_range(np.asarray(image)[None]))
-            back = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-            back = ((back[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+            back = decoded_to_uint8(vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float().numpy())[0]
             out.append(np.asarray(Image.fromarray(back).resize(shape[::-1], resample)))
     return np.stack(out)
 
