@@ -28,10 +28,13 @@ def test_every_stage_is_a_command_the_cli_takes(tmp_path):
             args = parser.parse_args(stage.argv)
             assert callable(args.run), stage.name
     assert names[0] == "dataset" and {"vae", "worn", "product", "segmenter", "export-worn"} <= set(names)
-    # the product decoder is tuned on the product model, and the tiny decoder distilled from it
-    assert names.index("product") < names.index("product-decoder") < names.index("tiny-vae")
-    assert names.index("product-decoder") < names.index("product-sharpen") < names.index("release")
-    sharpen = parser.parse_args({s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}["product-sharpen"])
+    # the product decoder is tuned on the product model, then sharpened, and the tiny decoder distilled from that
+    assert names.index("product") < names.index("product-decoder") < names.index("product-sharpen")
+    assert names.index("product-sharpen") < names.index("tiny-vae") and names.index("product-sharpen") < names.index(
+        "release")
+    argv = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}
+    assert argv["tiny-vae"][argv["tiny-vae"].index("--model") + 1] == str(tmp_path / "product-sharpen" / "model")
+    sharpen = parser.parse_args(argv["product-sharpen"])
     assert sharpen.decoder_only and sharpen.adversarial_weight == demo.RECIPE["product_sharpen"]["adversarial_weight"]
     # so is the worn model's, on the worn view, and the release takes each model with its own decoder
     assert names.index("worn") < names.index("worn-decoder") < names.index("worn-text") < names.index("token-studio")
