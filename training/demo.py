@@ -21,8 +21,8 @@ printed and logged, so what the demo does is what a user would type):
    ``product-decoder``: its VAE's decoder tuned on product shots, the encoder frozen (``train-vae
    --decoder-only``), so the product UNet's latents decode sharper, and ``product-sharpen``: it sharpened as the
    worn one is (the released product model).
-6. ``tiny-vae`` and ``lcm-lora``: a tiny decoder distilled from that sharpened VAE (``train-tiny-vae``) and an LCM-LoRA
-   from the product model (``train-lcm-lora``): approach 3 in a few steps.
+6. ``tiny-vae`` and ``lcm-lora``: a tiny decoder distilled from that sharpened VAE (``train-tiny-vae``) and an
+   LCM-LoRA from the product model (``train-lcm-lora``): approach 3 in a few steps.
 7. ``segmenter``: a SegFormer trained from random weights on the worn view's label maps; ``clip`` and
    ``captioner``: approach 2's retrieval networks, a CLIP (``train-clip``) and a BLIP captioner
    (``train-captioner``) trained from random weights on the product view and its captions, the captioner on
