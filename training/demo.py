@@ -199,7 +199,7 @@ RECIPE = {
     # only a stand-in for the decoder, and the blur-trained segmenter named 63% of the garment types of the worn
     # VAE's round trips of test renders (94.5% of the renders themselves); on 200 generated approach-1 images,
     # cut out by each: type / colour / sleeve / length 49.0 / 76.0 / 61.5 / 41.1% before, 59.0 / 77.0 / 79.2 / 50.0%
-    # after (segmenter_as_run in recipe.json)
+    # after (segmenter_round_trip_as_run in recipe.json)
     "segmenter_round_trip": {"steps": 1500, "batch_size": 16, "learning_rate": 3e-4, "warmup_steps": 50,
                              "lr_schedule": "cosine"},
     # approach 2's retrieval networks on the product view, from random weights (ClipSize / BlipSize fields); the
