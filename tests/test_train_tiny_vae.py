@@ -75,6 +75,19 @@ def test_latent_noise_feeds_the_teacher_terms_jittered_latents(sd_checkpoint, da
     assert plain["step_losses"][0] != jittered["step_losses"][0]
 
 
+def test_latent_offset_shifts_each_channel_of_each_image_by_one_constant_within_the_bound():
+    loss = tiny.DistillationLoss(*[None] * 9, latent_offset=0.2)
+    jitter = loss.jitter((64, 4, 3, 5), torch.Generator().manual_seed(0))
+    per_channel = jitter[:, :, :1, :1]
+    assert torch.equal(jitter, per_channel.expand_as(jitter))  # a constant over the image: its overall colour
+    assert per_channel.abs().max() <= 0.2 and per_channel.min() < -0.15 and per_channel.max() > 0.15
+    assert len(set(per_channel.flatten().tolist())) == 64 * 4  # drawn per image and per channel
+    both = tiny.DistillationLoss(*[None] * 9, latent_noise=0.3, latent_offset=0.2).jitter(
+        (64, 4, 3, 5), torch.Generator().manual_seed(0))
+    noise = tiny.DistillationLoss(*[None] * 9, latent_noise=0.3).jitter((64, 4, 3, 5), torch.Generator().manual_seed(0))
+    assert not torch.equal(both, noise) and (both - noise).std(dim=(2, 3)).max() < 1e-6  # the noise, then the offset
+
+
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, config_file, tmp_path,  # noqa: F811
                                                                 monkeypatch):
     jitter = ("--edge-weight", 0.5, "--latent-noise", 0.3)  # the jitter's draws are the step's too
@@ -129,5 +142,7 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_
     refused(run("--teacher-weight", "-1"), "--teacher-weight")
     refused(run("--edge-weight", "nan"), "--edge-weight", "non-negative")
     refused(run("--latent-noise", "0.2"), "--latent-noise", "needs --teacher-weight or --edge-weight")
+    refused(run("--latent-offset", "0.2"), "--latent-offset", "needs --teacher-weight or --edge-weight")
+    refused(run("--teacher-weight", "1", "--latent-offset", "-0.1"), "--latent-offset", "non-negative")
     refused(run("--colour-whitening", "0.6"), "--colour-whitening", "0.5")
     assert not (tmp_path / "run").exists()

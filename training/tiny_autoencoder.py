@@ -16,7 +16,11 @@ is a function of the latents, so matching its edges is a target the tiny decoder
 decodes, for those two teacher terms, the latents jittered by Gaussian noise of a standard deviation drawn from 0
 to S per image: a sampler's latents are not the encoder's (an LCM's 4-step ones have more fine noise), and a tiny
 decoder taught on encoder latents alone drew such reds orange and greens olive where the teacher kept them; the
-teacher knows the image of any latent, so it can teach the tiny one off the encoder's manifold too. No
+teacher knows the image of any latent, so it can teach the tiny one off the encoder's manifold too.
+``--latent-offset S`` also moves each jittered latent's channels by constants drawn from -S to S per image and
+channel: a channel's mean over the image is the picture's overall colour, and a sampler's differ from the
+encoder's (the demo's 4-step LCM latents sit 0.13-0.16 nearer zero in every channel), where a tiny decoder taught
+on encoder latents drew reds yellow and whites pink while the teacher kept them. No
 adversarial or perceptual loss (TAESD's own has both; no network for them can be downloaded here), so the result
 is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 ``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
@@ -69,6 +73,10 @@ def add_arguments(p) -> None:
                    help="the teacher terms (--teacher-weight, --edge-weight) decode latents jittered by Gaussian noise "
                    "of a standard deviation drawn from 0 to S per image, so that the tiny decoder follows the teacher "
                    "on a sampler's latents as well as on the encoder's (default 0: off; costs a second tiny decode)")
+    p.add_argument("--latent-offset", type=float, default=0.0, metavar="S",
+                   help="the teacher terms' latents also shifted, each channel of each image by a constant drawn from "
+                   "-S to S: a sampler's latents' channel means (the image's overall colour) are not the encoder's "
+                   "(default 0: off)")
     p.set_defaults(command_name="train-tiny-vae")
 
 
@@ -131,13 +139,14 @@ def run(args) -> int:
 
     started = time.perf_counter()
     schedule = schedule_from_args(args)
-    for name in ("teacher_weight", "edge_weight", "latent_noise"):
+    for name in ("teacher_weight", "edge_weight", "latent_noise", "latent_offset"):
         value = getattr(args, name)
         if not (value >= 0 and np.isfinite(value)):
             raise InputError(f"--{name.replace('_', '-')}: must be a non-negative number, got {value}")
-    if args.latent_noise and not (args.teacher_weight or args.edge_weight):
-        raise InputError("--latent-noise: needs --teacher-weight or --edge-weight (only the teacher's decoder says "
-                         "what a jittered latent should look like)")
+    for name in ("latent_noise", "latent_offset"):
+        if getattr(args, name) and not (args.teacher_weight or args.edge_weight):
+            raise InputError(f"--{name.replace('_', '-')}: needs --teacher-weight or --edge-weight (only the "
+                             "teacher's decoder says what a jittered latent should look like)")
     check_colour_whitening(args.colour_whitening)
     size = read_tiny_config(args.config)
     geometry = teacher_geometry(args.model)
@@ -148,6 +157,7 @@ def run(args) -> int:
     run_folder = RunFolder(args.out, identity_of(args, schedule, str(Path(args.model).absolute()), data_sha256,
                                                  resolution, tiny_config=size, teacher_weight=args.teacher_weight,
                                                  edge_weight=args.edge_weight, latent_noise=args.latent_noise,
+                                                 latent_offset=args.latent_offset,
                                                  colour_whitening=args.colour_whitening))
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
     teacher = load_teacher(args.model)
@@ -159,7 +169,7 @@ def run(args) -> int:
     tiny = build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"])
     basis = torch.from_numpy(colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)).float().to(device)
     loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, args.edge_weight, device,
-                            basis, args.latent_noise)
+                            basis, args.latent_noise, args.latent_offset)
     losses = train(run_folder, schedule, {"tiny_vae": tiny}, loss, resume=args.resume,
                    progress=not args.no_progress, description="train-tiny-vae")
     with torch.no_grad():
@@ -217,6 +227,7 @@ class DistillationLoss:
     device: object
     basis: object       # torch 3x3: pixel errors are measured as basis @ (decoded - image)
     latent_noise: float = 0.0  # the teacher terms' latents jittered by N(0, sigma^2), sigma ~ U(0, latent_noise)
+    latent_offset: float = 0.0  # and shifted by a constant ~ U(-latent_offset, latent_offset) per image and channel
 
     def __call__(self, step: int, micro: int, generator):
         import torch
@@ -231,16 +242,27 @@ class DistillationLoss:
         decoded = self.tiny.decode(target).sample.float()
         loss = (encoded.float() - target).pow(2).mean() + self.pixel_error(decoded, pixels)
         if self.teacher_weight or self.edge_weight:
-            if self.latent_noise:
-                sigma = self.latent_noise * torch.rand(len(target), 1, 1, 1, generator=generator)
-                target = target + sigma.to(target.device) * torch.randn(target.shape, generator=generator).to(
-                    target.device)
+            if self.latent_noise or self.latent_offset:
+                target = target + self.jitter(target.shape, generator).to(target.device)
                 decoded = self.tiny.decode(target).sample.float()
             with torch.no_grad():
                 reference = self.teacher.decode(target / self.teacher.config.scaling_factor).sample.float()
             loss = loss + self.teacher_weight * self.pixel_error(decoded, reference)
             loss = loss + self.edge_weight * self.edge_error(decoded, reference)
         return loss
+
+    def jitter(self, shape, generator):
+        """What the teacher terms add to the latents: per-image Gaussian noise, then per-channel constants, each
+        drawn only where it is on."""
+        import torch
+
+        jitter = torch.zeros(shape)
+        if self.latent_noise:
+            sigma = self.latent_noise * torch.rand(shape[0], 1, 1, 1, generator=generator)
+            jitter = sigma * torch.randn(shape, generator=generator)
+        if self.latent_offset:
+            jitter = jitter + self.latent_offset * (2 * torch.rand(*shape[:2], 1, 1, generator=generator) - 1)
+        return jitter
 
     def whitened(self, decoded, reference):
         import torch
