@@ -26,11 +26,30 @@ from .onnx_export import DEFAULT_OPSET, export_network_entry, seeded_feeds
 from .sd_export import load_checkpoint
 
 
+#: The finest level's blocks the shallow path runs: SD's (cross-attention), or plain ones where a UNet leaves its
+#: finest level without attention (``SDSize.unet_attention``)
+SHALLOW_LEVELS = {("CrossAttnDownBlock2D", "CrossAttnUpBlock2D"), ("DownBlock2D", "UpBlock2D")}
+
+
 def _check_layout(unet) -> None:
     names = [type(b).__name__ for b in unet.down_blocks], [type(b).__name__ for b in unet.up_blocks]
-    if names[0][0] != "CrossAttnDownBlock2D" or names[1][-1] != "CrossAttnUpBlock2D" or len(unet.up_blocks) < 2:
-        raise InputError(f"--model: deepcache expects an SD 1.x UNet (cross-attention first down / last up block), "
-                         f"got {names}")
+    if (names[0][0], names[1][-1]) not in SHALLOW_LEVELS or len(unet.up_blocks) < 2:
+        raise InputError(f"--model: deepcache expects an SD 1.x UNet (first down and last up blocks both "
+                         f"cross-attention, or both plain), got {names}")
+
+
+def layer_outputs(block) -> list:
+    """The modules whose outputs are a block's layers' outputs: its attentions, or its resnets where it has none."""
+    return list(getattr(block, "attentions", None) or block.resnets)
+
+
+def run_layer(block, j: int, h, emb, encoder_hidden_states):
+    """Layer ``j`` of a down or up block (its resnet, then its attention if it has one) on ``h``."""
+    h = block.resnets[j](h, emb)
+    attentions = getattr(block, "attentions", None)
+    if attentions:
+        h = attentions[j](h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    return h
 
 
 def up_layers(unet) -> int:
@@ -50,13 +69,13 @@ class UNetCaptureNet(torch.nn.Module):
         if first == 0:
             last.register_forward_pre_hook(self._capture_input, with_kwargs=True)
         else:
-            last.attentions[first - 1].register_forward_hook(self._capture_output)
+            layer_outputs(last)[first - 1].register_forward_hook(self._capture_output)
 
     def _capture_input(self, module, args, kwargs):
         self._captured = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     def _capture_output(self, module, args, output):
-        self._captured = output[0] if isinstance(output, tuple) else output.sample
+        self._captured = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
 
     def forward(self, sample, timestep, encoder_hidden_states):
         out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
@@ -83,15 +102,13 @@ class UNetShallowNet(torch.nn.Module):
         h = u.conv_in(sample)
         skips = [h]
         down = u.down_blocks[0]
-        for resnet, attn in list(zip(down.resnets, down.attentions))[:layers - 1 - self.first]:
-            h = resnet(h, emb)
-            h = attn(h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        for i in range(layers - 1 - self.first):
+            h = run_layer(down, i, h, emb, encoder_hidden_states)
             skips.append(h)
         up = u.up_blocks[-1]
         h = deep_features
         for j in range(self.first, layers):
-            h = up.resnets[j](torch.cat([h, skips[layers - 1 - j]], dim=1), emb)
-            h = up.attentions[j](h, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            h = run_layer(up, j, torch.cat([h, skips[layers - 1 - j]], dim=1), emb, encoder_hidden_states)
         if u.conv_norm_out is not None:
             h = u.conv_act(u.conv_norm_out(h))
         return u.conv_out(h)

@@ -43,6 +43,7 @@ def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict
                               dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
                               dynamo=False)
         model = onnx.load(str(raw), load_external_data=True)
+        keep_contract_inputs(model, contract, sample, dynamic_axes)
         store_exact_fp16(model)
         data_name = out_path.name + ".data"
         for stale in (out_path, out_path.with_name(data_name)):
@@ -52,6 +53,29 @@ def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict
     for written in (out_path, out_path.with_name(data_name)):
         if written.exists():  # a small network may need no external data
             os.chmod(written, usual_mode())  # ONNX writes its external data 0600
+
+
+def keep_contract_inputs(model, contract: NetworkContract, sample: dict[str, np.ndarray],
+                         dynamic_axes: dict[str, dict[int, str]]) -> list[str]:
+    """Put back, in the contract's order, the inputs the tracer dropped because the graph never reads them (a
+    DeepCache shallow path whose layers have no cross-attention ignores the text): the contract is what every
+    backend and Triton's config feed. Returns the names put back."""
+    import onnx
+
+    graph = model.graph
+    present = {i.name: i for i in graph.input}
+    missing = [s.name for s in contract.inputs if s.name not in present]
+    for spec in contract.inputs:
+        if spec.name not in present:
+            axes = dynamic_axes.get(spec.name, {})
+            shape = [axes.get(i, n) for i, n in enumerate(sample[spec.name].shape)]
+            present[spec.name] = onnx.helper.make_tensor_value_info(
+                spec.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), shape)
+    ordered = [present[s.name] for s in contract.inputs] + [i for n, i in present.items()
+                                                            if n not in {s.name for s in contract.inputs}]
+    graph.ClearField("input")
+    graph.input.extend(ordered)
+    return missing
 
 
 def store_exact_fp16(model, min_elements: int = 256) -> int:

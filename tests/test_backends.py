@@ -364,6 +364,30 @@ def test_deepcache_shallow_layers_out_of_range(sd_checkpoint, deepcache_engines,
     assert code == 2 and "--shallow-layers must be an integer from 1 to 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("layers, backend", [("1", "ort"), pytest.param("2", "openvino", marks=OPENVINO_MARKS)])
+def test_deepcache_on_a_unet_whose_finest_level_has_no_attention(tmp_path, layers, backend):
+    """A UNet for a fine latent grid (``SDSize.unet_attention``: the finest level plain): its shallow path runs
+    plain resnets, and the split is as exact as SD's."""
+    from fashiongen.cli import main
+    from fashiongen.export.sd_export import export_pipeline
+    from fashiongen.random_checkpoints.sd import SDSize, write_sd_checkpoint
+    from fashiongen.runtime.fastmodes import deepcache_interval, variant_files
+    from fashiongen.runtime.manifest import load_manifest
+
+    size = SDSize(unet_channels=(32, 32, 64), unet_attention=(False, True, False), vae_channels=(32, 32, 32))
+    checkpoint = write_sd_checkpoint(tmp_path / "plain-top", size, seed=0)
+    folder = tmp_path / "engines"
+    export_pipeline(checkpoint, folder, progress=False)
+    assert main(["deepcache", "--model", str(checkpoint), "--engines", str(folder), "--shallow-layers", layers]) == 0
+    manifest = load_manifest(folder)
+    assert manifest.variants["deepcache"].settings["split_max_abs_diff"] <= 1e-4
+    engines = EngineSet(folder, backend_factory(backend), files=variant_files(manifest, backend, "deepcache"))
+    images = Txt2ImgPipeline(engines, deepcache=deepcache_interval(manifest, "deepcache"))(request(),
+                                                                                         progress=False).images
+    exact = Txt2ImgPipeline(EngineSet(folder))(request(), progress=False).images
+    assert psnr(images, exact) > 20 and not np.array_equal(images, exact)
+
+
 def test_deepcache_interval_reaching_every_step_is_the_exact_image(deepcache_engines):
     """With the whole UNet at every call (interval 1), the capture part alone must give the exact image."""
     exact = Txt2ImgPipeline(EngineSet(deepcache_engines))(request(), progress=False).images

@@ -191,6 +191,18 @@ def test_non_default_size_loads(tmp_path):
     assert _generate(pipe).shape == (1, 48, 64, 3)
 
 
+def test_unet_attention_chooses_the_levels_with_cross_attention(tmp_path):
+    assert SDSize(unet_channels=(32, 64, 64)).unet_attention == (True, True, False)  # SD's layout by default
+    size = SDSize(unet_channels=(32, 32, 64), unet_attention=(False, True, False), vae_channels=(32, 32, 32))
+    pipe = _load(write_sd_checkpoint(tmp_path / "plain-top", size, seed=0))
+    assert list(pipe.unet.config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert list(pipe.unet.config.up_block_types) == ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    assert _generate(pipe).shape == (1, 48, 64, 3)
+    for bad in ((True, False), (1, 1, 0)):
+        with pytest.raises(ValueError, match="unet_attention must be one true or false per UNet level"):
+            SDSize(unet_channels=(32, 32, 64), unet_attention=bad)
+
+
 def test_pix2pix_unet(tmp_path):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
