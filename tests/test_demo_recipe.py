@@ -69,8 +69,9 @@ def test_the_recipes_optional_keys_reach_the_commands(tmp_path, monkeypatch):
     monkeypatch.setitem(demo.RECIPE, "captioner", {**demo.RECIPE["captioner"], "flip": True, "zoom": 1.1})
     argv = {s.name: s.argv for s in demo.stages(tmp_path, demo.SEED)}
     tiny = parser.parse_args(argv["tiny-vae"])
-    assert (tiny.teacher_weight, tiny.edge_weight) == (demo.RECIPE["tiny_vae"]["teacher_weight"],
-                                                       demo.RECIPE["tiny_vae"]["edge_weight"])
+    recipe = demo.RECIPE["tiny_vae"]
+    assert (tiny.teacher_weight, tiny.edge_weight, tiny.latent_noise, tiny.latent_offset) == (
+        recipe["teacher_weight"], recipe["edge_weight"], recipe["latent_noise"], recipe["latent_offset"])
     captioner = parser.parse_args(argv["captioner"])
     assert captioner.flip is True and captioner.zoom == 1.1 and "True" not in argv["captioner"]
 
