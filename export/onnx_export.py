@@ -56,26 +56,24 @@ def export_onnx(module: torch.nn.Module, contract: NetworkContract, sample: dict
 
 
 def keep_contract_inputs(model, contract: NetworkContract, sample: dict[str, np.ndarray],
-                         dynamic_axes: dict[str, dict[int, str]]) -> list[str]:
+                         dynamic_axes: dict[str, dict[int, str]]) -> None:
     """Put back, in the contract's order, the inputs the tracer dropped because the graph never reads them (a
     DeepCache shallow path whose layers have no cross-attention ignores the text): the contract is what every
-    backend and Triton's config feed. Returns the names put back."""
+    backend and Triton's config feed."""
     import onnx
 
     graph = model.graph
     present = {i.name: i for i in graph.input}
-    missing = [s.name for s in contract.inputs if s.name not in present]
-    for spec in contract.inputs:
-        if spec.name not in present:
-            axes = dynamic_axes.get(spec.name, {})
-            shape = [axes.get(i, n) for i, n in enumerate(sample[spec.name].shape)]
-            present[spec.name] = onnx.helper.make_tensor_value_info(
-                spec.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), shape)
-    ordered = [present[s.name] for s in contract.inputs] + [i for n, i in present.items()
-                                                            if n not in {s.name for s in contract.inputs}]
+    missing = [s for s in contract.inputs if s.name not in present]
+    for spec in missing:
+        axes = dynamic_axes.get(spec.name, {})
+        shape = [axes.get(i, n) for i, n in enumerate(sample[spec.name].shape)]
+        present[spec.name] = onnx.helper.make_tensor_value_info(
+            spec.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), shape)
+    names = [s.name for s in contract.inputs]
+    others = [i for name, i in present.items() if name not in names]
     graph.ClearField("input")
-    graph.input.extend(ordered)
-    return missing
+    graph.input.extend([present[name] for name in names] + others)
 
 
 def store_exact_fp16(model, min_elements: int = 256) -> int:
