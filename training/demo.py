@@ -152,7 +152,7 @@ RECIPE = {
     # 92.5 / 92.0%. The same run with the teacher's terms also on latents jittered by up to 0.3 (--latent-noise:
     # an LCM's 4-step latents are not the exact mode's), probed on the same latents in PyTorch: exact 94.0 / 89.5%,
     # pattern 88.0%, 4-step LCM 92.0 / 87.0%. Distilled from product-sharpen instead: 93.5 / 93.0 and 93.0 / 87.5%;
-    # the 4-step LCM's reds came out yellow, its whites pink: its latents' channel means sit 0.13-0.16 nearer zero
+    # the 4-step LCM's reds came out yellow, its whites pink: its latents' channel means sit 0.03-0.16 nearer zero
     # than the encoder's, which a zero-mean jitter does not cover. With the teacher terms' latents also shifted per
     # image and channel by up to 0.2 (--latent-offset), the same 4,000 steps, 67.1 min on one thread beside another
     # training: exact mode through it 94.5 / 92.5%, 4-step LCM 94.0 / 89.0% (the full decoder 96.5 / 95.5 and 90.0 /

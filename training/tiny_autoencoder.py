@@ -17,9 +17,9 @@ decodes, for those two teacher terms, the latents jittered by Gaussian noise of 
 to S per image: a sampler's latents are not the encoder's (an LCM's 4-step ones have more fine noise), and a tiny
 decoder taught on encoder latents alone drew such reds orange and greens olive where the teacher kept them; the
 teacher knows the image of any latent, so it can teach the tiny one off the encoder's manifold too.
-``--latent-offset S`` also moves each jittered latent's channels by constants drawn from -S to S per image and
-channel: a channel's mean over the image is the picture's overall colour, and a sampler's differ from the
-encoder's (the demo's 4-step LCM latents sit 0.13-0.16 nearer zero in every channel), where a tiny decoder taught
+``--latent-offset S`` also moves those latents, each channel of each image, by a constant drawn from -S to S
+(with or without the noise): a channel's mean over the image is the picture's overall colour, and a sampler's differ from the
+encoder's (the demo's 4-step LCM latents' channel means sit 0.03-0.16 nearer zero), where a tiny decoder taught
 on encoder latents drew reds yellow and whites pink while the teacher kept them. No
 adversarial or perceptual loss (TAESD's own has both; no network for them can be downloaded here), so the result
 is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
