@@ -241,6 +241,7 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, pairs, tmp_path):
     refused(run(sd_checkpoint, data, "--pairs-per-image", 0), "--pairs-per-image")
     refused(run(sd_checkpoint, data, "--conv-in-lr-scale", 0), "--conv-in-lr-scale", "positive")
     refused(run(sd_checkpoint, data, "--source-init-scale", -1), "--source-init-scale", "0 or more")
+    refused(run(sd_checkpoint, data, "--noise-offset", 2), "--noise-offset", "between 0 and 1")
     refused(run(sd_checkpoint, data, "--data", pairs), "--data", "edit pairs", "one kind")
     no_source, no_prompt = tmp_path / "no-source", tmp_path / "no-prompt"
     for folder in (no_source, no_prompt):

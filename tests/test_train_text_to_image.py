@@ -268,6 +268,22 @@ def test_snr_floor_weighs_the_noisiest_steps_by_the_clean_latent_error(predictio
     torch.testing.assert_close(weights(None, 0.2), snr.clamp(min=0.2) / native)
 
 
+def test_noise_offset_shifts_each_image_and_channel_by_one_draw():
+    """With --noise-offset S the training noise is the plain draw plus one constant per image and channel, of
+    spread S; without it, the plain draw."""
+    def noise(offset):
+        options = t2i.Options(train_text_encoder=False, caption_dropout=0.0, snr_gamma=None, noise_offset=offset)
+        loss = t2i.DiffusionLoss(None, None, None, None, None, options, "cpu")
+        return loss.noise((256, 4, 8, 8), torch.Generator().manual_seed(3))
+
+    plain = torch.randn((256, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(noise(0.0), plain)
+    shift = noise(0.1) - plain
+    torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift))
+    assert 0.08 < shift[:, :, 0, 0].std() < 0.12
+    assert shift[:, :, 0, 0].unique().numel() == 256 * 4
+
+
 # -- bad input: one line naming the argument, and no run folder left behind ------------------------------------
 def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_file, data, tmp_path):
     def run(*argv):
@@ -286,6 +302,7 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     refused(run("--model", sd_checkpoint, "--data", data, "--caption-dropout", 1), "--caption-dropout")
     refused(run("--model", sd_checkpoint, "--data", data, "--learning-rate", -1), "--learning-rate")
     refused(run("--model", sd_checkpoint, "--data", data, "--snr-floor", 0), "--snr-floor", "positive")
+    refused(run("--model", sd_checkpoint, "--data", data, "--noise-offset", -0.1), "--noise-offset")
     refused(run("--model", sd_checkpoint, "--data", data, "--snr-gamma", 1, "--snr-floor", 2), "--snr-floor",
             "--snr-gamma")
     assert not (tmp_path / "run").exists()

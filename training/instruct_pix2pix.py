@@ -43,7 +43,8 @@ from fashiongen.runtime.errors import InputError
 from .edit_pairs import EditPair, attribute_rows, check_pairing, make_pairs
 from .options import schedule_from_args
 from .text_to_image import (LATENTS_CACHE, MODEL, DiffusionLoss, add_data_arguments, add_diffusion_arguments,
-                            base_geometry, base_identity, cached_posteriors, check_snr_weighting, data_digest,
+                            base_geometry, base_identity, cached_posteriors, check_noise_offset,
+                            check_snr_weighting, data_digest,
                             identity_of, load_base, read_data, sample_latents, tokenize, training_record,
                             training_size, write_model)
 
@@ -114,12 +115,13 @@ class Options:
     conv_in_lr_scale: float = 1.0
     snr_floor: float | None = None
     source_init_scale: float = 0.0
+    noise_offset: float = 0.0
     train_text_encoder: bool = False  # the recipe's: the text encoder stays frozen
 
     @classmethod
     def from_args(cls, args) -> "Options":
         options = cls(args.conditioning_dropout_prob, args.snr_gamma, args.pairs_per_image, args.instruction_mix,
-                      args.conv_in_lr_scale, args.snr_floor, args.source_init_scale)
+                      args.conv_in_lr_scale, args.snr_floor, args.source_init_scale, args.noise_offset)
         if not (math.isfinite(options.conv_in_lr_scale) and options.conv_in_lr_scale > 0):
             raise InputError(f"--conv-in-lr-scale: must be a positive number, got {options.conv_in_lr_scale}")
         if not 0 <= options.conditioning_dropout <= 1 / 3:
@@ -132,6 +134,7 @@ class Options:
         if not (math.isfinite(options.source_init_scale) and options.source_init_scale >= 0):
             raise InputError(f"--source-init-scale: must be 0 or more, got {options.source_init_scale}")
         check_snr_weighting(options.snr_gamma, options.snr_floor)
+        check_noise_offset(options.noise_offset)
         return options
 
 

@@ -288,6 +288,17 @@ def add_diffusion_arguments(p, what: str) -> None:
                    "decided (and where only an editor's source image tells the garment's type and shape); e.g. 0.2 "
                    "(default off; on the demo editor, 1,500 more steps at 0.2 lowered the imperative pairs' error of "
                    "the clean latent at t=950 from 0.24 to 0.20 and left edit success where it was)")
+    p.add_argument("--noise-offset", type=float, default=0.0, metavar="S",
+                   help="offset noise (diffusers' --noise_offset): add S times one normal draw per image and latent "
+                   "channel to the training noise. The schedule's noisiest step still holds a trace of the clean "
+                   "latent's channel means, the picture's overall colour, which a sample's pure noise does not: a "
+                   "model trained without the offset reads colour from that trace, and an editor then never learns "
+                   "to take it from its source image. e.g. 0.1 (default 0: off)")
+
+
+def check_noise_offset(value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise InputError(f"--noise-offset: must be between 0 and 1, got {value}")
 
 
 def check_snr_weighting(gamma: float | None, floor: float | None) -> None:
@@ -332,16 +343,19 @@ class Options:
     caption_dropout: float
     snr_gamma: float | None
     snr_floor: float | None = None
+    noise_offset: float = 0.0
 
     @classmethod
     def from_args(cls, args) -> "Options":
         scratch = args.config is not None
         options = cls(train_text_encoder=scratch if args.train_text_encoder is None else args.train_text_encoder,
                       caption_dropout=(0.1 if scratch else 0.0) if args.caption_dropout is None
-                      else args.caption_dropout, snr_gamma=args.snr_gamma, snr_floor=args.snr_floor)
+                      else args.caption_dropout, snr_gamma=args.snr_gamma, snr_floor=args.snr_floor,
+                      noise_offset=args.noise_offset)
         if not 0 <= options.caption_dropout < 1:
             raise InputError(f"--caption-dropout: must be in [0, 1), got {options.caption_dropout}")
         check_snr_weighting(options.snr_gamma, options.snr_floor)
+        check_noise_offset(options.noise_offset)
         for name in ("validation_every", "validation_images"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
@@ -496,7 +510,7 @@ class DiffusionLoss:
 
         size = self.schedule.batch_size
         latents, ids, condition = self.draw(step_batch(len(self.data), self.schedule, step, micro), generator)
-        noise = torch.randn(latents.shape, generator=generator)
+        noise = self.noise(latents.shape, generator)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         latents, ids, noise, timesteps = (t.to(self.device) for t in (latents, ids, noise, timesteps))
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
@@ -508,6 +522,16 @@ class DiffusionLoss:
         target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
         per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (per_image * self.weights(timesteps)).mean()
+
+    def noise(self, shape, generator):
+        """The training noise: a normal draw, plus with ``noise_offset`` S one more per image and channel, times
+        S, spread over the whole latent (offset noise, diffusers' ``--noise_offset``)."""
+        import torch
+
+        noise = torch.randn(shape, generator=generator)
+        if self.options.noise_offset:
+            noise = noise + self.options.noise_offset * torch.randn(tuple(shape[:2]) + (1, 1), generator=generator)
+        return noise
 
     def draw(self, index, generator):
         """The micro-batch: target latents, token ids, and the latents the UNet sees beside the noisy ones
