@@ -293,7 +293,10 @@ def add_diffusion_arguments(p, what: str) -> None:
                    "channel to the training noise. The schedule's noisiest step still holds a trace of the clean "
                    "latent's channel means, the picture's overall colour, which a sample's pure noise does not: a "
                    "model trained without the offset reads colour from that trace, and an editor then never learns "
-                   "to take it from its source image. e.g. 0.1 (default 0: off)")
+                   "to take it from its source image. e.g. 0.1 (default 0: off; on the demo editor, with "
+                   "--source-init-scale 0.5 --snr-floor 1.0, 0.1 raised imperative edit success from 9.5 to 15.5%% and "
+                   "lowered caption edits' from 46.0 to 41.0%%: a garment's colour against the white background still "
+                   "shows through the noise, which a constant per channel does not hide)")
 
 
 def check_noise_offset(value: float) -> None:
