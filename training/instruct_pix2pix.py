@@ -43,10 +43,9 @@ from fashiongen.runtime.errors import InputError
 from .edit_pairs import EditPair, attribute_rows, check_pairing, make_pairs
 from .options import schedule_from_args
 from .text_to_image import (LATENTS_CACHE, MODEL, DiffusionLoss, add_data_arguments, add_diffusion_arguments,
-                            base_geometry, base_identity, cached_posteriors, check_noise_offset,
-                            check_snr_weighting, data_digest,
-                            identity_of, load_base, read_data, sample_latents, tokenize, training_record,
-                            training_size, write_model)
+                            base_geometry, base_identity, cached_posteriors, check_noise_offset, check_snr_weighting,
+                            data_digest, identity_of, load_base, read_data, sample_latents, tokenize,
+                            training_record, training_size, write_model)
 
 if TYPE_CHECKING:
     import torch

@@ -18,9 +18,9 @@ to S per image: a sampler's latents are not the encoder's (an LCM's 4-step ones 
 decoder taught on encoder latents alone drew such reds orange and greens olive where the teacher kept them; the
 teacher knows the image of any latent, so it can teach the tiny one off the encoder's manifold too.
 ``--latent-offset S`` also moves those latents, each channel of each image, by a constant drawn from -S to S
-(with or without the noise): a channel's mean over the image is the picture's overall colour, and a sampler's differ from the
-encoder's (the demo's 4-step LCM latents' channel means sit 0.03-0.16 nearer zero), where a tiny decoder taught
-on encoder latents drew reds yellow and whites pink while the teacher kept them. No
+(with or without the noise): a channel's mean over the image is the picture's overall colour, and a sampler's
+differ from the encoder's (the demo's 4-step LCM latents' channel means sit 0.03-0.16 nearer zero), where a tiny
+decoder taught on encoder latents drew reds yellow and whites pink while the teacher kept them. No
 adversarial or perceptual loss (TAESD's own has both; no network for them can be downloaded here), so the result
 is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 ``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
