@@ -79,12 +79,17 @@ def default_image_guidance(manifest: Manifest) -> float:
     return float(manifest.presets.get(DEFAULT_PRESET, {}).get("image_guidance", DEFAULT_IMAGE_GUIDANCE))
 
 
+def fast_settings(manifest: Manifest) -> dict | None:
+    """The fast preset's sampling settings as the folder records them (or, for a folder exported before they were
+    recorded, the same recommendation); None where its UNet is not LCM-capable."""
+    return manifest.presets.get("fast") or recommend_fast(manifest)
+
+
 def fast_preset(manifest: Manifest, engine_dir: Path | str) -> Preset:
-    """The fast preset of an engine folder: its recorded settings (or, for a folder exported before they were
-    recorded, the same recommendation), with the tiny decoder where it has one. A folder whose UNet is not
-    LCM-capable is refused: 4 LCM steps of a plain UNet give noise, and silently running its slow default
-    would not be what ``fast`` asked for."""
-    settings = manifest.presets.get("fast") or recommend_fast(manifest)
+    """The fast preset of an engine folder (:func:`fast_settings`), with the tiny decoder where it has one. A
+    folder whose UNet is not LCM-capable is refused: 4 LCM steps of a plain UNet give noise, and silently running
+    its slow default would not be what ``fast`` asked for."""
+    settings = fast_settings(manifest)
     if settings is None:
         raise InputError(f"preset: '{engine_dir}' has no LCM-capable UNet (no LoRA merged with `fashiongen export "
                          f"--lcm-lora`, no {GUIDANCE_DIM} guidance embedding, no LCMScheduler config), so "

@@ -117,10 +117,19 @@ class Txt2ImgPipeline:
     def __call__(self, request: Txt2ImgRequest, progress: bool = True) -> Txt2ImgResult:
         timings = StageTimings()
         with timings.measure("total"):
-            images = self._generate(self.resolve(request), timings, progress)
+            req = self.resolve(request)
+            self.engines[DECODERS[req.decoder][0]]  # open (and so check) the decoder before computing anything
+            latents = self._denoise(req, timings, progress)
+            with timings.measure("vae_decoder"):
+                images = self.decode(latents, req.decoder)
         return Txt2ImgResult(images=images, timings=timings)
 
-    def _generate(self, req: Txt2ImgRequest, timings: StageTimings, progress: bool) -> np.ndarray:
+    def latents(self, request: Txt2ImgRequest, progress: bool = False) -> np.ndarray:
+        """The request's denoised latents (N x C x h x w, scaled as the UNet works), not decoded: what a decoder
+        is given, e.g. for distilling a tiny decoder on what this sampler draws (``train-tiny-vae --sampler``)."""
+        return self._denoise(self.resolve(request), StageTimings(), progress)
+
+    def _denoise(self, req: Txt2ImgRequest, timings: StageTimings, progress: bool) -> np.ndarray:
         guidance_dim = self.dims.get(GUIDANCE_DIM)
         # diffusers' do_classifier_free_guidance: off at guidance <= 1, and for a UNet with a guidance embedding
         guided = req.guidance > 1.0 and guidance_dim is None
@@ -132,7 +141,6 @@ class Txt2ImgPipeline:
         # open (and so check) every network before computing anything
         unet = self.engines["unet_capture" if self.deepcache else "unet"]
         shallow = self.engines["unet_shallow"] if self.deepcache else None
-        self.engines[DECODERS[req.decoder][0]]
 
         with timings.measure("text_encoder"):
             text = self.encode_prompt(req.prompt, req.negative_prompt, req.num_images, guided)
@@ -162,6 +170,4 @@ class Txt2ImgPipeline:
             uncond, cond = np.split(noise, 2)
             return uncond + np.float32(req.guidance) * (cond - uncond)
 
-        latents = denoise(latents, scheduler, predict, generator, timings, progress)
-        with timings.measure("vae_decoder"):
-            return self.decode(latents, req.decoder)
+        return denoise(latents, scheduler, predict, generator, timings, progress)

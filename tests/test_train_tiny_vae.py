@@ -117,7 +117,8 @@ def test_output_loads_in_diffusers_and_exports(trained, sd_checkpoint, tmp_path)
     assert images.shape == (1, SIZE, SIZE, 3)
 
 
-def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_path):  # noqa: F811
+def test_bad_input_is_refused_in_one_line(sd_checkpoint, sd_engines, segmenter_engines, data, config_file,  # noqa: F811
+                                          tmp_path):
     def run(*argv, model=sd_checkpoint, config=config_file, data_dir=data):
         return lambda: tiny.run(parse(tiny, ["--model", model, "--config", config, "--data", data_dir, "--out",
                                              tmp_path / "run", "--no-progress", *argv]))
@@ -145,4 +146,31 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, data, config_file, tmp_
     refused(run("--latent-offset", "0.2"), "--latent-offset", "needs --teacher-weight or --edge-weight")
     refused(run("--teacher-weight", "1", "--latent-offset", "-0.1"), "--latent-offset", "non-negative")
     refused(run("--colour-whitening", "0.6"), "--colour-whitening", "0.5")
+    refused(run("--sampler", sd_engines), "--sampler", "needs --teacher-weight or --edge-weight")
+    refused(run("--edge-weight", "1", "--sampler", tmp_path / "nowhere"), "--sampler", "is not a folder")
+    refused(run("--edge-weight", "1", "--sampler", segmenter_engines), "--sampler", "segmenter")
+    refused(run("--edge-weight", "1", "--sampler-steps", "4"), "--sampler-steps", "without --sampler")
+    refused(run("--edge-weight", "1", "--sampler", sd_engines, "--sampler-steps", "0"), "--sampler-steps", "positive")
     assert not (tmp_path / "run").exists()
+
+
+def test_sampler_latents_feed_the_teacher_terms_and_are_cached(sd_checkpoint, sd_engines, data, config_file,  # noqa: F811
+                                                                tmp_path, monkeypatch):
+    plain = train(sd_checkpoint, data, tmp_path / "plain", config_file, "--edge-weight", 0.5)
+    run = tmp_path / "sampled"
+    sampled = train(sd_checkpoint, data, run, config_file, "--edge-weight", 0.5, "--sampler", sd_engines,
+                    "--sampler-steps", 2)
+    assert plain["step_losses"][0] != sampled["step_losses"][0]  # the same weights and batch: only the sampler's
+    latents = load_file(str(run / tiny.SAMPLER_CACHE))["latents"]
+    assert latents.shape == (4, 4, SIZE // 8, SIZE // 8) and latents.std() > 0.1  # one a caption, denoised
+    from fashiongen.runtime.engines import EngineSet
+    from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+    first = json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["text"]
+    again = Txt2ImgPipeline(EngineSet(sd_engines)).latents(Txt2ImgRequest(prompt=first, seed=0, steps=2,
+                                                                          height=SIZE, width=SIZE))
+    assert torch.allclose(latents[:1], torch.from_numpy(again))  # caption i, seed --seed + i (0 here)
+    monkeypatch.setattr(Txt2ImgPipeline, "latents", lambda *a, **k: pytest.fail("the cache was not read"))
+    resumed = train(sd_checkpoint, data, run, config_file, "--edge-weight", 0.5, "--sampler", sd_engines,
+                    "--sampler-steps", 2, "--steps", 6, "--resume")
+    assert resumed["step_losses"][:4] == sampled["step_losses"]

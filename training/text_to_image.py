@@ -442,31 +442,43 @@ def tokenize(tokenizer, texts: list[str]):
                      return_tensors="pt").input_ids
 
 
-def cached_posteriors(rows, vae, size: int, data_sha256: str, cache: Path, device, progress: bool):
-    """Each image's posterior mean and std (float32, on the CPU), read from ``cache`` when its key (data, VAE
-    weights, size) matches, else computed and written there."""
-    import torch
+def cached_tensors(cache: Path, key: str, compute) -> dict:
+    """The tensors in ``cache`` when it was written for ``key`` (a digest of everything they depend on), else
+    ``compute()``'s (a dict of CPU tensors), written there first: work done once per run folder, and redone when
+    its inputs change."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from fashiongen.runtime.files import atomic_file
 
-    key = hashlib.sha256(f"{data_sha256} {weights_digest(vae)} {size}".encode()).hexdigest()
     if cache.is_file():
         with safe_open(str(cache), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
-                return f.get_tensor("mean"), f.get_tensor("std")
-    vae.to(device).eval()
-    means, stds = [], []
-    with torch.no_grad():
-        for images in image_batches(rows, size, 16, progress, "encode latents"):
-            posterior = vae.encode(images.to(device)).latent_dist
-            means.append(posterior.mean.float().cpu())
-            stds.append(posterior.std.float().cpu())
-    mean, std = torch.cat(means).contiguous(), torch.cat(stds).contiguous()
+                return {name: f.get_tensor(name) for name in f.keys()}
+    tensors = {name: tensor.contiguous() for name, tensor in compute().items()}
     with atomic_file(cache) as tmp:
-        save_file({"mean": mean, "std": std}, str(tmp), metadata={"key": key})
-    return mean, std
+        save_file(tensors, str(tmp), metadata={"key": key})
+    return tensors
+
+
+def cached_posteriors(rows, vae, size: int, data_sha256: str, cache: Path, device, progress: bool):
+    """Each image's posterior mean and std (float32, on the CPU), read from ``cache`` when its key (data, VAE
+    weights, size) matches, else computed and written there."""
+    import torch
+
+    def encode() -> dict:
+        vae.to(device).eval()
+        means, stds = [], []
+        with torch.no_grad():
+            for images in image_batches(rows, size, 16, progress, "encode latents"):
+                posterior = vae.encode(images.to(device)).latent_dist
+                means.append(posterior.mean.float().cpu())
+                stds.append(posterior.std.float().cpu())
+        return {"mean": torch.cat(means), "std": torch.cat(stds)}
+
+    key = hashlib.sha256(f"{data_sha256} {weights_digest(vae)} {size}".encode()).hexdigest()
+    tensors = cached_tensors(cache, key, encode)
+    return tensors["mean"], tensors["std"]
 
 
 def weights_digest(module) -> str:

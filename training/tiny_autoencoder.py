@@ -20,7 +20,10 @@ teacher knows the image of any latent, so it can teach the tiny one off the enco
 ``--latent-offset S`` also moves those latents, each channel of each image, by a constant drawn from -S to S
 (with or without the noise): a channel's mean over the image is the picture's overall colour, and a sampler's
 differ from the encoder's (the demo's 4-step LCM latents' channel means sit 0.03-0.16 nearer zero), where a tiny
-decoder taught on encoder latents drew reds yellow and whites pink while the teacher kept them. No
+decoder taught on encoder latents drew reds yellow and whites pink while the teacher kept them. ``--sampler
+ENGINES`` gives the teacher terms the sampler's latents themselves: an exported text-to-image folder (the
+LCM-LoRA one, for the few-step mode) draws one latent for each image's caption through the torch-free runtime,
+and half of each batch the teacher decodes those in place of the encoder's (jittered) ones. No
 adversarial or perceptual loss (TAESD's own has both; no network for them can be downloaded here), so the result
 is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 ``encoder_block_out_channels``, ``decoder_block_out_channels``, ``num_encoder_blocks``, ``num_decoder_blocks``
@@ -30,6 +33,7 @@ is softer than TAESD. ``--config`` sets the size: AutoencoderTiny's
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -41,10 +45,11 @@ from fashiongen.runtime.errors import InputError
 
 from .autoencoder import COLOUR_SAMPLE, add_colour_whitening_argument, check_colour_whitening, colour_basis
 from .options import add_schedule_arguments, schedule_from_args
-from .text_to_image import (MODEL, RECORD, add_data_arguments, data_digest, identity_of, load_images,
-                            read_config_object, read_data, training_record, training_size)
+from .text_to_image import (MODEL, RECORD, add_data_arguments, cached_tensors, data_digest, identity_of,
+                            load_images, read_config_object, read_data, training_record, training_size)
 
 PSNR_SAMPLE = 64  # images whose reconstruction the record measures
+SAMPLER_CACHE = "sampler-latents.safetensors"  # --sampler's latents, in the run folder
 
 
 def add_arguments(p) -> None:
@@ -77,6 +82,15 @@ def add_arguments(p) -> None:
                    help="the teacher terms' latents also shifted, each channel of each image by a constant drawn from "
                    "-S to S: a sampler's latents' channel means (the image's overall colour) are not the encoder's "
                    "(default 0: off)")
+    p.add_argument("--sampler", type=Path, default=None, metavar="ENGINES",
+                   help="an exported text-to-image engine folder of the teacher's VAE (e.g. `export --lcm-lora`'s): "
+                   "for half of each batch the teacher terms decode the latents its sampler draws for the data's "
+                   "captions (one per image, seeds --seed + i, cached in the run folder) instead of the encoder's, "
+                   "so that the tiny decoder learns what that sampler makes, not only what the encoder makes. "
+                   "Sampled with the folder's fast preset where it has one, else its defaults (needs "
+                   "--teacher-weight or --edge-weight, and captions)")
+    p.add_argument("--sampler-steps", type=int, default=None, metavar="N",
+                   help="--sampler's denoising steps (default: its fast preset's, 4, else 25)")
     p.set_defaults(command_name="train-tiny-vae")
 
 
@@ -147,29 +161,39 @@ def run(args) -> int:
         if getattr(args, name) and not (args.teacher_weight or args.edge_weight):
             raise InputError(f"--{name.replace('_', '-')}: needs --teacher-weight or --edge-weight (only the "
                              "teacher's decoder says what a jittered latent should look like)")
+    if args.sampler is not None and not (args.teacher_weight or args.edge_weight):
+        raise InputError("--sampler: needs --teacher-weight or --edge-weight (only the teacher's decoder says what "
+                         "a sampled latent should look like)")
+    if args.sampler_steps is not None and (args.sampler is None or args.sampler_steps < 1):
+        raise InputError(f"--sampler-steps: must be a positive number of steps, with --sampler; got "
+                         f"{args.sampler_steps}" + ("" if args.sampler else " without --sampler"))
     check_colour_whitening(args.colour_whitening)
     size = read_tiny_config(args.config)
     geometry = teacher_geometry(args.model)
     check_downscale(size, geometry["downscale"], args.config)
     resolution = training_size(args.resolution, geometry)
-    rows = read_data(args.data, require=())
+    rows = read_data(args.data, require=("text",) if args.sampler else ())
     data_sha256 = data_digest(rows)
+    sampler = None if args.sampler is None else Sampler.open(args.sampler, geometry, resolution, args.sampler_steps)
     run_folder = RunFolder(args.out, identity_of(args, schedule, str(Path(args.model).absolute()), data_sha256,
                                                  resolution, tiny_config=size, teacher_weight=args.teacher_weight,
                                                  edge_weight=args.edge_weight, latent_noise=args.latent_noise,
                                                  latent_offset=args.latent_offset,
-                                                 colour_whitening=args.colour_whitening))
+                                                 colour_whitening=args.colour_whitening,
+                                                 **({} if sampler is None else {"sampler": sampler.identity()})))
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
     teacher = load_teacher(args.model)
     device = make_accelerator(schedule).device
     images = load_images(rows, resolution)
     latents = teacher_latents(teacher, images, device, progress=not args.no_progress)
+    sampled = None if sampler is None else sampler.latents(
+        [row.columns["text"] for row in rows], args.seed, run_folder.out / SAMPLER_CACHE, progress=not args.no_progress)
     from fashiongen.random_checkpoints.tiny_vae import build_tiny_vae
 
     tiny = build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"])
     basis = torch.from_numpy(colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)).float().to(device)
     loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, args.edge_weight, device,
-                            basis, args.latent_noise, args.latent_offset)
+                            basis, args.latent_noise, args.latent_offset, sampled)
     losses = train(run_folder, schedule, {"tiny_vae": tiny}, loss, resume=args.resume,
                    progress=not args.no_progress, description="train-tiny-vae")
     with torch.no_grad():
@@ -212,6 +236,60 @@ def teacher_latents(teacher, images: np.ndarray, device, progress: bool, batch_s
 
 
 @dataclass
+class Sampler:
+    """``--sampler``: an exported text-to-image folder's pipeline and the settings it samples with (its fast
+    preset where it has one, else its defaults), checked against the teacher before the run starts."""
+
+    pipeline: object  # runtime Txt2ImgPipeline
+    settings: dict    # Txt2ImgRequest fields: steps, and the preset's scheduler and guidance
+    size: int
+
+    @classmethod
+    def open(cls, engines: Path, geometry: dict, size: int, steps: int | None) -> "Sampler":
+        from fashiongen.runtime.engines import EngineSet
+        from fashiongen.runtime.manifest import load_manifest
+        from fashiongen.runtime.presets import fast_settings
+        from fashiongen.runtime.txt2img import Txt2ImgPipeline, Txt2ImgRequest
+
+        manifest = load_manifest(engines, "--sampler")
+        pipeline = Txt2ImgPipeline(EngineSet(engines, manifest=manifest), arg="--sampler")
+        drawn = (int(manifest.dims["latent_channels"]), int(manifest.vae.downscale))
+        wanted = (geometry["latent_channels"], geometry["downscale"])
+        if drawn != wanted:
+            raise InputError(f"--sampler: '{engines}' draws {drawn[0]}-channel latents at 1/{drawn[1]} of the image "
+                             f"size; the teacher's VAE takes {wanted[0]}-channel ones at 1/{wanted[1]}")
+        preset = fast_settings(manifest)
+        settings = {"steps": Txt2ImgRequest.steps} if preset is None else {
+            k: preset[k] for k in ("scheduler", "steps", "guidance")}
+        if steps is not None:
+            settings["steps"] = steps
+        return cls(pipeline, settings, size)
+
+    def identity(self) -> dict:
+        """What the run's identity records of the sampler: its folder's manifest digest and the settings."""
+        manifest = (self.pipeline.engines.engine_dir / "manifest.json").read_bytes()
+        return {"manifest_sha256": hashlib.sha256(manifest).hexdigest(), **self.settings}
+
+    def latents(self, captions: list[str], seed: int, cache: Path, progress: bool):
+        """One latent per caption (seed ``seed + i``), float32 NCHW on the CPU, read from ``cache`` when its key
+        (sampler, captions, seed, size) matches, else drawn and written there."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from fashiongen.runtime.txt2img import Txt2ImgRequest
+
+        def draw() -> dict:
+            drawn = [self.pipeline.latents(Txt2ImgRequest(prompt=caption, seed=seed + i, height=self.size,
+                                                          width=self.size, **self.settings))
+                     for i, caption in enumerate(tqdm(captions, desc="sampler latents", unit="latent",
+                                                      disable=not progress))]
+            return {"latents": torch.from_numpy(np.concatenate(drawn)).float()}
+
+        key = hashlib.sha256(json.dumps([self.identity(), captions, seed, self.size]).encode()).hexdigest()
+        return cached_tensors(cache, key, draw)["latents"]
+
+
+@dataclass
 class DistillationLoss:
     """``loss_fn(step, micro, generator)`` of the shared loop: the tiny encoder's MSE to the teacher's scaled
     latents, plus the tiny decoder's pixel MSE to the image from those latents (and, weighted, to the teacher's
@@ -228,6 +306,7 @@ class DistillationLoss:
     basis: object       # torch 3x3: pixel errors are measured as basis @ (decoded - image)
     latent_noise: float = 0.0  # the teacher terms' latents jittered by N(0, sigma^2), sigma ~ U(0, latent_noise)
     latent_offset: float = 0.0  # and shifted by a constant ~ U(-latent_offset, latent_offset) per image and channel
+    sampled: object = None      # torch float32 NCHW, one latent a image drawn by --sampler, or None
 
     def __call__(self, step: int, micro: int, generator):
         import torch
@@ -242,14 +321,26 @@ class DistillationLoss:
         decoded = self.tiny.decode(target).sample.float()
         loss = (encoded.float() - target).pow(2).mean() + self.pixel_error(decoded, pixels)
         if self.teacher_weight or self.edge_weight:
-            if self.latent_noise or self.latent_offset:
-                target = target + self.jitter(target.shape, generator).to(target.device)
+            if self.latent_noise or self.latent_offset or self.sampled is not None:
+                target = self.teacher_inputs(target, index, generator)
                 decoded = self.tiny.decode(target).sample.float()
             with torch.no_grad():
                 reference = self.teacher.decode(target / self.teacher.config.scaling_factor).sample.float()
             loss = loss + self.teacher_weight * self.pixel_error(decoded, reference)
             loss = loss + self.edge_weight * self.edge_error(decoded, reference)
         return loss
+
+    def teacher_inputs(self, target, index, generator):
+        """The latents the teacher terms decode: the encoder's, jittered; with ``sampled``, half of the batch (a
+        coin an image) the sampler's latent of the image's caption in their place."""
+        import torch
+
+        if self.latent_noise or self.latent_offset:
+            target = target + self.jitter(target.shape, generator).to(target.device)
+        if self.sampled is not None:
+            coin = (torch.rand(len(index), generator=generator) < 0.5).view(-1, 1, 1, 1).to(target.device)
+            target = torch.where(coin, self.sampled[torch.from_numpy(index)].to(target.device), target)
+        return target
 
     def jitter(self, shape, generator):
         """What the teacher terms add to the latents: per-image Gaussian noise, then per-channel constants, each
