@@ -88,6 +88,18 @@ def test_latent_offset_shifts_each_channel_of_each_image_by_one_constant_within_
     assert not torch.equal(both, noise) and (both - noise).std(dim=(2, 3)).max() < 1e-6  # the noise, then the offset
 
 
+def test_init_starts_from_a_trained_tiny_vae(trained, sd_checkpoint, data, tmp_path):  # noqa: F811
+    args = parse(tiny, ["--model", sd_checkpoint, "--init", trained / tiny.MODEL, "--data", data, "--out",
+                        tmp_path / "tuned", "--resolution", SIZE, "--batch-size", 4, "--learning-rate", 2e-3,
+                        "--steps", 2, "--no-progress", "--teacher-weight", 0.5, "--edge-weight", 0.5])
+    assert tiny.run(args) == 0
+    record = json.loads((tmp_path / "tuned" / tiny.MODEL / tiny.RECORD).read_text())
+    before = json.loads((trained / tiny.MODEL / tiny.RECORD).read_text())
+    # it starts near where the trained run ended, not at random, and keeps the trained one's size
+    assert record["step_losses"][0] < 0.8 * before["step_losses"][0]
+    assert record["tiny_config"] == before["tiny_config"]
+
+
 def test_interrupted_run_resumes_to_the_same_losses_and_weights(sd_checkpoint, data, config_file, tmp_path,  # noqa: F811
                                                                 monkeypatch):
     jitter = ("--edge-weight", 0.5, "--latent-noise", 0.3)  # the jitter's draws are the step's too
@@ -120,7 +132,8 @@ def test_output_loads_in_diffusers_and_exports(trained, sd_checkpoint, tmp_path)
 def test_bad_input_is_refused_in_one_line(sd_checkpoint, sd_engines, segmenter_engines, data, config_file,  # noqa: F811
                                           tmp_path):
     def run(*argv, model=sd_checkpoint, config=config_file, data_dir=data):
-        return lambda: tiny.run(parse(tiny, ["--model", model, "--config", config, "--data", data_dir, "--out",
+        size = [] if config is None else ["--config", config]
+        return lambda: tiny.run(parse(tiny, ["--model", model, *size, "--data", data_dir, "--out",
                                              tmp_path / "run", "--no-progress", *argv]))
 
     refused(run(data_dir=tmp_path / "missing"), "--data", "is not a folder")
@@ -150,6 +163,9 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, sd_engines, segmenter_e
     refused(run("--edge-weight", "1", "--sampler", tmp_path / "nowhere"), "--sampler", "is not a folder")
     refused(run("--edge-weight", "1", "--sampler", segmenter_engines), "--sampler", "segmenter")
     refused(run("--edge-weight", "1", "--sampler-steps", "4"), "--sampler-steps", "without --sampler")
+    refused(run("--init", sd_checkpoint / "vae", config=None), "--init", "not an AutoencoderTiny")
+    refused(run("--init", tmp_path / "nowhere", config=None), "--init", "no config.json")
+    refused(run("--init", sd_checkpoint / "vae"), "--config", "not with --init")
     refused(run("--edge-weight", "1", "--sampler", sd_engines, "--sampler-steps", "0"), "--sampler-steps", "positive")
     assert not (tmp_path / "run").exists()
 

@@ -82,6 +82,10 @@ def add_arguments(p) -> None:
                    help="the teacher terms' latents also shifted, each channel of each image by a constant drawn from "
                    "-S to S: a sampler's latents' channel means (the image's overall colour) are not the encoder's "
                    "(default 0: off)")
+    p.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="an AutoencoderTiny folder (TAESD's diffusers layout, e.g. an earlier run's OUT/model) whose "
+                   "weights start the run instead of random ones: fine-tune a tiny VAE on new latents or a new "
+                   "teacher; its size is its own (no --config)")
     p.add_argument("--sampler", type=Path, default=None, metavar="ENGINES",
                    help="an exported text-to-image engine folder of the teacher's VAE (e.g. `export --lcm-lora`'s): "
                    "for half of each batch the teacher terms decode the latents its sampler draws for the data's "
@@ -120,6 +124,45 @@ def read_tiny_config(path: Path | None) -> dict:
     return size
 
 
+def init_size(folder: Path, config_path: Path | None, geometry: dict) -> dict:
+    """``--init``'s size (the keys of ``--config``), checked: an AutoencoderTiny folder whose latents are the
+    teacher's (channels, downscale); ``--config`` is refused beside it, since the weights fix the size."""
+    from fashiongen.random_checkpoints.tiny_vae import SIZE_KEYS
+
+    if config_path is not None:
+        raise InputError(f"--config: not with --init (the size is '{folder}''s own)")
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"--init: '{folder}' has no config.json (an AutoencoderTiny folder, TAESD's layout)")
+    config = json.loads(config_file.read_text())
+    if config.get("_class_name") != "AutoencoderTiny":
+        raise InputError(f"--init: '{folder}' holds {config.get('_class_name')!r}, not an AutoencoderTiny")
+    if int(config.get("latent_channels", 4)) != geometry["latent_channels"]:
+        raise InputError(f"--init: '{folder}' has {config.get('latent_channels')} latent channels, the teacher's VAE "
+                         f"{geometry['latent_channels']}")
+    size = {k: list(config[k]) for k in SIZE_KEYS}
+    check_downscale(size, geometry["downscale"], folder, "--init")
+    return size
+
+
+def load_tiny(folder: Path):
+    """``--init``'s AutoencoderTiny, in float32 (a shipped one may be stored in fp16)."""
+    from diffusers import AutoencoderTiny
+
+    try:
+        return AutoencoderTiny.from_pretrained(folder, local_files_only=True).float()
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"--init: cannot load '{folder}': {first}") from None
+
+
+def tiny_digest(folder: Path) -> dict:
+    """What the run's identity records of ``--init``: its folder and the SHA-256 of its weights."""
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()
+    return {"folder": str(Path(folder).absolute()), "weights_sha256": digest}
+
+
 def teacher_geometry(model_dir: Path) -> dict:
     """The teacher VAE's config, checked: ``--model`` must have ``vae/`` holding an AutoencoderKL."""
     model_dir = Path(model_dir)
@@ -138,11 +181,11 @@ def teacher_geometry(model_dir: Path) -> dict:
             "scaling_factor": float(config.get("scaling_factor", 0.18215))}
 
 
-def check_downscale(size: dict, downscale: int, config_path) -> None:
+def check_downscale(size: dict, downscale: int, path, arg: str = "--config") -> None:
     for part in ("encoder", "decoder"):
         tiny = 2 ** (len(size[f"{part}_block_out_channels"]) - 1)
         if tiny != downscale:
-            raise InputError(f"--config: '{config_path}': the tiny {part} has {len(size[f'num_{part}_blocks'])} "
+            raise InputError(f"{arg}: '{path}': the tiny {part} has {len(size[f'num_{part}_blocks'])} "
                              f"levels (downscale {tiny}), the teacher's VAE downscales by {downscale}")
 
 
@@ -168,9 +211,12 @@ def run(args) -> int:
         raise InputError(f"--sampler-steps: must be a positive number of steps, with --sampler; got "
                          f"{args.sampler_steps}" + ("" if args.sampler else " without --sampler"))
     check_colour_whitening(args.colour_whitening)
-    size = read_tiny_config(args.config)
     geometry = teacher_geometry(args.model)
-    check_downscale(size, geometry["downscale"], args.config)
+    if args.init is None:
+        size = read_tiny_config(args.config)
+        check_downscale(size, geometry["downscale"], args.config)
+    else:
+        size = init_size(args.init, args.config, geometry)
     resolution = training_size(args.resolution, geometry)
     rows = read_data(args.data, require=("text",) if args.sampler else ())
     data_sha256 = data_digest(rows)
@@ -180,6 +226,7 @@ def run(args) -> int:
                                                  edge_weight=args.edge_weight, latent_noise=args.latent_noise,
                                                  latent_offset=args.latent_offset,
                                                  colour_whitening=args.colour_whitening,
+                                                 **({} if args.init is None else {"init": tiny_digest(args.init)}),
                                                  **({} if sampler is None else {"sampler": sampler.identity()})))
     run_folder.begin(args.resume)  # every check above ran first: a failed start leaves no run folder behind
     teacher = load_teacher(args.model)
@@ -190,7 +237,8 @@ def run(args) -> int:
         [row.columns["text"] for row in rows], args.seed, run_folder.out / SAMPLER_CACHE, progress=not args.no_progress)
     from fashiongen.random_checkpoints.tiny_vae import build_tiny_vae
 
-    tiny = build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"])
+    tiny = (build_tiny_vae(size, seed=args.seed, latent_channels=geometry["latent_channels"]) if args.init is None
+            else load_tiny(args.init))
     basis = torch.from_numpy(colour_basis(images[:COLOUR_SAMPLE], args.colour_whitening)).float().to(device)
     loss = DistillationLoss(tiny, teacher, images, latents, schedule, args.teacher_weight, args.edge_weight, device,
                             basis, args.latent_noise, args.latent_offset, sampled)
