@@ -84,7 +84,21 @@ def check_checkpoint(model_dir: Path) -> Path:
     for part in REQUIRED:
         if not (model_dir / part).exists():
             raise CheckpointError(f"--model: '{model_dir}' lacks '{part}' (not a diffusers SD 1.x checkpoint folder)")
+    for path in sorted(model_dir.rglob("*")):  # a folder copied away from the files its relative links name
+        if path.is_symlink() and not path.exists():
+            raise CheckpointError(f"--model: '{path}' is a link to a missing file ('{os.readlink(path)}'); copy the "
+                                  "folder with its links resolved (cp -rL)")
+    tokenizer = model_dir / "tokenizer"
+    if not (has_content(tokenizer / "tokenizer.json") or all(has_content(tokenizer / name)
+                                                               for name in ("vocab.json", "merges.txt"))):
+        # transformers' CLIPTokenizer loads without them, silently, and reads every word as unknown
+        raise CheckpointError(f"--model: '{tokenizer}' has no vocabulary (tokenizer.json, or vocab.json and "
+                              "merges.txt): every prompt would read as unknown tokens")
     return model_dir
+
+
+def has_content(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
 
 
 def is_pix2pix_checkpoint(model_dir: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,14 @@ def test_bad_input_is_refused_in_one_line(sd_checkpoint, p2p_checkpoint, config_
     refused(run("--config", not_json, "--data", data), "--config", "not JSON")
     refused(run("--model", tmp_path / "nowhere", "--data", data), "nowhere")
     refused(run("--model", p2p_checkpoint, "--data", data), "--model", "8-channel", "InstructPix2Pix")
+    copied = tmp_path / "copied"  # a folder copied away from the files its relative links name (cp -r)
+    shutil.copytree(sd_checkpoint, copied)
+    (copied / "tokenizer" / "vocab.json").unlink()
+    (copied / "tokenizer" / "vocab.json").symlink_to("../../elsewhere/vocab.json")
+    refused(run("--model", copied, "--data", data), "--model", "vocab.json", "link to a missing file")
+    for vocabulary in ("vocab.json", "merges.txt", "tokenizer.json"):  # it loads, but knows no word
+        (copied / "tokenizer" / vocabulary).unlink(missing_ok=True)
+    refused(run("--model", copied, "--data", data), "--model", "tokenizer", "no vocabulary")
     refused(run("--model", sd_checkpoint, "--data", tmp_path / "nodata"), "--data", "not a folder")
     refused(run("--model", sd_checkpoint, "--data", data, "--resolution", 60), "--resolution", "multiple of 8")
     refused(run("--model", sd_checkpoint, "--data", data, "--caption-dropout", 1), "--caption-dropout")
@@ -339,8 +348,6 @@ def test_a_base_of_relative_links_gives_a_model_of_real_files(sd_checkpoint, tmp
     """A Hugging Face cache snapshot links every file to ../../blobs, and the shipped demo family its shared
     tokenizer files; the trained folder lives elsewhere, so it must hold the files, not the links (the demo's
     editor was once written with a tokenizer of dangling links: every instruction read as unknown tokens)."""
-    import shutil
-
     from transformers import CLIPTokenizer
 
     base, shared = tmp_path / "snapshot" / "base", tmp_path / "snapshot" / "blobs"
