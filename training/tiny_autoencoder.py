@@ -149,11 +149,16 @@ def load_tiny(folder: Path):
     """``--init``'s AutoencoderTiny, in float32 (a shipped one may be stored in fp16)."""
     from diffusers import AutoencoderTiny
 
+    return load_autoencoder(AutoencoderTiny, Path(folder), "--init").float()
+
+
+def load_autoencoder(model_class, folder: Path, arg: str):
+    """``model_class.from_pretrained(folder)`` from local files, or a one-line InputError naming ``arg``."""
     try:
-        return AutoencoderTiny.from_pretrained(folder, local_files_only=True).float()
+        return model_class.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise InputError(f"--init: cannot load '{folder}': {first}") from None
+        raise InputError(f"{arg}: cannot load '{folder}': {first}") from None
 
 
 def tiny_digest(folder: Path) -> dict:
@@ -258,12 +263,7 @@ def run(args) -> int:
 def load_teacher(model_dir: Path):
     from diffusers import AutoencoderKL
 
-    try:
-        vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", local_files_only=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"--model: cannot load '{model_dir}/vae': {first}") from None
-    return vae.eval().requires_grad_(False)
+    return load_autoencoder(AutoencoderKL, Path(model_dir) / "vae", "--model").eval().requires_grad_(False)
 
 
 def teacher_latents(teacher, images: np.ndarray, device, progress: bool, batch_size: int = 16):
