@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from .common import CACHE, GARMENT, RESULTS, fresh_process_seconds
+from .common import CACHE, GARMENT, RESULTS, fresh_process_seconds, shown_path
 from .cpu_report import machine_name
 
 RECALL_AT = (1, 5)
@@ -156,7 +156,7 @@ def demo_times(catalog: Path, index_runs: int, query_runs: int) -> dict:
             shipped.search(prompt, k=5)
             warm.append(time.perf_counter() - started)
     return {"catalog_images": len(list(shipped.items)),
-            "index": {"command": "fashiongen " + " ".join(index[:2] + ["--out", "INDEX"]),
+            "index": {"command": "fashiongen " + " ".join(["index", shown_path(catalog), "--out", "INDEX"]),
                       "median_s": median(index_times), "runs": index_times},
             "search": {"command": "fashiongen " + " ".join(search[:1] + ["--prompt", repr(GARMENT)]),
                        "median_s": median(search_times), "runs": search_times},
@@ -261,7 +261,7 @@ def run(args) -> int:
         demo = demo_times((shipped / load_index_meta(shipped)["catalog"]).resolve(), args.index_runs, args.query_runs)
     load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None  # a shared machine: how busy
     out = {"machine": machine_name(), "load_average_1min_at_end": load,
-           "data": str(args.data), "clip": str(args.clip), "captioner": str(args.captioner),
+           "data": shown_path(args.data), "clip": shown_path(args.clip), "captioner": shown_path(args.captioner),
            "held_out_catalog": {"images": report.total, "index_s": report.seconds},
            "retrieval": scores, "captions": captions, "demo": demo}
     args.out.parent.mkdir(parents=True, exist_ok=True)

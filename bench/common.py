@@ -20,6 +20,17 @@ NEGATIVE = "<wrong>, blurry"
 SEED = 19687
 
 
+def shown_path(path, data=None) -> str:
+    """``path`` as a committed report names it: relative to the repository (a shipped folder, the judge in the
+    cache) or to the data set ``data``, else by its own name, so that no report names a folder of the machine
+    it ran on."""
+    path = Path(path).absolute()
+    for root in (ROOT, data):
+        if root is not None and path.is_relative_to(Path(root).absolute()):
+            return path.relative_to(Path(root).absolute()).as_posix() or "."
+    return path.name
+
+
 def add_seed_argument(parser) -> None:
     """``--seed``, as every bench that renders from one seed takes it."""
     parser.add_argument("--seed", type=int, default=SEED)

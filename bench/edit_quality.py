@@ -37,7 +37,7 @@ from statistics import median
 
 import numpy as np
 
-from .common import CACHE, RESULTS, SEED, fresh_process_seconds
+from .common import CACHE, RESULTS, SEED, fresh_process_seconds, shown_path
 from .cpu_report import machine_name
 
 FORMS = ("imperative", "caption")
@@ -144,13 +144,14 @@ def ceiling(classifier, networks, cases: list[EditCase]) -> float:
     return float(np.mean([all(r[a] == c.target[a] for a in c.changed) for r, c in zip(readings, cases)]))
 
 
-def edit_seconds(engines: Path, image: Path, runs: int) -> dict:
-    """Wall seconds of ``fashiongen edit`` on a demo-size product shot, a fresh process each run (start-up
-    included), median."""
+def edit_seconds(engines: Path, image: Path, data: Path, runs: int) -> dict:
+    """Wall seconds of ``fashiongen edit`` on a demo-size product shot (of the data set ``data``), a fresh process
+    each run (start-up included), median."""
     out = CACHE / "edit-quality-shot.png"
-    argv = ["edit", "--image", str(image), "--prompt", EDIT_PROMPT, "--out", str(out)]
-    times = fresh_process_seconds([*argv, "--engines", str(engines), "--no-progress"], runs)
-    return {"command": "fashiongen " + " ".join(argv), "engines": str(engines), "median_s": median(times),
+    times = fresh_process_seconds(["edit", "--image", str(image), "--prompt", EDIT_PROMPT, "--out", str(out),
+                                   "--engines", str(engines), "--no-progress"], runs)
+    shown = ["edit", "--image", shown_path(image, data), "--prompt", repr(EDIT_PROMPT), "--out", "shot.png"]
+    return {"command": "fashiongen " + " ".join(shown), "engines": shown_path(engines), "median_s": median(times),
             "runs": times}
 
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edit-runs", type=int, default=3, help="timed runs of one `fashiongen edit` (default 3; 0: none)")
     p.add_argument("--out", type=Path, default=RESULTS / "edit_quality", help="report path without suffix")
     args = p.parse_args(argv)
-    args.editor = args.engines or "demo-pix2pix"  # as given, for the report
+    args.editor = shown_path(args.engines) if args.engines else "demo-pix2pix"  # for the report
     args.engines = engine_folder(args.engines, "demo-pix2pix")
     args.settings = [parse_setting(s) for s in args.settings]
     if args.pairs < 1 or not args.settings:
@@ -261,10 +262,10 @@ def run(args) -> int:
     results, images = measure(pipeline, classifier, measured, through_vae[:args.pairs], chosen["guidance"],
                               chosen["image_guidance"], args.steps)
     report = {"machine": machine_name(),
-              "engines": str(args.editor), "classifier": str(args.classifier), "steps": args.steps,
+              "engines": str(args.editor), "classifier": shown_path(args.classifier), "steps": args.steps,
               "seed": args.seed, "pairs": len(measured), "sweep_pairs": len(swept), "sweep": sweep, "chosen": chosen,
               "measured": results, "ceiling": ceiling(classifier, networks, measured),
-              "edit_command": edit_seconds(Path(args.engines), measured[0].source_file, args.edit_runs)
+              "edit_command": edit_seconds(Path(args.engines), measured[0].source_file, args.data, args.edit_runs)
               if args.edit_runs else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):

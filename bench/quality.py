@@ -38,7 +38,7 @@ from statistics import median
 
 import numpy as np
 
-from .common import CACHE, GARMENT, RESULTS, SEED, fresh_process_seconds
+from .common import CACHE, GARMENT, RESULTS, SEED, fresh_process_seconds, shown_path
 from .cpu_report import machine_name
 POSITIVE, NEGATIVE = "<studio-style>", "<wrong>"
 README_PROMPT = GARMENT
@@ -227,7 +227,7 @@ def readme_command_seconds(runs: int, engines: Path, segmenter_engines: Path | N
     shown = readme + (cutout[:2] if cutout else ["--engines", "demo-product"])  # as the README writes it
     times = fresh_process_seconds(["generate", "--prompt", README_PROMPT, "--out", str(out), "--engines", str(engines),
                                    *cutout, "--no-progress"], runs)
-    return {"command": "fashiongen " + " ".join(shown), "engines": str(engines), "median_s": median(times),
+    return {"command": "fashiongen " + " ".join(shown), "engines": shown_path(engines), "median_s": median(times),
             "runs": times}
 
 
@@ -441,8 +441,8 @@ def run(args) -> int:
                 if contender.catalog is not None:  # the catalog item retrieved above its edit
                     shown.append((f"{contender.name}, retrieved", contender.retrieved[:8], captions))
                 shown.append((contender.name, shots[:8], captions))
-    report = {"machine": machine_name(),
-              "prompts": args.prompts, "steps": args.steps, "seed": args.seed, "classifier": str(args.classifier),
+    report = {"machine": machine_name(), "prompts": args.prompts, "steps": args.steps, "seed": args.seed,
+              "classifier": shown_path(args.classifier),
               "classifier_held_out": {**{k: {a: v[a] for a in SHOWN} for k, v in held_out.items()},
                                       CEILING: vae_ceiling(classifier, Path(args.product_engines), args.data,
                                                            args.prompts),

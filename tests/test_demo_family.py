@@ -150,7 +150,7 @@ def test_the_shipped_segmenter_finds_the_garment_of_a_new_render(tmp_path, capsy
 @pytest.mark.parametrize("prompt", [
     "red short sleeve crewneck crop top",  # the target's caption, what approach 2 sends after retrieval
     pytest.param("make it red", marks=pytest.mark.xfail(strict=True, reason=(
-        "the demo editor follows imperatives on 5% of held-out pairs (bench/results/edit_quality.md): it draws "
+        "the demo editor follows imperatives on 4% of held-out pairs (bench/results/edit_quality.md): it draws "
         "an orange maxi skirt here"))),
 ])
 def test_the_shipped_editor_makes_a_black_top_red(prompt, tmp_path, capsys):

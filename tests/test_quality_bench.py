@@ -141,3 +141,14 @@ def test_approach_2_edits_the_catalog_item_nearest_the_prompt():
     assert contender.retrieved == [request.image]
     assert (request.prompt, request.seed, request.steps) == (prompt.caption, 3, 2)
     assert pipeline(request, progress=False).images[0].shape == request.image.shape
+
+
+def test_reports_name_no_folder_of_the_machine_they_ran_on(tmp_path):
+    from fashiongen.bench.common import CACHE, ROOT, shown_path
+
+    shipped = ROOT / "fashiongen" / "demo_models" / "engines" / "pix2pix"
+    assert shown_path(shipped) == "fashiongen/demo_models/engines/pix2pix"
+    assert shown_path(CACHE / "attribute-classifier.safetensors") == "bench/.cache/attribute-classifier.safetensors"
+    data = tmp_path / "data"
+    assert shown_path(data / "product" / "test" / "00230.png", data) == "product/test/00230.png"
+    assert shown_path(tmp_path / "runs" / "engines") == "engines"  # elsewhere: its name only
