@@ -48,6 +48,19 @@ def replace_folder(stage: Path, out_dir: Path) -> None:
         os.replace(stage, out_dir)
 
 
+def marker_file(folder: Path, name: str, arg: str, error: type[InputError], made_by: str, kind: str) -> Path:
+    """``folder/name``, the file that makes ``folder`` one of ours (an engine folder's manifest, an index's
+    metadata); a path that is not a folder, or a folder without it, is refused naming ``arg`` and what makes one
+    (``made_by``, a command) or what the folder is not (``kind``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise error(f"{arg}: '{folder}' is not a folder (run `{made_by}` first)")
+    path = folder / name
+    if not path.is_file():
+        raise error(f"{arg}: '{folder}' has no {name} (not {kind})")
+    return path
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """A hard link where the file system allows (model weights are large), else a copy; always of the file
     itself: a symbolic link (a Hugging Face cache snapshot is made of relative ones, and so is the shipped demo

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .files import atomic_file
+from .files import atomic_file, marker_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -202,12 +202,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def load_manifest(engine_dir: Path, arg: str = "engines") -> Manifest:
     """Read and sanity-check ``ENGINE_DIR/manifest.json``; errors name ``arg``, the folder and what is wrong."""
-    engine_dir = Path(engine_dir)
-    if not engine_dir.is_dir():
-        raise EngineFolderError(f"{arg}: '{engine_dir}' is not a folder (run `fashiongen export` first)")
-    path = engine_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise EngineFolderError(f"{arg}: '{engine_dir}' has no {MANIFEST_NAME} (not an exported engine folder)")
+    path = marker_file(engine_dir, MANIFEST_NAME, arg, EngineFolderError, "fashiongen export",
+                       "an exported engine folder")
     try:
         data = json.loads(path.read_text())
         manifest = Manifest.from_json(data)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .engines import EngineFactory, EngineSet
 from .errors import InputError
+from .files import marker_file
 from .images import as_rgb, resized_shape
 from .manifest import KINDS, EngineFolderError, load_manifest
 from .tokenizer import PromptTokenizer
@@ -183,12 +184,8 @@ def stored_vectors(index) -> np.ndarray:
 
 # -- index folders ----------------------------------------------------------------------------------------
 def load_index_meta(index_dir: Path, arg: str = "index_dir") -> dict:
-    index_dir = Path(index_dir)
-    if not index_dir.is_dir():
-        raise CatalogIndexError(f"{arg}: '{index_dir}' is not a folder (run `fashiongen index` first)")
-    path = index_dir / INDEX_META
-    if not path.is_file():
-        raise CatalogIndexError(f"{arg}: '{index_dir}' has no {INDEX_META} (not a catalog index folder)")
+    """Read and sanity-check an index folder's metadata; errors name ``arg``, the folder and what is wrong."""
+    path = marker_file(index_dir, INDEX_META, arg, CatalogIndexError, "fashiongen index", "a catalog index folder")
     try:
         meta = json.loads(path.read_text())
         meta["items"], meta["clip"]["fingerprint"]  # noqa: B018 - the keys every index has

@@ -58,3 +58,15 @@ def test_a_broken_section_is_one_error_naming_the_file(tmp_path, section, value)
     (tmp_path / "manifest.json").write_text(json.dumps({**WRITTEN, section: value}))
     with pytest.raises(EngineFolderError, match="not a valid fashiongen manifest"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("what", ["engines", "index"])
+def test_a_folder_that_is_not_ours_is_refused_naming_the_argument(tmp_path, what):
+    from fashiongen.runtime.retrieval import CatalogIndexError, load_index_meta
+
+    load, error, made_by = ((load_manifest, EngineFolderError, "fashiongen export") if what == "engines"
+                            else (load_index_meta, CatalogIndexError, "fashiongen index"))
+    with pytest.raises(error, match=rf"^--{what}: '.*missing' is not a folder \(run `{made_by}` first\)$"):
+        load(tmp_path / "missing", f"--{what}")
+    with pytest.raises(error, match=rf"^--{what}: '.*' has no \w+\.json \(not an? [a-z ]+ folder\)$"):
+        load(tmp_path, f"--{what}")
