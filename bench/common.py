@@ -27,7 +27,7 @@ def shown_path(path, data=None) -> str:
     path = Path(path).absolute()
     for root in (ROOT, data):
         if root is not None and path.is_relative_to(Path(root).absolute()):
-            return path.relative_to(Path(root).absolute()).as_posix() or "."
+            return path.relative_to(Path(root).absolute()).as_posix()
     return path.name
 
 

@@ -262,7 +262,7 @@ def run(args) -> int:
     results, images = measure(pipeline, classifier, measured, through_vae[:args.pairs], chosen["guidance"],
                               chosen["image_guidance"], args.steps)
     report = {"machine": machine_name(),
-              "engines": str(args.editor), "classifier": shown_path(args.classifier), "steps": args.steps,
+              "engines": args.editor, "classifier": shown_path(args.classifier), "steps": args.steps,
               "seed": args.seed, "pairs": len(measured), "sweep_pairs": len(swept), "sweep": sweep, "chosen": chosen,
               "measured": results, "ceiling": ceiling(classifier, networks, measured),
               "edit_command": edit_seconds(Path(args.engines), measured[0].source_file, args.data, args.edit_runs)
